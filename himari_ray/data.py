@@ -1,0 +1,195 @@
+"""Datasets: the seeded synthetic market (DESIGN 2.2), chronological splits and train-only scaling.
+
+A `DataSpec` names a dataset; `load_dataset(spec)` builds it once per process (env runners and trials call
+it with the same spec, so a cache avoids rebuilding it for every env copy).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from himari_ray.types import N_REGIMES, Dataset, FeatureScaler, Regime, SplitArrays
+
+
+class DataSpec(BaseModel):
+    """Which dataset a search trains on, and how it is split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: Literal["synthetic"] = Field("synthetic", description="Data source; `synthetic` is the seeded market.")
+    n_bars: int = Field(12_000, ge=1_000, description="Number of hourly bars to generate (before warm-up).")
+    seed: int = Field(0, ge=0, description="Seed of the synthetic market.")
+    train_frac: float = Field(0.6, gt=0, lt=1, description="Chronological share of bars in the train split.")
+    val_frac: float = Field(0.2, gt=0, lt=1, description="Chronological share of bars in the validation split.")
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_test_split(self) -> DataSpec:
+        if self.train_frac + self.val_frac >= 1.0:
+            raise ValueError("train_frac + val_frac must be < 1 (the rest is the test split)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------------
+# Synthetic market
+# --------------------------------------------------------------------------------------------------------
+
+#: Stationary regime shares the chain is built to reproduce (the seed's detector on BTC 2020-2024).
+SYNTH_REGIME_SHARES = np.array([0.453, 0.262, 0.169, 0.116])
+#: Hourly return volatility per regime (LOW_VOL, TRENDING, HIGH_VOL, CRISIS): BTC-like magnitudes.
+SYNTH_REGIME_VOL = np.array([0.004, 0.007, 0.012, 0.022])
+#: Mean bars between regime switches; one switch rate for all regimes keeps the shares exact.
+SYNTH_MEAN_DWELL = 48.0
+#: Drift during a TRENDING spell, in units of that regime's volatility (sign drawn per spell).
+SYNTH_TREND_DRIFT = 0.06
+#: Weight of the latent signal s_t (persistent, observed only with noise) in the next return.
+SYNTH_SIGNAL_WEIGHT = 0.07
+#: One-bar reversal: weight of -z_t in the next return (the main source of real BTC predictability).
+SYNTH_REVERSAL = 0.05
+#: Degrees of freedom of the Student-t innovations (fat tails).
+SYNTH_TAIL_DF = 3.0
+#: Longest feature lookback; bars before it are warm-up and dropped.
+SYNTH_WARMUP = 48
+
+SYNTH_FEATURE_NAMES: tuple[str, ...] = (
+    "ret_1",
+    "ret_4",
+    "ret_12",
+    "ret_24",
+    "abs_ret_1",
+    "vol_12h",
+    "vol_24h",
+    "vol_ratio",
+    "ema_ret_12",
+    "zscore_24",
+    "signal_obs",
+    "noise_0",
+)
+
+
+def _regime_path(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Markov chain P = (1-λ)I + λ·1πᵀ: stationary distribution exactly π, persistence from λ."""
+    lam = 1.0 / SYNTH_MEAN_DWELL
+    switch = rng.random(n) < lam
+    draws = rng.choice(N_REGIMES, size=n, p=SYNTH_REGIME_SHARES)
+    regimes = np.empty(n, dtype=np.int64)
+    current = int(draws[0])
+    for t in range(n):
+        if switch[t]:
+            current = int(draws[t])  # may redraw the same regime: that is what keeps π stationary
+        regimes[t] = current
+    return regimes
+
+
+def synthetic_frame(n_bars: int, seed: int) -> pd.DataFrame:
+    """A seeded regime-switching market with fat tails and weak, real predictability.
+
+    Return of bar t+1 (the one an action at t earns), with k the regime of bar t+1:
+        r[t+1] = vol[k] * (drift[t+1] + w_s * s[t] - w_r * z[t] + c * eps[t+1])
+    where s is a persistent latent signal, z[t] = r[t] / vol[k(t)], eps Student-t (unit variance) and c
+    keeps the variance at vol[k]². Features at t are computed from bars <= t only; `signal_obs` is s[t] seen
+    through noise, so it is informative but never certain.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_bars + SYNTH_WARMUP
+    regimes = _regime_path(n, rng)
+
+    # Trend direction: one sign per TRENDING spell.
+    spell_start = np.r_[True, regimes[1:] != regimes[:-1]]
+    spell_sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
+    sign = spell_sign[np.maximum.accumulate(np.where(spell_start, np.arange(n), 0))]
+    drift = np.where(regimes == Regime.TRENDING, SYNTH_TREND_DRIFT * sign, 0.0)
+
+    # Latent signal: AR(1) with unit stationary variance.
+    phi = 0.9
+    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
+    signal = np.empty(n)
+    signal[0] = rng.standard_normal()
+    for t in range(1, n):
+        signal[t] = phi * signal[t - 1] + shocks[t]
+
+    df = SYNTH_TAIL_DF
+    eps = rng.standard_t(df, size=n) / np.sqrt(df / (df - 2.0))
+    c = np.sqrt(1.0 - SYNTH_SIGNAL_WEIGHT**2 - SYNTH_REVERSAL**2)
+    vol = SYNTH_REGIME_VOL[regimes]
+    returns = np.zeros(n)
+    z_prev = 0.0
+    for t in range(1, n):
+        zt = drift[t] + SYNTH_SIGNAL_WEIGHT * signal[t - 1] - SYNTH_REVERSAL * z_prev + c * eps[t]
+        returns[t] = np.clip(vol[t] * zt, -0.5, 0.5)
+        z_prev = returns[t] / vol[t]
+    prices = 10_000.0 * np.cumprod(1.0 + returns)
+
+    close = pd.Series(prices)
+    ret = pd.Series(returns)
+    vol12 = ret.rolling(12).std()
+    vol24 = ret.rolling(24).std()
+    ma24 = close.rolling(24).mean()
+    sd24 = close.rolling(24).std()
+    feats = pd.DataFrame(
+        {
+            "ret_1": ret,
+            "ret_4": close.pct_change(4),
+            "ret_12": close.pct_change(12),
+            "ret_24": close.pct_change(24),
+            "abs_ret_1": ret.abs(),
+            "vol_12h": vol12 * np.sqrt(8760),
+            "vol_24h": vol24 * np.sqrt(8760),
+            "vol_ratio": vol12 / vol24,
+            "ema_ret_12": ret.ewm(span=12, adjust=False).mean(),
+            "zscore_24": (close - ma24) / sd24,
+            "signal_obs": signal + 0.7 * rng.standard_normal(n),
+            "noise_0": rng.standard_normal(n),
+        }
+    )
+    # Confidence: how settled the regime has been over the last 12 bars (causal), mapped into [0.5, 0.95].
+    same = pd.Series((regimes[1:] == regimes[:-1]).astype(float)).rolling(12, min_periods=1).mean()
+    confidence = 0.5 + 0.45 * np.r_[0.0, same.to_numpy()]
+
+    timestamps = pd.date_range("2020-01-01", periods=n, freq="h", tz="UTC")
+    frame = feats.assign(
+        regime_id=regimes,
+        regime_confidence=confidence,
+        close=prices,
+        ret=returns,
+        timestamp=timestamps.as_unit("ns").asi8,
+    )
+    return frame.iloc[SYNTH_WARMUP:].reset_index(drop=True)
+
+
+def split_frame(frame: pd.DataFrame, feature_names: tuple[str, ...], spec: DataSpec) -> Dataset:
+    """Cut a feature frame into chronological train/val/test and fit the scaler on train only."""
+    n = len(frame)
+    n_train = int(n * spec.train_frac)
+    n_val = int(n * spec.val_frac)
+    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    splits = {}
+    for name, (lo, hi) in bounds.items():
+        part = frame.iloc[lo:hi]
+        splits[name] = SplitArrays(
+            features=part[list(feature_names)].to_numpy(np.float32),
+            regime_ids=part["regime_id"].to_numpy(np.int64),
+            regime_confidences=part["regime_confidence"].to_numpy(np.float32),
+            prices=part["close"].to_numpy(np.float64),
+            returns=part["ret"].to_numpy(np.float64),
+            timestamps=part["timestamp"].to_numpy(np.int64),
+        )
+    return Dataset(
+        train=splits["train"],
+        val=splits["val"],
+        test=splits["test"],
+        feature_names=feature_names,
+        scaler=FeatureScaler.fit(splits["train"].features),
+        metadata={"source": spec.source, "spec": spec.model_dump(), "split_bounds": bounds},
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Build (once per process) the dataset a spec names."""
+    frame = synthetic_frame(spec.n_bars, spec.seed)
+    return split_frame(frame, SYNTH_FEATURE_NAMES, spec)

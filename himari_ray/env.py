@@ -1,0 +1,162 @@
+"""The trading environment (DESIGN 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import gymnasium as gym
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from himari_ray.data import DataSpec, load_dataset
+from himari_ray.rewards import RewardConfig, RewardInputs, compute_terms, decision_sigma, expected_abs_z
+from himari_ray.types import N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, Dataset, SplitArrays
+
+
+class EnvConfig(BaseModel):
+    """Everything an env (or an RLlib env runner building one) needs; a plain dict round-trips it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: DataSpec = Field(default_factory=DataSpec, description="The dataset to trade.")
+    split: Literal["train", "val", "test"] = Field("train", description="Which chronological split.")
+    context_len: int = Field(100, ge=1, description="C: bars of features in each observation window.")
+    episode_len: int | None = Field(
+        512, ge=1, description="Decisions per episode (random start); None runs the whole split once."
+    )
+    position_mode: Literal["per_bar", "carried"] = Field(
+        "per_bar", description="per_bar: every LONG/SHORT bar pays the cost; carried: only changes pay."
+    )
+    reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward family and parameters.")
+
+
+def decision_windows(features: np.ndarray, context_len: int) -> np.ndarray:
+    """Read-only views: `out[i]` is features[i : i + C], the window seen when deciding at bar t = i + C - 1."""
+    return np.lib.stride_tricks.sliding_window_view(features, context_len, axis=0).transpose(0, 2, 1)
+
+
+def trade_matrix(position_mode: str) -> np.ndarray:
+    """`m[prev_action, action]`: whether the decision pays a trade cost under `position_mode`."""
+    prev_pos = POSITION_OF_ACTION[:, None]
+    pos = POSITION_OF_ACTION[None, :]
+    if position_mode == "per_bar":
+        return np.broadcast_to(pos != 0, (N_ACTIONS, N_ACTIONS))
+    return pos != prev_pos
+
+
+def reward_table(arrays: SplitArrays, train_returns: np.ndarray, cfg: EnvConfig) -> dict[str, np.ndarray]:
+    """Every reward term for every decision bar t, previous action and action: arrays of shape (n-1, 3, 3).
+
+    Row t scores a decision made after bar t on `returns[t+1]`; the last bar has no next return and no row.
+    """
+    n = len(arrays) - 1
+    pos = POSITION_OF_ACTION[None, None, :]
+    is_trade = trade_matrix(cfg.position_mode)[None]
+    sigma = decision_sigma(arrays.returns, train_returns, cfg.reward)[:n]
+    inp = RewardInputs(
+        position=np.broadcast_to(pos, (n, N_ACTIONS, N_ACTIONS)),
+        is_trade=np.broadcast_to(is_trade, (n, N_ACTIONS, N_ACTIONS)),
+        next_return=arrays.returns[1:, None, None],
+        regime=arrays.regime_ids[:n, None, None],
+        sigma=sigma[:, None, None],
+        expected_abs_z=expected_abs_z(train_returns, cfg.reward),
+    )
+    return compute_terms(cfg.reward.family, inp, cfg.reward.resolved_params)
+
+
+class HimariTradingEnv(gym.Env):
+    """Trade one split of a dataset bar by bar: HOLD (flat), LONG or SHORT.
+
+    ## Spaces
+    - observation: `Dict(window=Box(-clip, clip, (C, F), float32), regime=Discrete(4))` where `window` holds the
+      train-scaled features of bars t-C+1 .. t and `regime` the regime id at bar t. Nothing after bar t.
+    - action: `Discrete(3)`: 0 HOLD (position 0), 1 LONG (+1), 2 SHORT (-1).
+
+    ## Reward
+    The action chosen after bar t sets position p[t] and earns the return of bar t+1:
+    reward[t] = sum of the family's terms evaluated on (p[t], returns[t+1], regime[t], sigma[t]), e.g.
+    `pnl_cost`: `returns[t+1] * p[t] * reward_scale - trade_cost * is_trade`. Trades are:
+    | position_mode | is_trade |
+    |---|---|
+    | per_bar | p[t] != 0 (every LONG/SHORT bar is a trade, as in the seed) |
+    | carried | p[t] != p[t-1] (only position changes pay; the episode starts flat) |
+    All terms are precomputed for the split on construction; `step` only looks them up.
+
+    ## Episode end
+    Truncated (never terminated) after `episode_len` decisions, or at the split's second-to-last bar (the
+    last bar has no next return). Reset draws the start bar uniformly from `self.np_random`.
+
+    ## Info
+    `bar`, `regime`, `position`, `is_trade`, `next_return` (for audit only; the policy never sees it) and
+    every reward term as `r_<term>`.
+
+    ## Arguments
+    - config: `EnvConfig` or its dict form (RLlib passes an `EnvContext`).
+    - dataset: optional in-memory `Dataset` to use instead of loading `config.data` (tests).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's convention)
+
+    def __init__(self, config: EnvConfig | Mapping[str, Any] | None = None, dataset: Dataset | None = None):
+        super().__init__()
+        cfg = config if isinstance(config, EnvConfig) else EnvConfig.model_validate(dict(config or {}))
+        ds = dataset if dataset is not None else load_dataset(cfg.data)
+        arrays = ds.split(cfg.split)
+        c = cfg.context_len
+        if len(arrays) < c + 1:
+            raise ValueError(f"split {cfg.split!r} has {len(arrays)} bars; needs at least context_len + 1 = {c + 1}")
+        self.config = cfg
+        self.arrays = arrays
+        self._windows = decision_windows(ds.scaler.transform(arrays.features), c)
+        self._regimes = arrays.regime_ids
+        self._terms = reward_table(arrays, ds.train.returns, cfg)
+        self._reward = sum(self._terms.values())
+        self._is_trade = trade_matrix(cfg.position_mode)
+        self.first_bar = c - 1
+        self.last_bar = len(arrays) - 2  # last bar with a next return
+        n_decisions = self.last_bar - self.first_bar + 1
+        self.episode_len = n_decisions if cfg.episode_len is None else min(cfg.episode_len, n_decisions)
+
+        clip = np.float32(ds.scaler.clip)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "window": gym.spaces.Box(-clip, clip, shape=(c, ds.n_features), dtype=np.float32),
+                "regime": gym.spaces.Discrete(N_REGIMES),
+            }
+        )
+        self.action_space = gym.spaces.Discrete(N_ACTIONS)
+        self._t = self.first_bar
+        self._end = self.first_bar
+        self._prev_action = 0
+
+    def _obs(self) -> dict[str, Any]:
+        t = self._t
+        return {"window": self._windows[t - self.first_bar], "regime": int(self._regimes[t])}
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        latest_start = self.last_bar - self.episode_len + 1
+        self._t = int(self.np_random.integers(self.first_bar, latest_start + 1))
+        self._end = self._t + self.episode_len - 1
+        self._prev_action = 0
+        return self._obs(), {"bar": self._t}
+
+    def step(self, action: int):
+        a = int(action)
+        t, prev = self._t, self._prev_action
+        info: dict[str, Any] = {
+            "bar": t,
+            "regime": int(self._regimes[t]),
+            "position": int(POSITION_OF_ACTION[a]),
+            "is_trade": bool(self._is_trade[prev, a]),
+            "next_return": float(self.arrays.returns[t + 1]),
+        }
+        for name, table in self._terms.items():
+            info[f"r_{name}"] = float(table[t, prev, a])
+        reward = float(self._reward[t, prev, a])
+        self._prev_action = a
+        # The next observation is bar t+1 even at truncation (it exists: t+1 <= last bar), so a critic can
+        # bootstrap from the true next state.
+        self._t = t + 1
+        return self._obs(), reward, False, t >= self._end, info

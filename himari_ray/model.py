@@ -1,0 +1,101 @@
+"""The regime-conditioned transformer policy (DESIGN 4) as an RLlib `TorchRLModule`.
+
+Built from the observation/action spaces and `model_config` only; it never imports the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.apis import ValueFunctionAPI
+from ray.rllib.core.rl_module.torch import TorchRLModule
+from ray.rllib.utils.annotations import override
+from torch import nn
+
+
+class ModelConfig(BaseModel):
+    """Sizes of the transformer; `to_model_config()` is what RLlib passes to the module."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    d_model: int = Field(256, ge=4, description="Width of the feature projection, regime embedding and encoder.")
+    n_heads: int = Field(4, ge=1, description="Attention heads per encoder layer.")
+    n_layers: int = Field(3, ge=1, description="TransformerEncoder layers.")
+    ffn_dim: int = Field(1024, ge=4, description="Hidden width of each encoder layer's feed-forward block.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout inside the encoder (off in eval mode).")
+    head_hidden: int = Field(256, ge=1, description="Hidden width of the actor and critic heads.")
+
+    def to_model_config(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+#: `production` is the seed's size (~2.67M parameters at F=44, C=100); `tiny` is for CPU tests and laptops.
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    "production": ModelConfig(),
+    "tiny": ModelConfig(d_model=32, n_heads=2, n_layers=1, ffn_dim=64, dropout=0.0, head_hidden=32),
+}
+ModelPreset = Literal["production", "tiny"]
+
+
+class RegimeTransformerModule(TorchRLModule, ValueFunctionAPI):
+    """Feature projection F->d plus regime embedding and learned positions -> TransformerEncoder ->
+    concat(last token, mean over tokens) -> actor (2d->h->3) and critic (2d->h->1).
+
+    Expects observations `{"window": (B, C, F) float, "regime": (B,) int}`.
+    """
+
+    @override(TorchRLModule)
+    def setup(self) -> None:
+        cfg = ModelConfig.model_validate({k: v for k, v in self.model_config.items() if k in ModelConfig.model_fields})
+        window_space = self.observation_space["window"]
+        context_len, n_features = window_space.shape
+        n_regimes = self.observation_space["regime"].n
+        d = cfg.d_model
+
+        self.feature_proj = nn.Linear(n_features, d)
+        self.regime_embedding = nn.Embedding(n_regimes, d)
+        self.positional = nn.Parameter(torch.zeros(context_len, d))
+        nn.init.normal_(self.positional, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model=d,
+            nhead=cfg.n_heads,
+            dim_feedforward=cfg.ffn_dim,
+            dropout=cfg.dropout,
+            batch_first=True,
+            norm_first=True,  # pre-norm trains stably under PPO's noisy, shifting targets
+        )
+        self.encoder = nn.TransformerEncoder(layer, num_layers=cfg.n_layers, enable_nested_tensor=False)
+        self.actor = nn.Sequential(nn.Linear(2 * d, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, 3))
+        # The critic exists on inference-only copies too: weight sync then needs no key filtering.
+        self.critic = nn.Sequential(nn.Linear(2 * d, cfg.head_hidden), nn.ReLU(), nn.Linear(cfg.head_hidden, 1))
+        # A near-uniform initial policy: PPO should discover HOLD/LONG/SHORT preferences, not inherit them.
+        nn.init.normal_(self.actor[-1].weight, std=0.01)
+        nn.init.zeros_(self.actor[-1].bias)
+
+    def _encode(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Shared encoder of every forward pass: (B, 2d) embeddings."""
+        obs = batch[Columns.OBS]
+        window = obs["window"].float()
+        regime = obs["regime"].long().reshape(-1)
+        h = self.feature_proj(window) + self.positional + self.regime_embedding(regime)[:, None, :]
+        h = self.encoder(h)
+        return torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)
+
+    @override(TorchRLModule)
+    def _forward(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        return {Columns.ACTION_DIST_INPUTS: self.actor(self._encode(batch))}
+
+    @override(TorchRLModule)
+    def _forward_train(self, batch: dict[str, Any], **kwargs) -> dict[str, Any]:
+        emb = self._encode(batch)
+        # Embeddings go along so PPO's value pass reuses them instead of encoding twice.
+        return {Columns.ACTION_DIST_INPUTS: self.actor(emb), Columns.EMBEDDINGS: emb}
+
+    @override(ValueFunctionAPI)
+    def compute_values(self, batch: dict[str, Any], embeddings: Any | None = None) -> torch.Tensor:
+        if embeddings is None:
+            embeddings = self._encode(batch)
+        return self.critic(embeddings).squeeze(-1)

@@ -1,0 +1,202 @@
+"""Reward families (DESIGN 3.1): small pure numpy functions over aligned arrays, in one registry.
+
+Each family takes a `RewardInputs` (decision-time arrays plus the return of the *next* bar) and keyword
+parameters whose names are the search-space names and whose defaults are the seed's values. It returns its
+named reward terms; the reward is their sum. The env precomputes every term for every bar and action, so
+these run once per split, never per step.
+
+Normalisation statistics (sigma, E = mean|r/sigma|) are defined without look-ahead: either fixed from the
+train split (`norm_stats: train`) or a trailing window ending at the decision bar (`norm_stats: trailing`).
+The seed took them per training batch, which mixes future bars into the present bar's reward.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from himari_ray.types import Regime
+
+RewardTerms = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RewardInputs:
+    """Aligned arrays for decisions at bars t (shape (n,) each, or broadcastable)."""
+
+    position: np.ndarray  # int8: +1 long, -1 short, 0 flat, chosen after seeing bar t
+    is_trade: np.ndarray  # bool: the decision pays a trade cost (mode-dependent)
+    next_return: np.ndarray  # float64: return of bar t+1, the one the position earns
+    regime: np.ndarray  # int64: regime at bar t (known at decision time)
+    sigma: np.ndarray  # float64: return scale known at bar t (train std or trailing std)
+    expected_abs_z: float  # E = mean |r / sigma| over the train split
+
+    @property
+    def z(self) -> np.ndarray:
+        """Next return in units of the decision-time return scale."""
+        return self.next_return / self.sigma
+
+    @property
+    def is_hold(self) -> np.ndarray:
+        return self.position == 0
+
+    @property
+    def is_wrong(self) -> np.ndarray:
+        """A position whose sign disagrees with the next return."""
+        return self.position * self.next_return < 0
+
+
+def pnl_cost(inp: RewardInputs, *, trade_cost: float = 0.03, reward_scale: float = 100.0) -> RewardTerms:
+    """Seed session 4: `r*pos*reward_scale - trade_cost*is_trade` (the scale applies to PnL only)."""
+    return {
+        "pnl": inp.next_return * inp.position * reward_scale,
+        "trade_cost": -trade_cost * inp.is_trade,
+    }
+
+
+def adaptive(
+    inp: RewardInputs,
+    *,
+    base_trade_cost: float = 0.40,
+    highvol_trade_cost: float = 0.40,
+    crisis_trade_cost: float = 0.60,
+    trending_trade_bonus: float = 0.40,
+    trending_hold_cost: float = 1.0,
+    wrong_penalty: float = 0.50,
+    reward_scale: float = 1.0,
+) -> RewardTerms:
+    """Seed sessions 14-18: variance-normalised PnL z*pos; every cost a fraction of E = mean|z|.
+
+    `reward_scale` multiplies every term (the costs are already relative to the PnL, so scaling the PnL
+    alone would only duplicate them); it sets the reward's size against the entropy bonus.
+    """
+    e = inp.expected_abs_z * reward_scale
+    trade = inp.is_trade.astype(np.float64)
+    hold = inp.is_hold.astype(np.float64)
+    reg = inp.regime
+    return {
+        "pnl": inp.z * inp.position * reward_scale,
+        "base_trade_cost": -base_trade_cost * e * trade,
+        "highvol_trade_cost": -highvol_trade_cost * e * trade * (reg == Regime.HIGH_VOL),
+        "crisis_trade_cost": -crisis_trade_cost * e * trade * (reg == Regime.CRISIS),
+        "trending_trade_bonus": trending_trade_bonus * e * trade * (reg == Regime.TRENDING),
+        "trending_hold_cost": -trending_hold_cost * e * hold * (reg == Regime.TRENDING),
+        "wrong_penalty": -wrong_penalty * e * inp.is_wrong,
+    }
+
+
+@dataclass(frozen=True)
+class RewardFamily:
+    """A registered family: its function, and which parameters are costs or bonuses (for the contract)."""
+
+    name: str
+    fn: Callable[..., RewardTerms]
+    costs: tuple[str, ...]  # reward is non-increasing in each; must be >= 0
+    bonuses: tuple[str, ...] = ()  # reward is non-decreasing in each; must be >= 0
+    seed_session: str = ""
+
+    @property
+    def defaults(self) -> dict[str, float]:
+        """Keyword parameters and their seed defaults, read from the function signature."""
+        sig = inspect.signature(self.fn)
+        return {p.name: float(p.default) for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+    def __call__(self, inp: RewardInputs, **params: float) -> RewardTerms:
+        return self.fn(inp, **params)
+
+
+REWARD_FAMILIES: dict[str, RewardFamily] = {
+    f.name: f
+    for f in (
+        RewardFamily("pnl_cost", pnl_cost, costs=("trade_cost",), seed_session="4"),
+        RewardFamily(
+            "adaptive",
+            adaptive,
+            costs=(
+                "base_trade_cost",
+                "highvol_trade_cost",
+                "crisis_trade_cost",
+                "trending_hold_cost",
+                "wrong_penalty",
+            ),
+            bonuses=("trending_trade_bonus",),
+            seed_session="14-18",
+        ),
+    )
+}
+
+
+class RewardConfig(BaseModel):
+    """A reward family, its parameters, and how its normalisation statistics are taken."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    family: str = Field("pnl_cost", description="Name of a family in REWARD_FAMILIES.")
+    params: dict[str, float] = Field(
+        default_factory=dict, description="Parameter overrides; missing ones take the seed's defaults."
+    )
+    norm_stats: Literal["train", "trailing"] = Field(
+        "train", description="sigma from the whole train split, or from a trailing window ending at bar t."
+    )
+    trailing_window: int = Field(168, ge=8, description="Bars in the trailing sigma window.")
+
+    @model_validator(mode="after")
+    def _known_family_and_params(self) -> RewardConfig:
+        if self.family not in REWARD_FAMILIES:
+            raise ValueError(f"unknown reward family {self.family!r}; expected one of {sorted(REWARD_FAMILIES)}")
+        fam = REWARD_FAMILIES[self.family]
+        for key, value in self.params.items():
+            if key not in fam.defaults:
+                raise ValueError(
+                    f"unknown parameter {key!r} for family {self.family}; expected one of {sorted(fam.defaults)}"
+                )
+            if key in fam.costs + fam.bonuses and value < 0:
+                raise ValueError(f"parameter {key!r} must be >= 0, got {value}")
+            if key == "reward_scale" and value <= 0:
+                raise ValueError(f"parameter 'reward_scale' must be > 0, got {value}")
+        return self
+
+    def __hash__(self) -> int:  # dict fields are unhashable; the env caches on this
+        return hash((self.family, tuple(sorted(self.params.items())), self.norm_stats, self.trailing_window))
+
+    @property
+    def resolved_params(self) -> dict[str, float]:
+        """Seed defaults overlaid with this config's parameters."""
+        return {**REWARD_FAMILIES[self.family].defaults, **self.params}
+
+
+def trailing_sigma(returns: np.ndarray, window: int, fallback: float) -> np.ndarray:
+    """Std of returns[t-window+1 .. t] for each t: known at bar t. Early bars use `fallback`."""
+    r = np.asarray(returns, dtype=np.float64)
+    out = np.full(len(r), fallback, dtype=np.float64)
+    if len(r) >= window:
+        win = np.lib.stride_tricks.sliding_window_view(r, window)
+        out[window - 1 :] = win.std(axis=1)
+    return np.maximum(out, 1e-8)
+
+
+def decision_sigma(returns: np.ndarray, train_returns: np.ndarray, cfg: RewardConfig) -> np.ndarray:
+    """The return scale known at each decision bar of a split, per `cfg.norm_stats`."""
+    train_sigma = float(np.std(train_returns)) + 1e-12
+    if cfg.norm_stats == "train":
+        return np.full(len(returns), train_sigma)
+    return trailing_sigma(returns, cfg.trailing_window, fallback=train_sigma)
+
+
+def expected_abs_z(train_returns: np.ndarray, cfg: RewardConfig) -> float:
+    """E = mean |r[t+1] / sigma[t]| over the train split only."""
+    r = np.asarray(train_returns, dtype=np.float64)
+    sigma = decision_sigma(r, r, cfg)
+    return float(np.mean(np.abs(r[1:] / sigma[:-1])))
+
+
+def compute_terms(family: str, inp: RewardInputs, params: Mapping[str, float]) -> RewardTerms:
+    """Every term of `family` at `params`, broadcast to a common shape."""
+    terms = REWARD_FAMILIES[family](inp, **params)
+    shape = np.broadcast_shapes(*(np.shape(v) for v in terms.values()), np.shape(inp.position))
+    return {k: np.broadcast_to(np.asarray(v, dtype=np.float64), shape) for k, v in terms.items()}

@@ -1,0 +1,348 @@
+"""Search spaces (validated before anything starts) and the Tune + Optuna search over them."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from himari_ray.data import DataSpec
+from himari_ray.env import EnvConfig
+from himari_ray.model import MODEL_PRESETS, ModelConfig
+from himari_ray.rewards import REWARD_FAMILIES, RewardConfig
+from himari_ray.training import TRAIN_PARAMS, EvalConfig, TrainConfig, TrialConfig
+from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
+
+#: Metric the search minimises.
+OBJECTIVE = "band_distance"
+
+
+class ParamRange(BaseModel):
+    """A searched float parameter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    low: float = Field(description="Lower bound (inclusive).")
+    high: float = Field(description="Upper bound (inclusive).")
+    log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ParamRange:
+        if not self.low < self.high:
+            raise ValueError(f"inverted or empty range: low {self.low} must be < high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        return self
+
+
+class EnvSettings(BaseModel):
+    """Environment settings of a space (the reward family and parameters are top-level keys)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    context_len: int = Field(100, ge=1, description="Bars per observation window.")
+    episode_len: int | None = Field(512, ge=1, description="Decisions per training episode.")
+    position_mode: Literal["per_bar", "carried"] = Field("per_bar", description="How trades are counted.")
+    norm_stats: Literal["train", "trailing"] = Field("train", description="Where sigma and E come from.")
+    trailing_window: int = Field(168, ge=8, description="Bars in a trailing sigma window.")
+
+
+class Budget(BaseModel):
+    """How much to search."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
+    max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
+    seed: int = Field(0, ge=0, description="Seed of the Optuna sampler.")
+
+
+class SchedulerSettings(BaseModel):
+    """ASHA early stopping on band distance."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    grace_period: int = Field(1, ge=1, description="Iterations before a trial can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA halving rate.")
+
+
+class CollapseSettings(BaseModel):
+    """Stop a trial whose policy collapsed to all-HOLD or no-HOLD."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    warmup: int = Field(2, ge=1, description="Iterations before the check applies.")
+    hold_high: float = Field(99.0, gt=0, le=100, description="Overall HOLD% above this is a collapse.")
+    hold_low: float = Field(1.0, ge=0, lt=100, description="Overall HOLD% below this is a collapse.")
+
+
+class Resources(BaseModel):
+    """What one trial asks Ray for."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs for the trial process (sampling + learning).")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPU share of the trial's learner, e.g. 0.25.")
+
+
+class SearchSpace(BaseModel):
+    """A search-space file (search_spaces/*.yaml)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Study name.")
+    description: str = Field("", description="What this space is for.")
+    family: str = Field(description="Reward family (see himari_ray.rewards.REWARD_FAMILIES).")
+    fixed: dict[str, float] = Field(default_factory=dict, description="Reward parameters held fixed.")
+    search: dict[str, ParamRange] = Field(description="Searched parameters: reward parameters or PPO settings.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Dataset.")
+    env: EnvSettings = Field(default_factory=EnvSettings, description="Environment.")
+    model: Literal["production", "tiny"] | ModelConfig = Field("tiny", description="Preset name or sizes.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
+    targets: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(EvalConfig().bands), description="HOLD% band per regime."
+    )
+    fee: float = Field(0.0004, ge=0, description="Fee per unit position change in validation PnL.")
+    budget: Budget = Field(default_factory=Budget, description="Trials and concurrency.")
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")
+    collapse: CollapseSettings = Field(default_factory=CollapseSettings, description="Collapse stopper.")
+    resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
+
+    @model_validator(mode="after")
+    def _names_match_family(self) -> SearchSpace:
+        if self.family not in REWARD_FAMILIES:
+            raise ValueError(
+                f"family: unknown reward family {self.family!r}; expected one of {sorted(REWARD_FAMILIES)}"
+            )
+        fam = REWARD_FAMILIES[self.family]
+        allowed = sorted(fam.defaults) + list(TRAIN_PARAMS)
+        for key in self.fixed:
+            if key not in fam.defaults:
+                raise ValueError(
+                    f"fixed.{key}: not a parameter of family {self.family}; expected one of {sorted(fam.defaults)}"
+                )
+        for key, rng in self.search.items():
+            if key not in allowed:
+                raise ValueError(f"search.{key}: unknown parameter for family {self.family}; expected one of {allowed}")
+            if key in self.fixed:
+                raise ValueError(f"search.{key}: also set in fixed; a parameter is either searched or fixed")
+            if key in fam.costs + fam.bonuses + ("entropy_coeff",) and rng.low < 0:
+                raise ValueError(f"search.{key}.low: must be >= 0, got {rng.low}")
+        for regime in self.targets:
+            if regime not in REGIME_NAMES:
+                raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
+        return self
+
+    def trial_config(self) -> TrialConfig:
+        """The base configuration every trial starts from (searched values are overlaid per trial)."""
+        model = MODEL_PRESETS[self.model] if isinstance(self.model, str) else self.model
+        reward = RewardConfig(
+            family=self.family,
+            params=self.fixed,
+            norm_stats=self.env.norm_stats,
+            trailing_window=self.env.trailing_window,
+        )
+        env = EnvConfig(
+            data=self.data,
+            context_len=self.env.context_len,
+            episode_len=self.env.episode_len,
+            position_mode=self.env.position_mode,
+            reward=reward,
+        )
+        return TrialConfig(env=env, model=model, train=self.train, eval=EvalConfig(bands=self.targets, fee=self.fee))
+
+
+def bundled_spaces() -> dict[str, Path]:
+    """Space files shipped with the package (the top-level search_spaces/ directory)."""
+    root = resources.files("himari_ray.spaces")
+    return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def resolve_space_path(arg: str) -> Path:
+    """A path to a space file, or the name of a bundled one (`smoke`, `adaptive`)."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    bundled = bundled_spaces()
+    if arg in bundled or (path.stem in bundled and not path.parent.parts):
+        return bundled[path.stem]
+    raise UserInputError(f"{arg}: no such space file (bundled spaces: {', '.join(sorted(bundled))})")
+
+
+def _format_validation_error(path: Path, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (misspelled?)"
+    return f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}"
+
+
+def load_space(arg: str) -> tuple[SearchSpace, Path]:
+    """Read and validate a space file; any problem is one `UserInputError` naming the file and key."""
+    path = resolve_space_path(arg)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserInputError(f"{path}: cannot read YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserInputError(f"{path}: expected a mapping of keys at the top level")
+    try:
+        space = SearchSpace.model_validate(raw)
+        space.trial_config()
+    except ValidationError as err:
+        raise UserInputError(_format_validation_error(path, err)) from None
+    return space, path
+
+
+def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
+    import optuna
+
+    return {k: optuna.distributions.FloatDistribution(r.low, r.high, log=r.log) for k, r in space.search.items()}
+
+
+def make_searcher(space: SearchSpace, seed: int, storage: Any | None = None, max_concurrent: int | None = None):
+    """Seeded TPE through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch(
+        space=optuna_distributions(space),
+        metric=OBJECTIVE,
+        mode="min",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        storage=storage,
+        study_name=space.name,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or space.budget.max_concurrent)
+
+
+def _collapse_stopper(cfg: CollapseSettings):
+    from ray import tune
+
+    class CollapseStopper(tune.Stopper):
+        """Stops a trial whose overall HOLD% left (hold_low, hold_high) after the warm-up."""
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            if result["training_iteration"] < cfg.warmup:
+                return False
+            hold = result["hold_pct_ALL"]
+            return hold > cfg.hold_high or hold < cfg.hold_low
+
+        def stop_all(self) -> bool:
+            return False
+
+    return CollapseStopper()
+
+
+def format_report(trial_no: int, result: dict[str, Any]) -> str:
+    """One line per trial report: per-regime HOLD%, band distance, validation Sharpe."""
+    holds = " ".join(f"{r}={result[f'hold_pct_{r}']:5.1f}" for r in REGIME_NAMES)
+    return (
+        f"trial {trial_no:3d}  it {result['training_iteration']:3d}  HOLD% {holds}"
+        f"  band {result[OBJECTIVE]:6.1f}  sharpe {result['val_sharpe']:6.2f}"
+    )
+
+
+def _report_printer(stream=sys.stdout):
+    from ray import tune
+
+    class ReportPrinter(tune.Callback):
+        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+            print(format_report(trial_number(trial.experiment_tag), result), file=stream, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info) -> None:
+            print(
+                f"trial {trial_number(trial.experiment_tag)} failed: see {trial.local_path}/error.txt",
+                file=stream,
+                flush=True,
+            )
+
+    return ReportPrinter()
+
+
+def trial_dirname(trial: Any) -> str:
+    """Short, sortable trial directories (Tune's default embeds the whole nested config)."""
+    return f"trial_{trial_number(trial.experiment_tag):04d}_{trial.trial_id}"
+
+
+def default_out_dir(space: SearchSpace) -> Path:
+    return Path("runs") / f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to write into an existing non-empty directory: nothing already on disk is overwritten."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserInputError(f"{out}: --out exists and is not empty; choose a new directory")
+
+
+def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, seed: int) -> Path:
+    """Run the search; returns the output directory. Layout: space.yaml, study.db, tune/<trial dirs>."""
+    import optuna
+    import ray
+    from ray import tune
+
+    check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    out = out.resolve()
+    (out / "space.yaml").write_text(space_path.read_text())
+    trial_cfg = space.trial_config()
+    iterations = trial_cfg.train.iterations
+    # What `analyze` needs to judge trials from files alone, without importing Ray.
+    manifest = {
+        "space": space.name,
+        "family": space.family,
+        "trials": trials,
+        "seed": seed,
+        "iterations": iterations,
+        "searched": sorted(space.search),
+        "collapse": space.collapse.model_dump(),
+        "objective": OBJECTIVE,
+    }
+    (out / "search.json").write_text(json.dumps(manifest, indent=2))
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
+    cpus = space.resources.cpus_per_trial
+    bundles = [{"CPU": cpus, "GPU": space.resources.gpus_per_trial}] + [
+        {"CPU": 1.0} for _ in range(trial_cfg.train.num_env_runners)
+    ]
+    from ray.tune.schedulers import ASHAScheduler
+
+    from himari_ray.training import train_trial
+
+    tuner = tune.Tuner(
+        tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles)),
+        param_space={"trial": trial_cfg.model_dump(mode="json")},
+        tune_config=tune.TuneConfig(
+            metric=OBJECTIVE,
+            mode="min",
+            search_alg=make_searcher(space, seed, storage),
+            scheduler=ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=iterations,
+                grace_period=min(space.scheduler.grace_period, iterations),
+                reduction_factor=space.scheduler.reduction_factor,
+            ),
+            num_samples=trials,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out),
+            stop=_collapse_stopper(space.collapse),
+            callbacks=[_report_printer()],
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    tuner.fit()
+    return out

@@ -1,0 +1,229 @@
+"""PPO training of one configuration: typed configs -> `PPOConfig` (in one place), greedy validation
+evaluation straight through the RLModule, and the Tune function trainable that reports and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from himari_ray.data import load_dataset
+from himari_ray.env import EnvConfig, HimariTradingEnv, decision_windows
+from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
+from himari_ray.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
+from himari_ray.types import REGIME_NAMES
+
+
+class TrainConfig(BaseModel):
+    """PPO settings of one trial."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iterations: int = Field(10, ge=1, description="PPO training iterations (one Tune report each).")
+    train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
+    minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
+    num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    gamma: float = Field(0.0, ge=0, le=1, description="Discount; per_bar actions do not move the state, so 0.")
+    lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
+    clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
+    num_env_runners: int = Field(0, ge=0, description="Remote env runners (0: sample in the trial process).")
+    num_envs_per_env_runner: int = Field(1, ge=1, description="Vectorised env copies per runner.")
+    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU share of the (local) learner.")
+    seed: int = Field(0, ge=0, description="Seed of RLlib, torch and the env copies.")
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the last).")
+
+    @field_validator("minibatch_size")
+    @classmethod
+    def _minibatch_fits(cls, v: int, info: Any) -> int:
+        batch = info.data.get("train_batch_size")
+        if batch is not None and v > batch:
+            raise ValueError(f"minibatch_size {v} exceeds train_batch_size {batch}")
+        return v
+
+
+class EvalConfig(BaseModel):
+    """How a trial's greedy policy is scored on the validation split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bands: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
+    )
+    fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
+    batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_cover_regimes(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if name not in REGIME_NAMES:
+                raise ValueError(f"unknown regime {name!r}; expected one of {list(REGIME_NAMES)}")
+            if not 0 <= lo <= hi <= 100:
+                raise ValueError(f"band for {name} must satisfy 0 <= low <= high <= 100, got [{lo}, {hi}]")
+        return v
+
+
+#: Searchable names that are PPO settings rather than reward parameters.
+TRAIN_PARAMS = ("entropy_coeff", "lr", "gamma", "lambda_", "clip_param")
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs. Tune hands it around as a plain dict (`model_dump`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and reward.")
+    model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation scoring.")
+
+    def with_params(self, params: Mapping[str, float]) -> TrialConfig:
+        """Overlay searched values: PPO settings go to `train`, everything else to the reward's params."""
+        train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
+        reward = {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
+        env = self.env.model_copy(
+            update={
+                "reward": self.env.reward.model_validate(
+                    {**self.env.reward.model_dump(), "params": {**self.env.reward.params, **reward}}
+                )
+            }
+        )
+        return self.model_copy(update={"env": env, "train": self.train.model_copy(update=train)})
+
+
+def build_ppo_config(trial: TrialConfig) -> PPOConfig:
+    """The single place where himari-ray's typed configs become RLlib settings."""
+    t = trial.train
+    return (
+        PPOConfig()
+        .environment(HimariTradingEnv, env_config=trial.env.model_dump(mode="json"))
+        .framework("torch")
+        .env_runners(
+            num_env_runners=t.num_env_runners,
+            num_envs_per_env_runner=t.num_envs_per_env_runner,
+            rollout_fragment_length="auto",
+        )
+        .learners(num_learners=0, num_gpus_per_learner=t.num_gpus_per_learner)
+        .rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=RegimeTransformerModule, model_config=trial.model.to_model_config()
+            )
+        )
+        .training(
+            lr=t.lr,
+            gamma=t.gamma,
+            lambda_=t.lambda_,
+            entropy_coeff=t.entropy_coeff,
+            clip_param=t.clip_param,
+            num_epochs=t.num_epochs,
+            minibatch_size=t.minibatch_size,
+            train_batch_size_per_learner=t.train_batch_size,
+        )
+        .debugging(seed=t.seed, log_level="ERROR")
+    )
+
+
+class GreedyEvaluator:
+    """Argmax policy over every decision bar of the validation split, straight through the module.
+
+    Decision bars are t = C-1 .. n-2 of the split; the action at t earns `returns[t+1]`. Windows are
+    views; each batch is copied once into a tensor.
+    """
+
+    def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val"):
+        ds = load_dataset(env.data)
+        arrays = ds.split(split)
+        c, n = env.context_len, len(arrays)
+        self.cfg = cfg
+        self.windows = decision_windows(ds.scaler.transform(arrays.features), c)[: n - c]
+        # Copies: small, and torch wants writable arrays.
+        self.regimes = arrays.regime_ids[c - 1 : n - 1].copy()
+        self.next_returns = arrays.returns[c:n].copy()
+
+    def actions(self, module: RLModule) -> np.ndarray:
+        was_training = module.training
+        module.eval()
+        out = []
+        try:
+            with torch.no_grad():
+                for lo in range(0, len(self.regimes), self.cfg.batch_size):
+                    hi = lo + self.cfg.batch_size
+                    obs = {
+                        "window": torch.from_numpy(np.ascontiguousarray(self.windows[lo:hi])),
+                        "regime": torch.from_numpy(self.regimes[lo:hi]),
+                    }
+                    logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+                    out.append(logits.argmax(dim=-1).cpu().numpy())
+        finally:
+            module.train(was_training)
+        return np.concatenate(out)
+
+    def __call__(self, module: RLModule) -> dict[str, float]:
+        """Flat metrics: `<action>_pct_<regime>`, `band_distance`, `val_<trading metric>`."""
+        actions = self.actions(module)
+        shares = action_shares(actions, self.regimes)
+        metrics: dict[str, float] = {}
+        for regime, row in shares.items():
+            for action in ("HOLD", "LONG", "SHORT"):
+                metrics[f"{action.lower()}_pct_{regime}"] = row[action]
+        metrics["band_distance"] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
+        for key, value in trading_metrics(actions, self.next_returns, self.cfg.fee).items():
+            metrics[f"val_{key}"] = value
+        return metrics
+
+
+_STATE_FILE = "himari_trial_state.json"
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
+
+    Reports after every iteration; checkpoints (RLlib algorithm state + iteration) every
+    `checkpoint_every` iterations so a restored trial resumes where it stopped.
+    """
+    from ray import tune  # imported here: building configs (and analysis) must not need Tune
+
+    params = {k: v for k, v in config.items() if k != "trial"}
+    trial = TrialConfig.model_validate(config["trial"]).with_params(params)
+    torch.manual_seed(trial.train.seed)
+    algo = build_ppo_config(trial).build_algo()
+    evaluator = GreedyEvaluator(trial.env, trial.eval)
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            algo.restore_from_path(d)
+            start = json.loads((Path(d) / _STATE_FILE).read_text())["iteration"]
+    try:
+        for it in range(start + 1, trial.train.iterations + 1):
+            result = algo.train()
+            metrics = evaluator(algo.get_module())
+            runner = result[ENV_RUNNER_RESULTS]
+            metrics.update(
+                iteration=it,
+                # Absent until the first episode ends (long episodes, small batches).
+                episode_return_mean=float(runner.get(EPISODE_RETURN_MEAN, float("nan"))),
+                env_steps_sampled=int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME]),
+            )
+            if it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
+                with tempfile.TemporaryDirectory() as d:
+                    algo.save_to_path(d)
+                    (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it}))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report(metrics)
+    finally:
+        algo.stop()

@@ -1,0 +1,136 @@
+"""Core vocabulary shared by every layer: regimes, actions, the dataset contract (DESIGN 2.1).
+
+Nothing here imports from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class Regime(enum.IntEnum):
+    """Market regime ids, as the seed's detector numbers them."""
+
+    LOW_VOL = 0
+    TRENDING = 1
+    HIGH_VOL = 2
+    CRISIS = 3
+
+
+class Action(enum.IntEnum):
+    """Discrete actions; HOLD means flat."""
+
+    HOLD = 0
+    LONG = 1
+    SHORT = 2
+
+
+REGIME_NAMES: tuple[str, ...] = tuple(r.name for r in Regime)
+ACTION_NAMES: tuple[str, ...] = tuple(a.name for a in Action)
+N_REGIMES = len(Regime)
+N_ACTIONS = len(Action)
+
+#: Position (+1 long, -1 short, 0 flat) taken by each action id.
+POSITION_OF_ACTION = np.array([0, 1, -1], dtype=np.int8)
+
+#: Annualisation factor for hourly bars.
+BARS_PER_YEAR = 8760
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One chronological split: aligned arrays of length n (DESIGN 2.1).
+
+    `returns[t] = prices[t] / prices[t-1] - 1` is the return *of* bar t, known once bar t has closed.
+    Everything at index t (features, regime) is computed from bars <= t only.
+    """
+
+    features: np.ndarray  # float32 (n, F), raw (not normalised)
+    regime_ids: np.ndarray  # int64 (n,)
+    regime_confidences: np.ndarray  # float32 (n,)
+    prices: np.ndarray  # float64 (n,)
+    returns: np.ndarray  # float64 (n,)
+    timestamps: np.ndarray  # int64 ns since epoch, UTC (n,)
+
+    def __post_init__(self) -> None:
+        n = len(self.returns)
+        for name in ("features", "regime_ids", "regime_confidences", "prices", "timestamps"):
+            arr = getattr(self, name)
+            if len(arr) != n:
+                raise ValueError(f"SplitArrays.{name} has length {len(arr)}, expected {n}")
+        if self.features.ndim != 2:
+            raise ValueError(f"SplitArrays.features must be 2-D, got shape {self.features.shape}")
+
+    def __len__(self) -> int:
+        return len(self.returns)
+
+    def slice(self, start: int, stop: int) -> SplitArrays:
+        """Bars [start, stop) as views (no copy)."""
+        return SplitArrays(
+            features=self.features[start:stop],
+            regime_ids=self.regime_ids[start:stop],
+            regime_confidences=self.regime_confidences[start:stop],
+            prices=self.prices[start:stop],
+            returns=self.returns[start:stop],
+            timestamps=self.timestamps[start:stop],
+        )
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Per-feature z-score statistics, fitted on the train split only (DESIGN 2.1)."""
+
+    mean: np.ndarray  # float64 (F,)
+    std: np.ndarray  # float64 (F,), strictly positive
+    clip: float = 10.0
+
+    @classmethod
+    def fit(cls, train_features: np.ndarray, clip: float = 10.0) -> FeatureScaler:
+        """Fit on train features; a constant column gets std 1 so it maps to 0, not to inf."""
+        x = np.asarray(train_features, dtype=np.float64)
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)
+        return cls(mean=mean, std=std, clip=clip)
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        """Scale any split with the train statistics; clipped so a fat-tailed outlier cannot blow up a step."""
+        z = (np.asarray(features, dtype=np.float64) - self.mean) / self.std
+        return np.clip(z, -self.clip, self.clip).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Three chronological, non-overlapping splits plus metadata (DESIGN 2.1)."""
+
+    train: SplitArrays
+    val: SplitArrays
+    test: SplitArrays
+    feature_names: tuple[str, ...]
+    scaler: FeatureScaler
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> SplitArrays:
+        """The split called `name` (train, val or test)."""
+        if name not in SPLIT_NAMES:
+            raise KeyError(f"unknown split {name!r}; expected one of {SPLIT_NAMES}")
+        return getattr(self, name)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+
+class UserInputError(Exception):
+    """Bad input from the user (a file, a key, a flag). The CLI prints it as one line and exits 2."""
+
+
+def trial_number(experiment_tag: str) -> int:
+    """Tune's per-search trial counter, the prefix of a trial's experiment tag (`<n>_<params>`)."""
+    return int(experiment_tag.split("_", 1)[0])

@@ -1,0 +1,1 @@
+"""Bundled search-space files (installed as himari_ray.spaces)."""
