@@ -85,6 +85,34 @@ def _regime_path(n: int, rng: np.random.Generator) -> np.ndarray:
     return regimes
 
 
+def synthetic_features(
+    prices: np.ndarray, returns: np.ndarray, signal_obs: np.ndarray, noise: np.ndarray
+) -> pd.DataFrame:
+    """The synthetic market's features: trailing windows only, so row t depends on bars <= t."""
+    close = pd.Series(prices)
+    ret = pd.Series(returns)
+    vol12 = ret.rolling(12).std()
+    vol24 = ret.rolling(24).std()
+    ma24 = close.rolling(24).mean()
+    sd24 = close.rolling(24).std()
+    return pd.DataFrame(
+        {
+            "ret_1": ret,
+            "ret_4": close.pct_change(4),
+            "ret_12": close.pct_change(12),
+            "ret_24": close.pct_change(24),
+            "abs_ret_1": ret.abs(),
+            "vol_12h": vol12 * np.sqrt(8760),
+            "vol_24h": vol24 * np.sqrt(8760),
+            "vol_ratio": vol12 / vol24,
+            "ema_ret_12": ret.ewm(span=12, adjust=False).mean(),
+            "zscore_24": (close - ma24) / sd24,
+            "signal_obs": signal_obs,
+            "noise_0": noise,
+        }
+    )[list(SYNTH_FEATURE_NAMES)]
+
+
 def synthetic_frame(n_bars: int, seed: int) -> pd.DataFrame:
     """A seeded regime-switching market with fat tails and weak, real predictability.
 
@@ -124,28 +152,7 @@ def synthetic_frame(n_bars: int, seed: int) -> pd.DataFrame:
         z_prev = returns[t] / vol[t]
     prices = 10_000.0 * np.cumprod(1.0 + returns)
 
-    close = pd.Series(prices)
-    ret = pd.Series(returns)
-    vol12 = ret.rolling(12).std()
-    vol24 = ret.rolling(24).std()
-    ma24 = close.rolling(24).mean()
-    sd24 = close.rolling(24).std()
-    feats = pd.DataFrame(
-        {
-            "ret_1": ret,
-            "ret_4": close.pct_change(4),
-            "ret_12": close.pct_change(12),
-            "ret_24": close.pct_change(24),
-            "abs_ret_1": ret.abs(),
-            "vol_12h": vol12 * np.sqrt(8760),
-            "vol_24h": vol24 * np.sqrt(8760),
-            "vol_ratio": vol12 / vol24,
-            "ema_ret_12": ret.ewm(span=12, adjust=False).mean(),
-            "zscore_24": (close - ma24) / sd24,
-            "signal_obs": signal + 0.7 * rng.standard_normal(n),
-            "noise_0": rng.standard_normal(n),
-        }
-    )
+    feats = synthetic_features(prices, returns, signal + 0.7 * rng.standard_normal(n), rng.standard_normal(n))
     # Confidence: how settled the regime has been over the last 12 bars (causal), mapped into [0.5, 0.95].
     same = pd.Series((regimes[1:] == regimes[:-1]).astype(float)).rolling(12, min_periods=1).mean()
     confidence = 0.5 + 0.45 * np.r_[0.0, same.to_numpy()]

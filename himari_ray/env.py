@@ -85,7 +85,8 @@ class HimariTradingEnv(gym.Env):
 
     ## Episode end
     Truncated (never terminated) after `episode_len` decisions, or at the split's second-to-last bar (the
-    last bar has no next return). Reset draws the start bar uniformly from `self.np_random`.
+    last bar has no next return). Reset draws the start bar uniformly from `self.np_random`, unless
+    `options={"start_bar": t}` names it.
 
     ## Info
     `bar`, `regime`, `position`, `is_trade`, `next_return` (for audit only; the policy never sees it) and
@@ -137,7 +138,13 @@ class HimariTradingEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         latest_start = self.last_bar - self.episode_len + 1
-        self._t = int(self.np_random.integers(self.first_bar, latest_start + 1))
+        if options is not None and "start_bar" in options:  # audits and tests replay a chosen bar
+            start = int(options["start_bar"])
+            if not self.first_bar <= start <= latest_start:
+                raise ValueError(f"start_bar must lie in [{self.first_bar}, {latest_start}], got {start}")
+            self._t = start
+        else:
+            self._t = int(self.np_random.integers(self.first_bar, latest_start + 1))
         self._end = self._t + self.episode_len - 1
         self._prev_action = 0
         return self._obs(), {"bar": self._t}

@@ -40,7 +40,9 @@ class TrainConfig(BaseModel):
     entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
     clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
     num_env_runners: int = Field(0, ge=0, description="Remote env runners (0: sample in the trial process).")
-    num_envs_per_env_runner: int = Field(1, ge=1, description="Vectorised env copies per runner.")
+    num_envs_per_env_runner: int = Field(
+        4, ge=1, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
+    )
     num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU share of the (local) learner.")
     seed: int = Field(0, ge=0, description="Seed of RLlib, torch and the env copies.")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the last).")

@@ -1,0 +1,149 @@
+"""Reward families: one contract over every registered family, plus hand-computed oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from himari_ray.rewards import (
+    REWARD_FAMILIES,
+    RewardConfig,
+    RewardInputs,
+    compute_terms,
+    decision_sigma,
+    expected_abs_z,
+    trailing_sigma,
+)
+from himari_ray.types import Regime
+
+
+def random_inputs(n: int = 400, seed: int = 0) -> RewardInputs:
+    rng = np.random.default_rng(seed)
+    position = rng.choice(np.array([-1, 0, 1], dtype=np.int8), size=n)
+    return RewardInputs(
+        position=position,
+        is_trade=position != 0,
+        next_return=rng.standard_t(3, size=n) * 0.01,
+        regime=rng.integers(0, 4, size=n),
+        sigma=np.full(n, 0.01),
+        expected_abs_z=0.6,
+    )
+
+
+FAMILIES = sorted(REWARD_FAMILIES)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_contract_finite_shape_and_flat_position_earns_no_pnl(name):
+    fam = REWARD_FAMILIES[name]
+    inp = random_inputs()
+    terms = compute_terms(name, inp, fam.defaults)
+    assert "pnl" in terms
+    for term, values in terms.items():
+        assert values.shape == inp.position.shape, term
+        assert np.isfinite(values).all(), term
+    flat = inp.position == 0
+    assert np.all(terms["pnl"][flat] == 0)
+    assert np.any(terms["pnl"][~flat] != 0)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_contract_monotone_in_every_cost_and_bonus(name):
+    fam = REWARD_FAMILIES[name]
+    inp = random_inputs(seed=1)
+    base = sum(compute_terms(name, inp, fam.defaults).values())
+    assert fam.costs, "every family has at least one cost"
+    for key in fam.costs + fam.bonuses:
+        bumped = sum(compute_terms(name, inp, {**fam.defaults, key: fam.defaults[key] + 0.5}).values())
+        delta = bumped - base
+        if key in fam.costs:
+            assert np.all(delta <= 1e-12), f"{key}: raising a cost raised some reward"
+            assert np.any(delta < 0), f"{key}: raising a cost changed nothing"
+        else:
+            assert np.all(delta >= -1e-12), f"{key}: raising a bonus lowered some reward"
+            assert np.any(delta > 0), f"{key}: raising a bonus changed nothing"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_contract_parameter_names_are_keyword_only_with_seed_defaults(name):
+    fam = REWARD_FAMILIES[name]
+    assert set(fam.costs + fam.bonuses) <= set(fam.defaults)
+    assert "reward_scale" in fam.defaults
+
+
+def test_pnl_cost_oracle():
+    inp = RewardInputs(
+        position=np.array([1, -1, 0, 1], dtype=np.int8),
+        is_trade=np.array([True, True, False, True]),
+        next_return=np.array([0.01, 0.02, 0.03, -0.005]),
+        regime=np.zeros(4, dtype=np.int64),
+        sigma=np.full(4, 0.01),
+        expected_abs_z=0.6,
+    )
+    t = compute_terms("pnl_cost", inp, {"trade_cost": 0.03, "reward_scale": 100.0})
+    np.testing.assert_allclose(t["pnl"], [1.0, -2.0, 0.0, -0.5])
+    np.testing.assert_allclose(t["trade_cost"], [-0.03, -0.03, 0.0, -0.03])
+    np.testing.assert_allclose(sum(t.values()), [0.97, -2.03, 0.0, -0.53])
+
+
+def test_adaptive_oracle_session_18():
+    """Hand-computed: E = 0.5, sigma = 0.01, the seed's session-18 fractions."""
+    regime = np.array([Regime.LOW_VOL, Regime.TRENDING, Regime.HIGH_VOL, Regime.CRISIS, Regime.TRENDING])
+    inp = RewardInputs(
+        position=np.array([1, 1, -1, 1, 0], dtype=np.int8),
+        is_trade=np.array([True, True, True, True, False]),
+        next_return=np.array([0.01, -0.02, 0.005, -0.01, 0.03]),
+        regime=regime,
+        sigma=np.full(5, 0.01),
+        expected_abs_z=0.5,
+    )
+    t = compute_terms("adaptive", inp, REWARD_FAMILIES["adaptive"].defaults)
+    # z = [1, -2, 0.5, -1, 3]; pnl = z * pos
+    np.testing.assert_allclose(t["pnl"], [1.0, -2.0, -0.5, -1.0, 0.0])
+    np.testing.assert_allclose(t["base_trade_cost"], [-0.2, -0.2, -0.2, -0.2, 0.0])  # 0.40 * 0.5
+    np.testing.assert_allclose(t["highvol_trade_cost"], [0, 0, -0.2, 0, 0])
+    np.testing.assert_allclose(t["crisis_trade_cost"], [0, 0, 0, -0.3, 0])  # 0.60 * 0.5
+    np.testing.assert_allclose(t["trending_trade_bonus"], [0, 0.2, 0, 0, 0])
+    np.testing.assert_allclose(t["trending_hold_cost"], [0, 0, 0, 0, -0.5])  # 1.0 * 0.5
+    np.testing.assert_allclose(t["wrong_penalty"], [0, -0.25, -0.25, -0.25, 0])  # 0.50 * 0.5
+    total = sum(t.values())
+    np.testing.assert_allclose(total, [0.8, -2.25, -1.15, -1.75, -0.5])
+    # reward_scale multiplies every term
+    t2 = compute_terms("adaptive", inp, {**REWARD_FAMILIES["adaptive"].defaults, "reward_scale": 2.0})
+    np.testing.assert_allclose(sum(t2.values()), 2 * total)
+
+
+def test_trailing_sigma_is_causal_and_exact():
+    rng = np.random.default_rng(2)
+    r = rng.standard_normal(300) * 0.01
+    s = trailing_sigma(r, 24, fallback=0.5)
+    assert np.all(s[:23] == 0.5)
+    np.testing.assert_allclose(s[100], r[77:101].std())
+    r2 = r.copy()
+    r2[151:] *= 10
+    np.testing.assert_array_equal(trailing_sigma(r2, 24, 0.5)[:151], s[:151])
+
+
+def test_normalisation_statistics_come_from_train():
+    rng = np.random.default_rng(3)
+    train = rng.standard_normal(1000) * 0.01
+    split = rng.standard_normal(200) * 0.05
+    cfg = RewardConfig(family="adaptive")
+    np.testing.assert_allclose(decision_sigma(split, train, cfg), train.std(), rtol=1e-9)
+    e = expected_abs_z(train, cfg)
+    np.testing.assert_allclose(e, np.mean(np.abs(train[1:] / train.std())), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"family": "nope"}, "unknown reward family"),
+        ({"family": "pnl_cost", "params": {"trade_cst": 0.1}}, "unknown parameter 'trade_cst'"),
+        ({"family": "pnl_cost", "params": {"trade_cost": -0.1}}, "must be >= 0"),
+        ({"family": "adaptive", "params": {"reward_scale": 0.0}}, "must be > 0"),
+    ],
+)
+def test_reward_config_rejects_bad_input(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        RewardConfig(**kwargs)

@@ -1,0 +1,166 @@
+"""Training: configs -> RLlib in one place, the greedy validation evaluator, and (slow) real Tune runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from himari_ray.env import EnvConfig
+from himari_ray.metrics import trading_metrics
+from himari_ray.rewards import RewardConfig
+from himari_ray.training import GreedyEvaluator, TrainConfig, TrialConfig, build_ppo_config
+from tests.conftest import SMALL_SPEC
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_trial(**train) -> TrialConfig:
+    env = EnvConfig(data=SMALL_SPEC, context_len=16, episode_len=128, reward=RewardConfig(family="pnl_cost"))
+    t = {"iterations": 2, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1, **train}
+    return TrialConfig(env=env, train=TrainConfig(**t))
+
+
+def test_with_params_routes_ppo_settings_and_reward_parameters():
+    trial = small_trial().with_params({"entropy_coeff": 0.03, "lr": 1e-3, "trade_cost": 0.2})
+    assert trial.train.entropy_coeff == 0.03 and trial.train.lr == 1e-3
+    assert trial.env.reward.params == {"trade_cost": 0.2}
+    with pytest.raises(ValueError, match="trade_cst"):
+        small_trial().with_params({"trade_cst": 0.2})
+
+
+def test_build_ppo_config_carries_every_setting():
+    trial = small_trial(entropy_coeff=0.02, gamma=0.5, num_envs_per_env_runner=3, seed=9)
+    cfg = build_ppo_config(trial)
+    assert cfg.entropy_coeff == 0.02 and cfg.gamma == 0.5 and cfg.lr == trial.train.lr
+    assert cfg.minibatch_size == 128 and cfg.num_epochs == 1 and cfg.train_batch_size_per_learner == 256
+    assert cfg.num_envs_per_env_runner == 3 and cfg.seed == 9
+    assert EnvConfig.model_validate(cfg.env_config) == trial.env
+    assert cfg.rl_module_spec.model_config["d_model"] == trial.model.d_model
+
+
+class ConstantModule(torch.nn.Module):
+    """A stand-in policy that always prefers one action: the evaluator, not the model, is under test."""
+
+    def __init__(self, action: int):
+        super().__init__()
+        self.action = action
+
+    def forward_inference(self, batch):
+        obs = batch["obs"]
+        assert obs["window"].shape[1:] == (16, 12) and obs["window"].dtype == torch.float32
+        logits = torch.zeros(obs["regime"].shape[0], 3)
+        logits[:, self.action] = 1.0
+        return {"action_dist_inputs": logits}
+
+
+def test_greedy_evaluator_oracles(small_dataset):
+    trial = small_trial()
+    ev = GreedyEvaluator(trial.env, trial.eval.model_copy(update={"batch_size": 100}))
+    n = len(small_dataset.val)
+    assert len(ev.regimes) == n - 16  # decision bars 15 .. n-2
+    np.testing.assert_array_equal(ev.next_returns, small_dataset.val.returns[16:])
+    hold = ev(ConstantModule(0))
+    present = {r for r in ("LOW_VOL", "TRENDING", "HIGH_VOL", "CRISIS") if not np.isnan(hold[f"hold_pct_{r}"])}
+    assert all(hold[f"hold_pct_{r}"] == 100.0 for r in present)
+    uppers = {"LOW_VOL": 60, "TRENDING": 40, "HIGH_VOL": 70, "CRISIS": 80}
+    assert hold["band_distance"] == pytest.approx(sum(100 - uppers[r] for r in present))
+    assert hold["val_net_return"] == 0.0
+    long = ev(ConstantModule(1))
+    expected = trading_metrics(np.ones(len(ev.regimes), dtype=int), ev.next_returns, trial.eval.fee)
+    assert long["val_net_return"] == pytest.approx(expected["net_return"])
+    assert long["long_pct_ALL"] == 100.0
+
+
+@pytest.mark.slow
+def test_trial_resumes_from_its_checkpoint_after_a_crash(local_ray, tmp_path):
+    """A real Tune run in which the trial process dies after its first checkpointed report; Tune restarts
+    it and it continues at iteration 2 from the checkpoint instead of starting over."""
+    from ray import tune
+
+    from himari_ray.training import train_trial
+
+    marker = tmp_path / "crashed"
+
+    def crash_once(config):
+        import ray.tune
+
+        if tune.get_checkpoint() is None and not marker.exists():
+            original = ray.tune.report
+
+            def report_then_die(metrics, checkpoint=None):
+                original(metrics, checkpoint=checkpoint)
+                marker.write_text("1")
+                os._exit(1)  # the trial's worker process dies: a real crash, not an exception
+
+            ray.tune.report = report_then_die
+        train_trial(config)
+
+    tuner = tune.Tuner(
+        crash_once,
+        param_space={"trial": small_trial().model_dump(mode="json"), "trade_cost": 0.1},
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), name="resume", failure_config=tune.FailureConfig(max_failures=1), verbose=0
+        ),
+    )
+    grid = tuner.fit()
+    assert marker.exists()
+    result = grid[0]
+    assert result.error is None
+    reports = [json.loads(line) for line in (Path(result.path) / "result.json").read_text().splitlines()]
+    assert [r["iteration"] for r in reports] == [1, 2]
+    assert reports[1]["iterations_since_restore"] == 1  # restored, not retrained from scratch
+    assert reports[1]["env_steps_sampled"] > reports[0]["env_steps_sampled"]  # RLlib state came back too
+
+
+@pytest.mark.slow
+def test_end_to_end_search_and_analyze(tmp_path):
+    """2 trials x 2 iterations through the real CLI; analyze then prints the same table without Ray."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
+    out = tmp_path / "out"
+    space = REPO / "tests" / "spaces" / "e2e.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "himari_ray", "search", str(space), "--trials", "2", "--out", str(out), "--seed", "1"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    reports = [line for line in lines if line.startswith("trial ")]
+    assert len(reports) == 4, proc.stdout  # 2 trials x 2 iterations, one line per report
+    assert all("HOLD% LOW_VOL=" in line and "band" in line for line in reports)
+    table = lines[
+        lines.index(next(line for line in lines if line.lstrip().startswith("trial ") and "status" in line)) :
+    ]
+    assert len(table) == 3
+
+    ana = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from himari_ray.cli import main; code = main(['analyze', sys.argv[1]]);"
+            "assert not any(m == 'ray' or m.startswith('ray.') for m in sys.modules), 'analyze imported Ray';"
+            "sys.exit(code)",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert ana.returncode == 0, ana.stderr
+    assert ana.stdout.splitlines() == table
+
+    import optuna
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 2
+    assert {"trade_cost", "entropy_coeff"} == set(study.trials[0].params)
