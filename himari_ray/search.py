@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from importlib import resources
@@ -308,6 +309,9 @@ def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, see
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
 
+    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     if not ray.is_initialized():
         ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
