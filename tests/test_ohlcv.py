@@ -1,0 +1,159 @@
+"""OHLCV import: each layout from a small fixture, repairs that are reported, gaps, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from himari_ray.ohlcv import read_ohlcv
+from himari_ray.types import UserInputError
+
+T0 = pd.Timestamp("2021-03-01 00:00", tz="UTC")
+
+
+def bars(n: int = 6, start: pd.Timestamp = T0) -> pd.DataFrame:
+    close = 100.0 + np.arange(n, dtype=float)
+    return pd.DataFrame(
+        {
+            "ts": pd.date_range(start, periods=n, freq="h"),
+            "open": close - 0.5,
+            "high": close + 1.0,
+            "low": close - 1.0,
+            "close": close,
+            "volume": 10.0 + np.arange(n),
+        }
+    )
+
+
+def assert_regular(frame: pd.DataFrame, n: int) -> None:
+    assert list(frame.columns) == ["open", "high", "low", "close", "volume", "real"]
+    assert len(frame) == n and frame.index[0] == T0
+    assert (np.diff(frame.index.asi8) == 3_600_000_000_000).all()
+    np.testing.assert_allclose(frame["close"], 100.0 + np.arange(n))
+    np.testing.assert_allclose(frame["volume"], 10.0 + np.arange(n))
+
+
+def test_freqtrade_csv_iso_dates(tmp_path):
+    b = bars()
+    path = tmp_path / "BTC_USDT-1h.csv"
+    b.rename(columns={"ts": "date"}).assign(date=b.ts.dt.strftime("%Y-%m-%d %H:%M:%S+00:00")).to_csv(path, index=False)
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)
+    assert report.layout == "csv" and report.duplicates_removed == 0 and report.gaps == []
+
+
+def test_timestamp_column_in_epoch_ms(tmp_path):
+    b = bars()
+    path = tmp_path / "x.csv"
+    b.assign(timestamp=b.ts.astype("int64") // 10**6).drop(columns="ts").to_csv(path, index=False)
+    frame, _ = read_ohlcv(path)
+    assert_regular(frame, 6)
+
+
+@pytest.mark.parametrize("unit_div", [10**6, 10**3], ids=["ms", "us"])
+def test_binance_klines_headerless_12_columns(tmp_path, unit_div):
+    b = bars()
+    open_time = b.ts.astype("int64") // unit_div
+    kl = pd.DataFrame(
+        {
+            0: open_time, 1: b.open, 2: b.high, 3: b.low, 4: b.close, 5: b.volume,
+            6: open_time + 3_599_999, 7: b.volume * b.close, 8: 100, 9: 1.0, 10: 2.0, 11: 0,
+        }
+    )  # fmt: skip
+    path = tmp_path / "BTCUSDT-1h-2021-03.csv"
+    kl.to_csv(path, header=False, index=False)
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)
+    assert report.layout == "binance"
+
+
+def test_cryptodatadownload_url_line_newest_first(tmp_path):
+    b = bars()
+    cdd = pd.DataFrame(
+        {
+            "unix": b.ts.astype("int64") // 10**6,
+            "date": b.ts.dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "symbol": "BTC/USDT",
+            "open": b.open, "high": b.high, "low": b.low, "close": b.close,
+            "Volume BTC": b.volume, "Volume USDT": b.volume * b.close, "tradecount": 5,
+        }
+    ).iloc[::-1]  # fmt: skip
+    path = tmp_path / "Binance_BTCUSDT_1h.csv"
+    path.write_text("https://www.CryptoDataDownload.com\n" + cdd.to_csv(index=False))
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)  # volume is the base asset's (BTC), not USDT
+    assert report.layout == "cryptodatadownload" and report.was_unsorted
+
+
+def test_parquet_with_datetime_index(tmp_path):
+    b = bars().set_index("ts")
+    b.index.name = "date"
+    path = tmp_path / "BTC_USDT-1h.parquet"
+    b.to_parquet(path)
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)
+    assert report.layout == "parquet"
+
+
+def test_gzip_csv(tmp_path):
+    path = tmp_path / "x.csv.gz"
+    bars().rename(columns={"ts": "timestamp"}).to_csv(path, index=False, compression="gzip")
+    assert_regular(read_ohlcv(path)[0], 6)
+
+
+def write(tmp_path, frame: pd.DataFrame, name: str = "in.csv"):
+    path = tmp_path / name
+    frame.rename(columns={"ts": "timestamp"}).to_csv(path, index=False)
+    return path
+
+
+def test_unsorted_and_identical_duplicates_are_repaired_and_reported(tmp_path):
+    b = bars()
+    messy = pd.concat([b.iloc[[3, 0, 1]], b.iloc[[1]], b.iloc[[2, 5, 4]]])
+    frame, report = read_ohlcv(write(tmp_path, messy))
+    assert_regular(frame, 6)
+    assert report.was_unsorted and report.duplicates_removed == 1 and report.rows_read == 7
+
+
+def test_gap_is_filled_flat_marked_and_reported(tmp_path):
+    b = bars(8).drop(index=[3, 4, 5])  # three missing hours after 02:00
+    frame, report = read_ohlcv(write(tmp_path, b))
+    assert len(frame) == 8
+    assert report.gaps == [((T0 + pd.Timedelta(hours=2)).isoformat(), 3)] and report.missing_hours == 3
+    np.testing.assert_array_equal(frame["real"], [True, True, True, False, False, False, True, True])
+    filled = frame.iloc[3:6]
+    assert (filled[["open", "high", "low", "close"]] == 102.0).all().all()  # the last known close
+    assert (filled["volume"] == 0).all()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda f: f.drop(columns="volume"), "missing column(s) volume"),
+        (lambda f: f.drop(columns="timestamp"), "missing timestamp column"),
+        (lambda f: f.assign(close=f.close.astype(object).where(f.index != 2, "abc")), "column close: non-numeric"),
+        (lambda f: f.assign(low=f.low.where(f.index != 1, -5.0)), "column low: non-positive price -5.0 at row 1"),
+        (lambda f: f.assign(open=f.open.where(f.index != 4, 0.0)), "column open: non-positive price 0.0 at row 4"),
+        (lambda f: f.assign(high=f.high.where(f.index != 3, 50.0)), "row 3: high/low do not bracket"),
+        (lambda f: pd.concat([f, f.iloc[[2]].assign(close=f.close[2] + 0.5)]), "conflicting duplicate bars"),
+        (lambda f: f.assign(timestamp=f.timestamp.where(f.index != 1, "not a date")), "unparsable timestamp"),
+    ],
+)
+def test_bad_input_names_the_file_and_problem(tmp_path, mutate, needle):
+    path = tmp_path / "bad.csv"
+    mutate(bars().rename(columns={"ts": "timestamp"})).to_csv(path, index=False)
+    with pytest.raises(UserInputError) as err:
+        read_ohlcv(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and needle in msg and "\n" not in msg
+
+
+def test_non_hourly_and_too_short_files(tmp_path):
+    four_hourly = bars().assign(ts=pd.date_range(T0, periods=6, freq="4h"))
+    with pytest.raises(UserInputError, match="4 hours apart"):
+        read_ohlcv(write(tmp_path, four_hourly))
+    with pytest.raises(UserInputError, match="6 bars; needs at least 500"):
+        read_ohlcv(write(tmp_path, bars(), "short.csv"), min_bars=500)
+    with pytest.raises(UserInputError, match="no such file"):
+        read_ohlcv(tmp_path / "nope.csv")
