@@ -1,4 +1,4 @@
-"""Command line: `himari-ray search`, `himari-ray analyze`.
+"""Command line: `himari-ray search`, `himari-ray analyze`, `himari-ray data import|inspect|synth`.
 
 Bad input ends in one line on stderr naming the file (or flag) and key, exit code 2, nothing written.
 """
@@ -54,16 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trials", type=_positive("--trials"), help="Number of trials (default: the space's budget).")
     s.add_argument("--out", type=Path, help="Output directory (default: runs/<space>-<time>); must be new or empty.")
     s.add_argument("--seed", type=_non_negative("--seed"), help="Sampler seed (default: the space's budget.seed).")
+    s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
 
     a = sub.add_parser("analyze", help="Print a search's trial table from disk (no Ray).")
     a.add_argument("dir", type=Path, help="A search output directory.")
+
+    d = sub.add_parser("data", help="Build and inspect datasets.")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    imp = dsub.add_parser("import", help="OHLCV CSV/Parquet (freqtrade, Binance, CryptoDataDownload) or seed pickle.")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--out", type=Path, required=True, help="New dataset directory.")
+    imp.add_argument("--train-frac", type=float, default=0.6)
+    imp.add_argument("--val-frac", type=float, default=0.2)
+    imp.add_argument("--denoise", action="store_true", help="Apply the causal Kalman denoiser to the features.")
+    imp.add_argument("--min-dwell", type=_positive("--min-dwell"), default=1, help="Regime hysteresis in bars.")
+    imp.add_argument(
+        "--seed-features", choices=("raw", "denoised"), default="raw", help="Seed pickle: which feature array."
+    )
+    ins = dsub.add_parser("inspect", help="Shapes, date ranges, regime shares, gaps, feature summary.")
+    ins.add_argument("dataset", type=Path)
+    syn = dsub.add_parser("synth", help="Write the seeded synthetic market as a dataset.")
+    syn.add_argument("--out", type=Path, required=True)
+    syn.add_argument("--n-bars", type=_positive("--n-bars"), default=12_000)
+    syn.add_argument("--seed", type=_non_negative("--seed"), default=0)
     return parser
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from himari_ray.search import check_out_dir, default_out_dir, load_space, run_search
+    from himari_ray.search import check_out_dir, default_out_dir, load_space, run_search, with_dataset
 
     space, path = load_space(args.space)
+    if args.data is not None:
+        space = with_dataset(space, args.data)
     out = args.out or default_out_dir(space)
     check_out_dir(out)
     trials = args.trials or space.budget.trials
@@ -80,11 +102,49 @@ def _print_table(out: Path) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from himari_ray import data, store
+    from himari_ray.describe import describe_dataset
+
+    if args.data_command == "inspect":
+        print(describe_dataset(store.load_dataset_dir(args.dataset), args.dataset))
+        return 0
+    store.check_new_path(args.out)
+    if args.data_command == "synth":
+        ds = data.synthetic_dataset(args.n_bars, args.seed)
+    elif args.file.suffix.lower() in (".pkl", ".pickle"):
+        ds = data.import_seed_pickle(args.file, features=args.seed_features)
+    else:
+        ds = data.import_ohlcv(args.file, _build_settings(args))
+    store.save_dataset(ds, args.out)
+    print(describe_dataset(ds, args.out))
+    return 0
+
+
+def _build_settings(args: argparse.Namespace):
+    from pydantic import ValidationError
+
+    from himari_ray.data import BuildSettings
+
+    try:
+        return BuildSettings(
+            train_frac=args.train_frac,
+            val_frac=args.val_frac,
+            denoise={"enabled": args.denoise},
+            detector={"min_dwell": args.min_dwell},
+        )
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserInputError(f"--{'-'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "search":
             return _cmd_search(args)
+        if args.command == "data":
+            return _cmd_data(args)
         return _print_table(args.dir)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

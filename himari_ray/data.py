@@ -1,202 +1,222 @@
-"""Datasets: the seeded synthetic market (DESIGN 2.2), chronological splits and train-only scaling.
+"""Datasets (DESIGN 2): where they come from, how they are built, split and scaled, and loading by spec.
 
-A `DataSpec` names a dataset; `load_dataset(spec)` builds it once per process (env runners and trials call
-it with the same spec, so a cache avoids rebuilding it for every env copy).
+A `DataSpec` names a dataset; `load_dataset(spec)` builds or reads it once per process (env runners and
+trials call it with the same spec, so a cache avoids rebuilding it for every env copy).
+
+Building from OHLCV bars: features (himari_ray.features) and regimes (himari_ray.regime) on the regular
+hourly grid, warm-up rows dropped, optional causal Kalman denoising, chronological train/val/test splits
+and a feature scaler fitted on the train split only.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Literal
+import hashlib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from himari_ray.types import N_REGIMES, Dataset, FeatureScaler, Regime, SplitArrays
+from himari_ray import __version__
+from himari_ray.denoise import KalmanConfig, denoise_features
+from himari_ray.features import FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
+from himari_ray.ohlcv import OHLCV_COLUMNS, ImportReport, read_ohlcv
+from himari_ray.regime import RegimeDetectorConfig, detect_regimes, warmup_bars
+from himari_ray.seedpickle import read_seed_pickle
+from himari_ray.store import load_dataset_dir
+from himari_ray.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
+from himari_ray.types import REGIME_NAMES, SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
+
+#: The bundled real sample: Binance BTC/USDT hourly bars 2018-2019 (freqtrade layout, gzip).
+SAMPLE_FILE = "btc_usdt_1h_2018_2019.csv.gz"
+#: Bars a built dataset must keep after the warm-up, so each split has room for a context window.
+MIN_BARS_AFTER_WARMUP = 300
 
 
-class DataSpec(BaseModel):
-    """Which dataset a search trains on, and how it is split."""
+class SplitFractions(BaseModel):
+    """Chronological split shares; the test split takes the rest."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    source: Literal["synthetic"] = Field("synthetic", description="Data source; `synthetic` is the seeded market.")
-    n_bars: int = Field(12_000, ge=1_000, description="Number of hourly bars to generate (before warm-up).")
-    seed: int = Field(0, ge=0, description="Seed of the synthetic market.")
     train_frac: float = Field(0.6, gt=0, lt=1, description="Chronological share of bars in the train split.")
     val_frac: float = Field(0.2, gt=0, lt=1, description="Chronological share of bars in the validation split.")
 
     @model_validator(mode="after")
-    def _fractions_leave_a_test_split(self) -> DataSpec:
+    def _fractions_leave_a_test_split(self) -> SplitFractions:
         if self.train_frac + self.val_frac >= 1.0:
             raise ValueError("train_frac + val_frac must be < 1 (the rest is the test split)")
         return self
 
-
-# --------------------------------------------------------------------------------------------------------
-# Synthetic market
-# --------------------------------------------------------------------------------------------------------
-
-#: Stationary regime shares the chain is built to reproduce (the seed's detector on BTC 2020-2024).
-SYNTH_REGIME_SHARES = np.array([0.453, 0.262, 0.169, 0.116])
-#: Hourly return volatility per regime (LOW_VOL, TRENDING, HIGH_VOL, CRISIS): BTC-like magnitudes.
-SYNTH_REGIME_VOL = np.array([0.004, 0.007, 0.012, 0.022])
-#: Mean bars between regime switches; one switch rate for all regimes keeps the shares exact.
-SYNTH_MEAN_DWELL = 48.0
-#: Drift during a TRENDING spell, in units of that regime's volatility (sign drawn per spell).
-SYNTH_TREND_DRIFT = 0.06
-#: Weight of the latent signal s_t (persistent, observed only with noise) in the next return.
-SYNTH_SIGNAL_WEIGHT = 0.07
-#: One-bar reversal: weight of -z_t in the next return (the main source of real BTC predictability).
-SYNTH_REVERSAL = 0.05
-#: Degrees of freedom of the Student-t innovations (fat tails).
-SYNTH_TAIL_DF = 3.0
-#: Longest feature lookback; bars before it are warm-up and dropped.
-SYNTH_WARMUP = 48
-
-SYNTH_FEATURE_NAMES: tuple[str, ...] = (
-    "ret_1",
-    "ret_4",
-    "ret_12",
-    "ret_24",
-    "abs_ret_1",
-    "vol_12h",
-    "vol_24h",
-    "vol_ratio",
-    "ema_ret_12",
-    "zscore_24",
-    "signal_obs",
-    "noise_0",
-)
+    def bounds(self, n: int) -> dict[str, tuple[int, int]]:
+        n_train = int(n * self.train_frac)
+        n_val = int(n * self.val_frac)
+        return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
 
 
-def _regime_path(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Markov chain P = (1-λ)I + λ·1πᵀ: stationary distribution exactly π, persistence from λ."""
-    lam = 1.0 / SYNTH_MEAN_DWELL
-    switch = rng.random(n) < lam
-    draws = rng.choice(N_REGIMES, size=n, p=SYNTH_REGIME_SHARES)
-    regimes = np.empty(n, dtype=np.int64)
-    current = int(draws[0])
-    for t in range(n):
-        if switch[t]:
-            current = int(draws[t])  # may redraw the same regime: that is what keeps π stationary
-        regimes[t] = current
-    return regimes
+class DataSpec(SplitFractions):
+    """Which dataset a search trains on."""
+
+    source: Literal["sample", "synthetic", "dataset"] = Field(
+        "sample", description="sample: the bundled BTC 2018-2019 bars; synthetic: the seeded market; dataset: a dir."
+    )
+    path: str | None = Field(None, description="Dataset directory (source: dataset), from `himari-ray data import`.")
+    n_bars: int = Field(12_000, ge=1_000, description="Synthetic only: hourly bars to generate (after warm-up).")
+    seed: int = Field(0, ge=0, description="Synthetic only: seed of the market.")
+
+    @model_validator(mode="after")
+    def _path_iff_dataset(self) -> DataSpec:
+        if (self.source == "dataset") != (self.path is not None):
+            raise ValueError("path is required for source 'dataset' and only allowed there")
+        return self
 
 
-def synthetic_features(
-    prices: np.ndarray, returns: np.ndarray, signal_obs: np.ndarray, noise: np.ndarray
-) -> pd.DataFrame:
-    """The synthetic market's features: trailing windows only, so row t depends on bars <= t."""
-    close = pd.Series(prices)
-    ret = pd.Series(returns)
-    vol12 = ret.rolling(12).std()
-    vol24 = ret.rolling(24).std()
-    ma24 = close.rolling(24).mean()
-    sd24 = close.rolling(24).std()
-    return pd.DataFrame(
-        {
-            "ret_1": ret,
-            "ret_4": close.pct_change(4),
-            "ret_12": close.pct_change(12),
-            "ret_24": close.pct_change(24),
-            "abs_ret_1": ret.abs(),
-            "vol_12h": vol12 * np.sqrt(8760),
-            "vol_24h": vol24 * np.sqrt(8760),
-            "vol_ratio": vol12 / vol24,
-            "ema_ret_12": ret.ewm(span=12, adjust=False).mean(),
-            "zscore_24": (close - ma24) / sd24,
-            "signal_obs": signal_obs,
-            "noise_0": noise,
+class BuildSettings(SplitFractions):
+    """How OHLCV bars become a dataset."""
+
+    detector: RegimeDetectorConfig = Field(default_factory=RegimeDetectorConfig, description="Regime detector.")
+    denoise: KalmanConfig = Field(default_factory=KalmanConfig, description="Causal Kalman denoising of features.")
+
+
+def _describe_splits(splits: dict[str, SplitArrays]) -> dict[str, Any]:
+    out = {}
+    for name, s in splits.items():
+        shares = np.bincount(s.regime_ids, minlength=len(REGIME_NAMES)) / max(len(s), 1) * 100
+        out[name] = {
+            "n": len(s),
+            "start": pd.Timestamp(int(s.timestamps[0]), tz="UTC").isoformat() if len(s) else None,
+            "end": pd.Timestamp(int(s.timestamps[-1]), tz="UTC").isoformat() if len(s) else None,
+            "regime_pct": dict(zip(REGIME_NAMES, np.round(shares, 2).tolist(), strict=True)),
+            "untradable_bars": int((~s.tradable).sum()),
         }
-    )[list(SYNTH_FEATURE_NAMES)]
+    return out
 
 
-def synthetic_frame(n_bars: int, seed: int) -> pd.DataFrame:
-    """A seeded regime-switching market with fat tails and weak, real predictability.
-
-    Return of bar t+1 (the one an action at t earns), with k the regime of bar t+1:
-        r[t+1] = vol[k] * (drift[t+1] + w_s * s[t] - w_r * z[t] + c * eps[t+1])
-    where s is a persistent latent signal, z[t] = r[t] / vol[k(t)], eps Student-t (unit variance) and c
-    keeps the variance at vol[k]². Features at t are computed from bars <= t only; `signal_obs` is s[t] seen
-    through noise, so it is informative but never certain.
-    """
-    rng = np.random.default_rng(seed)
-    n = n_bars + SYNTH_WARMUP
-    regimes = _regime_path(n, rng)
-
-    # Trend direction: one sign per TRENDING spell.
-    spell_start = np.r_[True, regimes[1:] != regimes[:-1]]
-    spell_sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
-    sign = spell_sign[np.maximum.accumulate(np.where(spell_start, np.arange(n), 0))]
-    drift = np.where(regimes == Regime.TRENDING, SYNTH_TREND_DRIFT * sign, 0.0)
-
-    # Latent signal: AR(1) with unit stationary variance.
-    phi = 0.9
-    shocks = rng.standard_normal(n) * np.sqrt(1 - phi**2)
-    signal = np.empty(n)
-    signal[0] = rng.standard_normal()
-    for t in range(1, n):
-        signal[t] = phi * signal[t - 1] + shocks[t]
-
-    df = SYNTH_TAIL_DF
-    eps = rng.standard_t(df, size=n) / np.sqrt(df / (df - 2.0))
-    c = np.sqrt(1.0 - SYNTH_SIGNAL_WEIGHT**2 - SYNTH_REVERSAL**2)
-    vol = SYNTH_REGIME_VOL[regimes]
-    returns = np.zeros(n)
-    z_prev = 0.0
-    for t in range(1, n):
-        zt = drift[t] + SYNTH_SIGNAL_WEIGHT * signal[t - 1] - SYNTH_REVERSAL * z_prev + c * eps[t]
-        returns[t] = np.clip(vol[t] * zt, -0.5, 0.5)
-        z_prev = returns[t] / vol[t]
-    prices = 10_000.0 * np.cumprod(1.0 + returns)
-
-    feats = synthetic_features(prices, returns, signal + 0.7 * rng.standard_normal(n), rng.standard_normal(n))
-    # Confidence: how settled the regime has been over the last 12 bars (causal), mapped into [0.5, 0.95].
-    same = pd.Series((regimes[1:] == regimes[:-1]).astype(float)).rolling(12, min_periods=1).mean()
-    confidence = 0.5 + 0.45 * np.r_[0.0, same.to_numpy()]
-
-    timestamps = pd.date_range("2020-01-01", periods=n, freq="h", tz="UTC")
-    frame = feats.assign(
-        regime_id=regimes,
-        regime_confidence=confidence,
-        close=prices,
-        ret=returns,
-        timestamp=timestamps.as_unit("ns").asi8,
-    )
-    return frame.iloc[SYNTH_WARMUP:].reset_index(drop=True)
+def _assemble(
+    columns: dict[str, np.ndarray],
+    names: tuple[str, ...],
+    bounds: dict[str, tuple[int, int]],
+    metadata: dict[str, Any],
+) -> Dataset:
+    """Cut aligned columns at `bounds` into splits; the scaler is fitted on the train split alone."""
+    splits = {name: SplitArrays(**{k: v[lo:hi] for k, v in columns.items()}) for name, (lo, hi) in bounds.items()}
+    meta = {"created_by": f"himari-ray {__version__}", **metadata, "splits": _describe_splits(splits)}
+    return Dataset(**splits, feature_names=names, scaler=FeatureScaler.fit(splits["train"].features), metadata=meta)
 
 
-def split_frame(frame: pd.DataFrame, feature_names: tuple[str, ...], spec: DataSpec) -> Dataset:
-    """Cut a feature frame into chronological train/val/test and fit the scaler on train only."""
-    n = len(frame)
-    n_train = int(n * spec.train_frac)
-    n_val = int(n * spec.val_frac)
-    bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
-    splits = {}
-    for name, (lo, hi) in bounds.items():
-        part = frame.iloc[lo:hi]
-        splits[name] = SplitArrays(
-            features=part[list(feature_names)].to_numpy(np.float32),
-            regime_ids=part["regime_id"].to_numpy(np.int64),
-            regime_confidences=part["regime_confidence"].to_numpy(np.float32),
-            prices=part["close"].to_numpy(np.float64),
-            returns=part["ret"].to_numpy(np.float64),
-            timestamps=part["timestamp"].to_numpy(np.int64),
+def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[str, Any]) -> Dataset:
+    """Features, regimes, warm-up, denoising, splits and train-only scaling from regular hourly bars
+    (columns open, high, low, close, volume, real; see `read_ohlcv`)."""
+    feats = compute_features(bars[list(OHLCV_COLUMNS)])
+    close = bars["close"].to_numpy(np.float64)
+    returns = np.r_[0.0, close[1:] / close[:-1] - 1.0]
+    regimes = detect_regimes(returns, settings.detector)
+    warmup = max(LONGEST_LOOKBACK, regimes.warmup)
+    n = len(bars) - warmup
+    if n < MIN_BARS_AFTER_WARMUP:
+        raise UserInputError(
+            f"{source['file']}: {len(bars)} bars; needs at least {warmup + MIN_BARS_AFTER_WARMUP} "
+            f"(longest lookback {warmup} + {MIN_BARS_AFTER_WARMUP})"
         )
-    return Dataset(
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        feature_names=feature_names,
-        scaler=FeatureScaler.fit(splits["train"].features),
-        metadata={"source": spec.source, "spec": spec.model_dump(), "split_bounds": bounds},
-    )
+    real = bars["real"].to_numpy(bool)
+    # A decision at t earns returns[t+1]: only when bar t and bar t+1 are both real bars, one hour apart.
+    tradable = real & np.r_[real[1:], False]
+    keep = slice(warmup, None)
+    features = feats.to_numpy(np.float64)[keep]
+    n_train = settings.bounds(n)["train"][1]
+    features = denoise_features(features, n_train, settings.denoise)
+    bad = ~np.isfinite(features).all(axis=0)
+    if bad.any():
+        raise UserInputError(f"{source['file']}: feature {FEATURE_NAMES[int(np.argmax(bad))]} is not finite")
+    columns = {
+        "features": features.astype(np.float32),
+        "regime_ids": regimes.regime_ids[keep].astype(np.int64),
+        "regime_confidences": regimes.confidences[keep].astype(np.float32),
+        "prices": close[keep],
+        "returns": returns[keep],
+        "timestamps": bars.index.asi8[keep].astype(np.int64),
+        "tradable": tradable[keep],
+    }
+    metadata = {"source": source, "settings": settings.model_dump(), "warmup_bars": warmup}
+    return _assemble(columns, FEATURE_NAMES, settings.bounds(n), metadata)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def import_ohlcv(path: str | Path, settings: BuildSettings | None = None) -> Dataset:
+    """A dataset from an OHLCV file (any layout `read_ohlcv` knows)."""
+    settings = settings or BuildSettings()
+    path = Path(path)
+    min_bars = max(LONGEST_LOOKBACK, warmup_bars(settings.detector)) + MIN_BARS_AFTER_WARMUP
+    bars, report = read_ohlcv(path, min_bars=min_bars)
+    source = {"kind": "ohlcv", "file": str(path), "sha256": _sha256(path), "import": report.to_dict()}
+    return build_from_bars(bars, settings, source)
+
+
+def import_seed_pickle(path: str | Path, features: Literal["raw", "denoised"] = "raw") -> Dataset:
+    """A dataset from the seed's array pickle (restricted unpickler; returns recomputed from prices)."""
+    path = Path(path)
+    seed = read_seed_pickle(path, features=features)
+    parts = [seed[s] for s in SPLIT_NAMES]
+    prices = np.concatenate([p["prices"] for p in parts]).astype(np.float64)
+    n_feat = parts[0]["features"].shape[1]
+    names = tuple(seed["metadata"].get("feature_names") or ())
+    if len(names) != n_feat:
+        names = FEATURE_NAMES if n_feat == len(FEATURE_NAMES) else tuple(f"feature_{i}" for i in range(n_feat))
+    columns = {
+        "features": np.concatenate([p["features"] for p in parts]),
+        "regime_ids": np.concatenate([p["regime_ids"] for p in parts]).astype(np.int64),
+        "regime_confidences": np.concatenate([p["regime_confidences"] for p in parts]).astype(np.float32),
+        "prices": prices,
+        # One definition everywhere: the seed's own `returns` column is not trusted (its code scored actions
+        # on the last bar already seen).
+        "returns": np.r_[0.0, prices[1:] / prices[:-1] - 1.0],
+        # The pickle has no times: consecutive hours from the epoch keep the contract's dtype and order.
+        "timestamps": np.arange(len(prices), dtype=np.int64) * 3_600_000_000_000,
+        "tradable": np.ones(len(prices), dtype=bool),
+    }
+    edges = np.cumsum([0] + [len(p["prices"]) for p in parts])
+    bounds = {s: (int(edges[i]), int(edges[i + 1])) for i, s in enumerate(SPLIT_NAMES)}
+    metadata = {
+        "source": {"kind": "seed_pickle", "file": str(path), "sha256": _sha256(path), "features": features},
+        "timestamps": "synthetic: the seed pickle has none",
+    }
+    return _assemble(columns, names, bounds, metadata)
+
+
+def synthetic_dataset(n_bars: int, seed: int, fractions: SplitFractions | None = None) -> Dataset:
+    fractions = fractions or SplitFractions()
+    frame = synthetic_frame(n_bars, seed)
+    columns = {
+        "features": frame[list(SYNTH_FEATURE_NAMES)].to_numpy(np.float32),
+        "regime_ids": frame["regime_id"].to_numpy(np.int64),
+        "regime_confidences": frame["regime_confidence"].to_numpy(np.float32),
+        "prices": frame["close"].to_numpy(np.float64),
+        "returns": frame["ret"].to_numpy(np.float64),
+        "timestamps": frame["timestamp"].to_numpy(np.int64),
+        "tradable": np.ones(len(frame), dtype=bool),
+    }
+    metadata = {"source": {"kind": "synthetic", "n_bars": n_bars, "seed": seed}}
+    return _assemble(columns, SYNTH_FEATURE_NAMES, fractions.bounds(len(frame)), metadata)
+
+
+def sample_path() -> Path:
+    return Path(str(resources.files("himari_ray") / "sample" / SAMPLE_FILE))
 
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(spec: DataSpec) -> Dataset:
-    """Build (once per process) the dataset a spec names."""
-    frame = synthetic_frame(spec.n_bars, spec.seed)
-    return split_frame(frame, SYNTH_FEATURE_NAMES, spec)
+    """Build or read (once per process) the dataset a spec names."""
+    fractions = SplitFractions(train_frac=spec.train_frac, val_frac=spec.val_frac)
+    if spec.source == "synthetic":
+        return synthetic_dataset(spec.n_bars, spec.seed, fractions)
+    if spec.source == "sample":
+        return import_ohlcv(sample_path(), BuildSettings(**fractions.model_dump()))
+    return load_dataset_dir(spec.path)
+
+
+__all__ = ["BuildSettings", "DataSpec", "ImportReport", "SplitFractions", "load_dataset"]

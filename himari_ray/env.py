@@ -49,6 +49,7 @@ def reward_table(arrays: SplitArrays, train_returns: np.ndarray, cfg: EnvConfig)
     """Every reward term for every decision bar t, previous action and action: arrays of shape (n-1, 3, 3).
 
     Row t scores a decision made after bar t on `returns[t+1]`; the last bar has no next return and no row.
+    Rows where the split is not `tradable` (bar t or t+1 missing from the exchange's record) are all zero.
     """
     n = len(arrays) - 1
     pos = POSITION_OF_ACTION[None, None, :]
@@ -62,7 +63,10 @@ def reward_table(arrays: SplitArrays, train_returns: np.ndarray, cfg: EnvConfig)
         sigma=sigma[:, None, None],
         expected_abs_z=expected_abs_z(train_returns, cfg.reward),
     )
-    return compute_terms(cfg.reward.family, inp, cfg.reward.resolved_params)
+    terms = compute_terms(cfg.reward.family, inp, cfg.reward.resolved_params)
+    # Across an exchange outage no position can be held or changed: every term is 0 there.
+    tradable = arrays.tradable[:n, None, None]
+    return {name: np.where(tradable, values, 0.0) for name, values in terms.items()}
 
 
 class HimariTradingEnv(gym.Env):
@@ -81,7 +85,9 @@ class HimariTradingEnv(gym.Env):
     |---|---|
     | per_bar | p[t] != 0 (every LONG/SHORT bar is a trade, as in the seed) |
     | carried | p[t] != p[t-1] (only position changes pay; the episode starts flat) |
-    All terms are precomputed for the split on construction; `step` only looks them up.
+    All terms are precomputed for the split on construction; `step` only looks them up. Where bar t or t+1
+    lies in an exchange outage (`tradable[t]` False) every term is 0: the move across a gap is never earned
+    as if it were one hour.
 
     ## Episode end
     Truncated (never terminated) after `episode_len` decisions, or at the split's second-to-last bar (the
@@ -89,8 +95,8 @@ class HimariTradingEnv(gym.Env):
     `options={"start_bar": t}` names it.
 
     ## Info
-    `bar`, `regime`, `position`, `is_trade`, `next_return` (for audit only; the policy never sees it) and
-    every reward term as `r_<term>`.
+    `bar`, `regime`, `position`, `is_trade`, `tradable`, `next_return` (for audit only; the policy never
+    sees it) and every reward term as `r_<term>`.
 
     ## Arguments
     - config: `EnvConfig` or its dict form (RLlib passes an `EnvContext`).
@@ -157,6 +163,7 @@ class HimariTradingEnv(gym.Env):
             "regime": int(self._regimes[t]),
             "position": int(POSITION_OF_ACTION[a]),
             "is_trade": bool(self._is_trade[prev, a]),
+            "tradable": bool(self.arrays.tradable[t]),
             "next_return": float(self.arrays.returns[t + 1]),
         }
         for name, table in self._terms.items():

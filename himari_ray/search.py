@@ -13,7 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from himari_ray.data import DataSpec
+from himari_ray.data import DataSpec, load_dataset
 from himari_ray.env import EnvConfig
 from himari_ray.model import MODEL_PRESETS, ModelConfig
 from himari_ray.rewards import REWARD_FAMILIES, RewardConfig
@@ -200,6 +200,17 @@ def load_space(arg: str) -> tuple[SearchSpace, Path]:
     except ValidationError as err:
         raise UserInputError(_format_validation_error(path, err)) from None
     return space, path
+
+
+def with_dataset(space: SearchSpace, path: Path) -> SearchSpace:
+    """The space trained on a dataset directory instead of its own data (checked now, before anything starts)."""
+    spec = DataSpec(source="dataset", path=str(Path(path).resolve()))
+    ds = load_dataset(spec)
+    c = space.env.context_len
+    for split in ("train", "val"):
+        if len(ds.split(split)) <= c + 1:
+            raise UserInputError(f"{path}: {split} split has {len(ds.split(split))} bars; context_len {c} needs more")
+    return space.model_copy(update={"data": spec})
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:

@@ -141,8 +141,8 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
 class GreedyEvaluator:
     """Argmax policy over every decision bar of the validation split, straight through the module.
 
-    Decision bars are t = C-1 .. n-2 of the split; the action at t earns `returns[t+1]`. Windows are
-    views; each batch is copied once into a tensor.
+    Decision bars are the tradable t in C-1 .. n-2 of the split; the action at t earns `returns[t+1]`.
+    Windows are views; each batch is gathered once into a tensor.
     """
 
     def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val"):
@@ -150,10 +150,13 @@ class GreedyEvaluator:
         arrays = ds.split(split)
         c, n = env.context_len, len(arrays)
         self.cfg = cfg
-        self.windows = decision_windows(ds.scaler.transform(arrays.features), c)[: n - c]
+        # Bars around exchange outages are skipped: no position is held across a gap.
+        bars = np.flatnonzero(arrays.tradable[c - 1 : n - 1]) + (c - 1)
+        self.windows = decision_windows(ds.scaler.transform(arrays.features), c)
+        self.window_index = bars - (c - 1)
         # Copies: small, and torch wants writable arrays.
-        self.regimes = arrays.regime_ids[c - 1 : n - 1].copy()
-        self.next_returns = arrays.returns[c:n].copy()
+        self.regimes = arrays.regime_ids[bars].copy()
+        self.next_returns = arrays.returns[bars + 1].copy()
 
     def actions(self, module: RLModule) -> np.ndarray:
         was_training = module.training
@@ -164,7 +167,7 @@ class GreedyEvaluator:
                 for lo in range(0, len(self.regimes), self.cfg.batch_size):
                     hi = lo + self.cfg.batch_size
                     obs = {
-                        "window": torch.from_numpy(np.ascontiguousarray(self.windows[lo:hi])),
+                        "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]),
                         "regime": torch.from_numpy(self.regimes[lo:hi]),
                     }
                     logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]

@@ -57,10 +57,15 @@ class SplitArrays:
     prices: np.ndarray  # float64 (n,)
     returns: np.ndarray  # float64 (n,)
     timestamps: np.ndarray  # int64 ns since epoch, UTC (n,)
+    #: bool (n,): a decision at bar t may earn returns[t+1] (bars t and t+1 real and one hour apart).
+    #: False around exchange outages (see himari_ray.ohlcv); None means every bar is tradable.
+    tradable: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.returns)
-        for name in ("features", "regime_ids", "regime_confidences", "prices", "timestamps"):
+        if self.tradable is None:
+            object.__setattr__(self, "tradable", np.ones(n, dtype=bool))
+        for name in ("features", "regime_ids", "regime_confidences", "prices", "timestamps", "tradable"):
             arr = getattr(self, name)
             if len(arr) != n:
                 raise ValueError(f"SplitArrays.{name} has length {len(arr)}, expected {n}")
@@ -79,6 +84,7 @@ class SplitArrays:
             prices=self.prices[start:stop],
             returns=self.returns[start:stop],
             timestamps=self.timestamps[start:stop],
+            tradable=self.tradable[start:stop],
         )
 
 

@@ -79,7 +79,9 @@ def main() -> None:
     from himari_ray.training import TrainConfig, TrialConfig
 
     torch.set_num_threads(1)
-    env_cfg = EnvConfig(data=DataSpec(n_bars=args.n_bars), context_len=args.context_len, episode_len=256)
+    env_cfg = EnvConfig(
+        data=DataSpec(source="synthetic", n_bars=args.n_bars), context_len=args.context_len, episode_len=256
+    )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
         f"torch {torch.__version__}, ray {ray.__version__}"

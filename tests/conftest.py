@@ -11,7 +11,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 from himari_ray.data import DataSpec, load_dataset
 
-SMALL_SPEC = DataSpec(n_bars=3000, seed=3)
+SMALL_SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
 
 
 @pytest.fixture(scope="session")

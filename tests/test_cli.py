@@ -97,3 +97,71 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: missing.yaml: no such space file (bundled spaces: adaptive, smoke)"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_data_import_then_inspect_the_real_sample(capsys, in_tmp):
+    from himari_ray.data import sample_path
+
+    code, out, _ = run_main(capsys, "data", "import", str(sample_path()), "--out", "ds", "--min-dwell", "3")
+    assert code == 0
+    assert "12 gaps (90 missing hours, longest 33 h" in out and "min_dwell 3" in out
+    code, out, _ = run_main(capsys, "data", "inspect", "ds")
+    assert code == 0
+    assert "non-finite values in all splits: 0" in out
+    for line in [ln for ln in out.splitlines() if ln.split(" ")[0] in ("train", "val", "test")]:
+        shares = [float(x.rstrip("%")) for x in line.split()[4:8]]
+        assert all(5 < s < 60 for s in shares), line
+
+
+def test_data_synth_writes_a_dataset(capsys, in_tmp):
+    code, out, _ = run_main(capsys, "data", "synth", "--out", "syn", "--n-bars", "2000", "--seed", "4")
+    assert code == 0 and (in_tmp / "syn" / "arrays.npz").is_file()
+    assert "source: synthetic" in out
+
+
+def _csv_without(column: str, path: Path) -> Path:
+    import pandas as pd
+
+    from himari_ray.data import sample_path
+
+    pd.read_csv(sample_path()).drop(columns=column).to_csv(path, index=False)
+    return path
+
+
+def test_data_import_bad_file_leaves_nothing_behind(capsys, in_tmp):
+    bad = _csv_without("close", in_tmp / "noclose.csv")
+    code, _, err = run_main(capsys, "data", "import", str(bad), "--out", "ds")
+    assert_one_line_error(code, err, "noclose.csv", "missing column(s) close")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["noclose.csv"]
+
+
+def test_data_import_hostile_pickle_runs_nothing(capsys, in_tmp):
+    import pickle
+
+    from tests.test_seedpickle import _Hostile, seed_blob
+
+    blob = seed_blob()
+    blob["metadata"]["x"] = _Hostile(in_tmp / "pwned")
+    (in_tmp / "seed.pkl").write_bytes(pickle.dumps(blob))
+    code, _, err = run_main(capsys, "data", "import", "seed.pkl", "--out", "ds")
+    assert_one_line_error(code, err, "seed.pkl", "refused to load")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["seed.pkl"]
+
+
+def test_data_import_never_overwrites(capsys, in_tmp):
+    (in_tmp / "ds").mkdir()
+    (in_tmp / "ds" / "keep").write_text("x")
+    code, _, err = run_main(capsys, "data", "import", "whatever.csv", "--out", "ds")
+    assert_one_line_error(code, err, "ds", "already exists")
+    assert (in_tmp / "ds" / "keep").read_text() == "x"
+
+
+def test_search_with_a_path_that_is_not_a_dataset(capsys, in_tmp):
+    code, _, err = run_main(capsys, "search", "--data", "nowhere", "--out", "out")
+    assert_one_line_error(code, err, "nowhere", "not a himari-ray dataset")
+    assert not (in_tmp / "out").exists()
+
+
+def test_bad_split_fraction_flag(capsys, in_tmp):
+    code, _, err = run_main(capsys, "data", "import", "x.csv", "--out", "ds", "--train-frac", "0.9")
+    assert_one_line_error(code, err, "train_frac + val_frac must be < 1")

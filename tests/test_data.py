@@ -1,18 +1,12 @@
-"""Synthetic market (DESIGN 2.2) and the dataset contract (DESIGN 2.1)."""
+"""Synthetic market (DESIGN 2.2) and the dataset contract (DESIGN 2.1) on it."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from himari_ray.data import (
-    SYNTH_FEATURE_NAMES,
-    SYNTH_REGIME_SHARES,
-    DataSpec,
-    split_frame,
-    synthetic_features,
-    synthetic_frame,
-)
+from himari_ray.data import DataSpec
+from himari_ray.synthetic import SYNTH_FEATURE_NAMES, SYNTH_REGIME_SHARES, synthetic_features, synthetic_frame
 from himari_ray.types import FeatureScaler, Regime
 
 
@@ -91,26 +85,16 @@ def test_features_are_causal():
     assert not np.allclose(base[t + 1 :], other[t + 1 :], equal_nan=True)
 
 
-def test_scaler_uses_train_statistics_only():
-    spec = DataSpec(n_bars=3000, seed=1)
-    frame = synthetic_frame(spec.n_bars, spec.seed)
-    ds = split_frame(frame, SYNTH_FEATURE_NAMES, spec)
-    poisoned = frame.copy()
-    n_train = len(ds.train)
-    poisoned.loc[n_train:, list(SYNTH_FEATURE_NAMES)] *= 1000.0  # val and test only
-    ds2 = split_frame(poisoned, SYNTH_FEATURE_NAMES, spec)
-    np.testing.assert_array_equal(ds.scaler.mean, ds2.scaler.mean)
-    np.testing.assert_array_equal(ds.scaler.std, ds2.scaler.std)
-    z = ds.scaler.transform(ds.train.features)
-    np.testing.assert_allclose(z.mean(axis=0), 0, atol=0.05)
-
-
 def test_scaler_constant_column_maps_to_zero():
     x = np.c_[np.ones(10), np.arange(10.0)]
     z = FeatureScaler.fit(x).transform(x)
     assert np.all(z[:, 0] == 0) and np.isfinite(z).all()
 
 
-def test_spec_rejects_no_test_split():
+def test_spec_rejects_no_test_split_and_misplaced_paths():
     with pytest.raises(ValueError, match="train_frac"):
         DataSpec(train_frac=0.7, val_frac=0.3)
+    with pytest.raises(ValueError, match="path is required"):
+        DataSpec(source="dataset")
+    with pytest.raises(ValueError, match="path is required"):
+        DataSpec(source="synthetic", path="x")

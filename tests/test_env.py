@@ -178,6 +178,6 @@ def test_observation_window_is_the_train_scaled_past(small_dataset):
 
 
 def test_split_too_short_is_an_error():
-    tiny = DataSpec(n_bars=1000, seed=0)
+    tiny = DataSpec(source="synthetic", n_bars=1000, seed=0)
     with pytest.raises(ValueError, match="context_len"):
         HimariTradingEnv(EnvConfig(data=tiny, split="val", context_len=500))

@@ -121,12 +121,18 @@ def test_trial_resumes_from_its_checkpoint_after_a_crash(local_ray, tmp_path):
 
 @pytest.mark.slow
 def test_end_to_end_search_and_analyze(tmp_path):
-    """2 trials x 2 iterations through the real CLI; analyze then prints the same table without Ray."""
+    """A dataset written by `data synth`, then 2 trials x 2 iterations on it through the real CLI; analyze then
+    prints the same table without Ray."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
-    out = tmp_path / "out"
+    out, data = tmp_path / "out", tmp_path / "data"
+    cli = [sys.executable, "-m", "himari_ray"]
+    synth = subprocess.run(
+        [*cli, "data", "synth", "--out", str(data), "--n-bars", "3000", "--seed", "3"], capture_output=True, env=env
+    )
+    assert synth.returncode == 0, synth.stderr
     space = REPO / "tests" / "spaces" / "e2e.yaml"
     proc = subprocess.run(
-        [sys.executable, "-m", "himari_ray", "search", str(space), "--trials", "2", "--out", str(out), "--seed", "1"],
+        [*cli, "search", str(space), "--trials", "2", "--out", str(out), "--seed", "1", "--data", str(data)],
         capture_output=True,
         text=True,
         env=env,
