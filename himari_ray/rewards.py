@@ -59,6 +59,118 @@ def pnl_cost(inp: RewardInputs, *, trade_cost: float = 0.03, reward_scale: float
     }
 
 
+def _in(regime: np.ndarray, *regimes: Regime) -> np.ndarray:
+    return np.isin(regime, regimes).astype(np.float64)
+
+
+def bonus_penalty(
+    inp: RewardInputs,
+    *,
+    hold_bonus: float = 0.05,
+    highvol_hold_bonus: float = 0.0,
+    crisis_hold_bonus: float = 0.0,
+    trending_hold_penalty: float = 0.0,
+    trade_cost: float = 0.08,
+    high_vol_penalty: float = 0.10,
+    crisis_penalty: float = 0.15,
+    trending_bonus: float = 0.05,
+    correct_bonus: float = 0.0,
+    correct_trend_bonus: float = 0.0,
+    wrong_penalty: float = 0.0,
+    reward_scale: float = 100.0,
+) -> RewardTerms:
+    """Seed sessions 3 and 5: PnL*reward_scale plus fixed per-regime HOLD bonuses, trade costs and
+    correct/wrong-direction terms. Defaults are session 5's; `SEED_SESSIONS["session3"]` has session 3's.
+    The scale applies to PnL only, as in the seed."""
+    trade = inp.is_trade.astype(np.float64)
+    hold = inp.is_hold.astype(np.float64)
+    correct = (inp.position * inp.next_return > 0).astype(np.float64)
+    reg = inp.regime
+    return {
+        "pnl": inp.next_return * inp.position * reward_scale,
+        "hold_bonus": hold_bonus * hold,
+        "highvol_hold_bonus": highvol_hold_bonus * hold * _in(reg, Regime.HIGH_VOL),
+        "crisis_hold_bonus": crisis_hold_bonus * hold * _in(reg, Regime.CRISIS),
+        "trending_hold_penalty": -trending_hold_penalty * hold * _in(reg, Regime.TRENDING),
+        "trade_cost": -trade_cost * trade,
+        "high_vol_penalty": -high_vol_penalty * trade * _in(reg, Regime.HIGH_VOL),
+        "crisis_penalty": -crisis_penalty * trade * _in(reg, Regime.CRISIS),
+        "trending_bonus": trending_bonus * trade * _in(reg, Regime.TRENDING),
+        "correct_bonus": correct_bonus * correct,
+        "correct_trend_bonus": correct_trend_bonus * correct * _in(reg, Regime.TRENDING),
+        "wrong_penalty": -wrong_penalty * inp.is_wrong,
+    }
+
+
+def opportunity_cost(
+    inp: RewardInputs,
+    *,
+    trade_cost: float = 0.02,
+    trending_hold_k: float = 50.0,
+    wrong_k: float = 30.0,
+    risky_wrong_k: float = 20.0,
+    reward_scale: float = 100.0,
+) -> RewardTerms:
+    """Seed session 6: pnl*reward_scale - trade_cost - trending_hold_k*|r|*is_hold*[TRENDING]
+    - wrong_k*|r|*wrong - risky_wrong_k*|r|*wrong*[HIGH_VOL or CRISIS] (no guaranteed HOLD reward)."""
+    abs_r = np.abs(inp.next_return)
+    wrong = inp.is_wrong.astype(np.float64)
+    return {
+        "pnl": inp.next_return * inp.position * reward_scale,
+        "trade_cost": -trade_cost * inp.is_trade,
+        "trending_hold_cost": -trending_hold_k * abs_r * inp.is_hold * _in(inp.regime, Regime.TRENDING),
+        "wrong_penalty": -wrong_k * abs_r * wrong,
+        "risky_wrong_penalty": -risky_wrong_k * abs_r * wrong * _in(inp.regime, Regime.HIGH_VOL, Regime.CRISIS),
+    }
+
+
+def _normalized_terms(
+    inp: RewardInputs,
+    unit: float,
+    base_trade_cost: float,
+    highvol_trade_cost: float,
+    crisis_trade_cost: float,
+    trending_trade_bonus: float,
+    trending_hold_cost: float,
+    wrong_penalty: float,
+    reward_scale: float,
+) -> RewardTerms:
+    """z*pos and the six regime terms of sessions 7-18, each cost in units of `unit` (1, or E = mean|z|)."""
+    u = unit * reward_scale
+    trade = inp.is_trade.astype(np.float64)
+    hold = inp.is_hold.astype(np.float64)
+    reg = inp.regime
+    return {
+        "pnl": inp.z * inp.position * reward_scale,
+        "base_trade_cost": -base_trade_cost * u * trade,
+        "highvol_trade_cost": -highvol_trade_cost * u * trade * _in(reg, Regime.HIGH_VOL),
+        "crisis_trade_cost": -crisis_trade_cost * u * trade * _in(reg, Regime.CRISIS),
+        "trending_trade_bonus": trending_trade_bonus * u * trade * _in(reg, Regime.TRENDING),
+        "trending_hold_cost": -trending_hold_cost * u * hold * _in(reg, Regime.TRENDING),
+        "wrong_penalty": -wrong_penalty * u * inp.is_wrong,
+    }
+
+
+def variance_normalized(
+    inp: RewardInputs,
+    *,
+    base_trade_cost: float = 0.25,
+    highvol_trade_cost: float = 0.35,
+    crisis_trade_cost: float = 0.50,
+    trending_trade_bonus: float = 0.25,
+    trending_hold_cost: float = 0.60,
+    wrong_penalty: float = 0.30,
+    reward_scale: float = 1.0,
+) -> RewardTerms:
+    """Seed sessions 7-13: z = r/sigma, reward z*pos minus fixed costs in units of sigma-normalised PnL.
+    Defaults are session 13's calibration (wrong_penalty from session 7, which 9-13 kept); sessions 7 and
+    8 are in `SEED_SESSIONS`. `reward_scale` multiplies every term."""
+    return _normalized_terms(
+        inp, 1.0, base_trade_cost, highvol_trade_cost, crisis_trade_cost, trending_trade_bonus,
+        trending_hold_cost, wrong_penalty, reward_scale,
+    )  # fmt: skip
+
+
 def adaptive(
     inp: RewardInputs,
     *,
@@ -75,19 +187,10 @@ def adaptive(
     `reward_scale` multiplies every term (the costs are already relative to the PnL, so scaling the PnL
     alone would only duplicate them); it sets the reward's size against the entropy bonus.
     """
-    e = inp.expected_abs_z * reward_scale
-    trade = inp.is_trade.astype(np.float64)
-    hold = inp.is_hold.astype(np.float64)
-    reg = inp.regime
-    return {
-        "pnl": inp.z * inp.position * reward_scale,
-        "base_trade_cost": -base_trade_cost * e * trade,
-        "highvol_trade_cost": -highvol_trade_cost * e * trade * (reg == Regime.HIGH_VOL),
-        "crisis_trade_cost": -crisis_trade_cost * e * trade * (reg == Regime.CRISIS),
-        "trending_trade_bonus": trending_trade_bonus * e * trade * (reg == Regime.TRENDING),
-        "trending_hold_cost": -trending_hold_cost * e * hold * (reg == Regime.TRENDING),
-        "wrong_penalty": -wrong_penalty * e * inp.is_wrong,
-    }
+    return _normalized_terms(
+        inp, inp.expected_abs_z, base_trade_cost, highvol_trade_cost, crisis_trade_cost, trending_trade_bonus,
+        trending_hold_cost, wrong_penalty, reward_scale,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -110,24 +213,97 @@ class RewardFamily:
         return self.fn(inp, **params)
 
 
+_NORMALIZED_COSTS = (
+    "base_trade_cost",
+    "highvol_trade_cost",
+    "crisis_trade_cost",
+    "trending_hold_cost",
+    "wrong_penalty",
+)
+
 REWARD_FAMILIES: dict[str, RewardFamily] = {
     f.name: f
     for f in (
         RewardFamily("pnl_cost", pnl_cost, costs=("trade_cost",), seed_session="4"),
         RewardFamily(
-            "adaptive",
-            adaptive,
-            costs=(
-                "base_trade_cost",
-                "highvol_trade_cost",
-                "crisis_trade_cost",
-                "trending_hold_cost",
-                "wrong_penalty",
+            "bonus_penalty",
+            bonus_penalty,
+            costs=("trending_hold_penalty", "trade_cost", "high_vol_penalty", "crisis_penalty", "wrong_penalty"),
+            bonuses=(
+                "hold_bonus",
+                "highvol_hold_bonus",
+                "crisis_hold_bonus",
+                "trending_bonus",
+                "correct_bonus",
+                "correct_trend_bonus",
             ),
+            seed_session="3, 5",
+        ),
+        RewardFamily(
+            "opportunity_cost",
+            opportunity_cost,
+            costs=("trade_cost", "trending_hold_k", "wrong_k", "risky_wrong_k"),
+            seed_session="6",
+        ),
+        RewardFamily(
+            "variance_normalized",
+            variance_normalized,
+            costs=_NORMALIZED_COSTS,
             bonuses=("trending_trade_bonus",),
-            seed_session="14-18",
+            seed_session="7-13",
+        ),
+        RewardFamily(
+            "adaptive", adaptive, costs=_NORMALIZED_COSTS, bonuses=("trending_trade_bonus",), seed_session="14-18"
         ),
     )
+}
+
+#: The seed's hand-tuned attempts as (family, parameters): the lessons the preflight must reproduce.
+SEED_SESSIONS: dict[str, tuple[str, dict[str, float]]] = {
+    "session3": (
+        "bonus_penalty",
+        {
+            "hold_bonus": 0.0,
+            "highvol_hold_bonus": 0.02,
+            "crisis_hold_bonus": 0.03,
+            "trending_hold_penalty": 0.04,
+            "trade_cost": 0.01,
+            "high_vol_penalty": 0.0,
+            "crisis_penalty": 0.02,
+            "trending_bonus": 0.02,
+            "correct_bonus": 0.08,
+            "correct_trend_bonus": 0.06,
+            "wrong_penalty": 0.03,
+            "reward_scale": 200.0,
+        },
+    ),
+    "session4": ("pnl_cost", {"trade_cost": 0.03, "reward_scale": 100.0}),
+    "session5": ("bonus_penalty", {}),
+    "session6": ("opportunity_cost", {}),
+    "session7": (
+        "variance_normalized",
+        {
+            "base_trade_cost": 0.1,
+            "highvol_trade_cost": 0.3,
+            "crisis_trade_cost": 0.5,
+            "trending_trade_bonus": 0.2,
+            "trending_hold_cost": 0.5,
+            "wrong_penalty": 0.3,
+        },
+    ),
+    "session8": (
+        "variance_normalized",
+        {
+            "base_trade_cost": 0.1,
+            "highvol_trade_cost": 0.6,
+            "crisis_trade_cost": 1.0,
+            "trending_trade_bonus": 0.2,
+            "trending_hold_cost": 0.8,
+            "wrong_penalty": 0.5,
+        },
+    ),
+    "session13": ("variance_normalized", {}),
+    "session18": ("adaptive", {}),
 }
 
 

@@ -147,3 +147,58 @@ def test_normalisation_statistics_come_from_train():
 def test_reward_config_rejects_bad_input(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         RewardConfig(**kwargs)
+
+
+def _four_bars() -> RewardInputs:
+    """LOW_VOL long right, TRENDING hold, HIGH_VOL short wrong, CRISIS long wrong; |r| = 1%, sigma = 1%."""
+    return RewardInputs(
+        position=np.array([1, 0, -1, 1], dtype=np.int8),
+        is_trade=np.array([True, False, True, True]),
+        next_return=np.array([0.01, 0.01, 0.01, -0.01]),
+        regime=np.array([Regime.LOW_VOL, Regime.TRENDING, Regime.HIGH_VOL, Regime.CRISIS]),
+        sigma=np.full(4, 0.01),
+        expected_abs_z=0.5,
+    )
+
+
+def test_bonus_penalty_oracle_session_3():
+    from himari_ray.rewards import SEED_SESSIONS
+
+    family, params = SEED_SESSIONS["session3"]
+    t = compute_terms(family, _four_bars(), {**REWARD_FAMILIES[family].defaults, **params})
+    total = sum(t.values())
+    # LOW_VOL right long: 0.01*200 - 0.01 (cost) + 0.08 (correct)          = 2.07
+    # TRENDING hold: -0.04 (trending hold penalty)                          = -0.04
+    # HIGH_VOL wrong short: -2 - 0.01 - 0.03 (wrong)                        = -2.04
+    # CRISIS wrong long: -2 - 0.01 - 0.02 (crisis penalty) - 0.03 (wrong)   = -2.06
+    np.testing.assert_allclose(total, [2.07, -0.04, -2.04, -2.06])
+
+
+def test_bonus_penalty_session_5_pays_hold_a_guaranteed_bonus():
+    t = compute_terms("bonus_penalty", _four_bars(), REWARD_FAMILIES["bonus_penalty"].defaults)
+    # LOW_VOL: 1 - 0.08; TRENDING hold: +0.05; HIGH_VOL: -1 - 0.08 - 0.10; CRISIS: -1 - 0.08 - 0.15
+    np.testing.assert_allclose(sum(t.values()), [0.92, 0.05, -1.18, -1.23])
+
+
+def test_opportunity_cost_oracle_session_6():
+    t = compute_terms("opportunity_cost", _four_bars(), REWARD_FAMILIES["opportunity_cost"].defaults)
+    # LOW_VOL: 1 - 0.02; TRENDING hold: -50*0.01; HIGH_VOL wrong: -1 - 0.02 - 30*0.01 - 20*0.01; CRISIS same
+    np.testing.assert_allclose(sum(t.values()), [0.98, -0.5, -1.52, -1.52])
+
+
+def test_variance_normalized_oracle_session_8():
+    from himari_ray.rewards import SEED_SESSIONS
+
+    family, params = SEED_SESSIONS["session8"]
+    t = compute_terms(family, _four_bars(), {**REWARD_FAMILIES[family].defaults, **params})
+    # z = +-1. LOW_VOL: 1 - 0.1; TRENDING hold: -0.8; HIGH_VOL wrong: -1 - 0.1 - 0.6 - 0.5;
+    # CRISIS wrong: -1 - 0.1 - 1.0 - 0.5. Costs do not scale with E (that is the adaptive family).
+    np.testing.assert_allclose(sum(t.values()), [0.9, -0.8, -2.2, -2.6])
+
+
+def test_every_seed_session_names_real_parameters():
+    from himari_ray.rewards import SEED_SESSIONS
+
+    for name, (family, params) in SEED_SESSIONS.items():
+        RewardConfig(family=family, params=params)  # raises on an unknown or negative parameter
+        assert set(params) <= set(REWARD_FAMILIES[family].defaults), name
