@@ -41,7 +41,9 @@ def load_manifest(out: Path) -> dict[str, Any]:
 
 
 def trial_status(last: dict[str, Any], manifest: dict[str, Any]) -> str:
-    """complete, collapsed (stopper), or stopped (ASHA) - judged from the last report alone."""
+    """skipped (preflight), complete, collapsed (stopper), or stopped (ASHA) - from the last report alone."""
+    if last["preflight_skipped"]:
+        return "skipped"
     if last["training_iteration"] >= manifest["iterations"]:
         return "complete"
     c = manifest["collapse"]
@@ -72,12 +74,16 @@ def trials_table(out: Path) -> pd.DataFrame:
             row[f"HOLD% {regime}"] = last[f"hold_pct_{regime}"]
         for metric in TABLE_METRICS:
             row[metric] = last[metric]
+        row["preflight"] = last["preflight"]
         rows.append(row)
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     table["_neg_sharpe"] = -table["val_sharpe"]
-    return table.sort_values(["band_distance", "_neg_sharpe", "trial"]).drop(columns="_neg_sharpe")
+    table = table.sort_values(["band_distance", "_neg_sharpe", "trial"]).drop(columns="_neg_sharpe")
+    if not table["preflight"].astype(bool).any():
+        table = table.drop(columns="preflight")  # nothing was skipped: keep the table narrow
+    return table
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `himari-ray search`, `himari-ray analyze`, `himari-ray data import|inspect|synth`.
+"""Command line: `himari-ray search`, `preflight`, `analyze`, `data import|inspect|synth`.
 
 Bad input ends in one line on stderr naming the file (or flag) and key, exit code 2, nothing written.
 """
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_non_negative("--seed"), help="Sampler seed (default: the space's budget.seed).")
     s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
 
+    p = sub.add_parser("preflight", help="Which regimes a space's rewards make HOLD- or trade-dominant (no training).")
+    p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
+    p.add_argument("--data", type=Path, help="Read this dataset directory instead of the space's data.")
+    p.add_argument("--sample", type=_non_negative("--sample"), default=0, help="Also classify N sampled configs.")
+    p.add_argument("--seed", type=_non_negative("--seed"), default=0, help="Seed of the sampled configurations.")
+    p.add_argument("--strict", action="store_true", help="Skill band [0.5, 1.0]: coin flip and perfect oracle.")
+
     a = sub.add_parser("analyze", help="Print a search's trial table from disk (no Ray).")
     a.add_argument("dir", type=Path, help="A search output directory.")
 
@@ -93,6 +100,36 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"himari-ray search: space {space.name} ({path}), {trials} trials, seed {seed}, out {out}", flush=True)
     out = run_search(space, path, out, trials=trials, seed=seed)
     return _print_table(out)
+
+
+def _cmd_preflight(args: argparse.Namespace) -> int:
+    from himari_ray.preflight import STRICT, band_conflicts, describe_conflicts, format_preflight
+    from himari_ray.search import load_space, preflight_space, with_dataset
+
+    space, path = load_space(args.space)
+    if args.data is not None:
+        space = with_dataset(space, args.data)
+    if args.strict:
+        space = space.model_copy(update={"preflight": STRICT})
+    cfg = space.preflight
+    params = space.trial_config().env.reward.resolved_params
+    seed_table, shares, all_contested = preflight_space(space, args.sample, args.seed)
+    print(
+        f"preflight: space {space.name} ({path}), family {space.family}, {cfg.split} split, skill band "
+        f"[{cfg.skill_low}, {cfg.skill_high}]"
+    )
+    print("seed values: " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
+    print(format_preflight(seed_table))
+    conflicts = band_conflicts(seed_table, space.targets)
+    print("band conflicts: " + (describe_conflicts(conflicts) if conflicts else "none: this configuration is trained"))
+    if args.sample:
+        print(f"\n{args.sample} sampled configurations (seed {args.seed}), verdict shares per regime:")
+        verdicts = ("HOLD-dominant", "contested", "trade-dominant")
+        print(f"{'regime':9} " + " ".join(f"{v:>15}" for v in verdicts))
+        for regime, row in shares.items():
+            print(f"{regime:9} " + " ".join(f"{row.get(v, 0.0):14.1f}%" for v in verdicts))
+        print(f"contested in all four regimes: {all_contested:.1f}%")
+    return 0
 
 
 def _print_table(out: Path) -> int:
@@ -145,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_search(args)
         if args.command == "data":
             return _cmd_data(args)
+        if args.command == "preflight":
+            return _cmd_preflight(args)
         return _print_table(args.dir)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,12 +10,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from himari_ray.data import DataSpec, load_dataset
 from himari_ray.env import EnvConfig
 from himari_ray.model import MODEL_PRESETS, ModelConfig
+from himari_ray.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
 from himari_ray.rewards import REWARD_FAMILIES, RewardConfig
 from himari_ray.training import TRAIN_PARAMS, EvalConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
@@ -114,6 +116,9 @@ class SearchSpace(BaseModel):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")
     collapse: CollapseSettings = Field(default_factory=CollapseSettings, description="Collapse stopper.")
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
+    preflight: PreflightConfig = Field(
+        default_factory=PreflightConfig, description="Skip configurations whose reward landscape rules out the bands."
+    )
 
     @model_validator(mode="after")
     def _names_match_family(self) -> SearchSpace:
@@ -123,11 +128,15 @@ class SearchSpace(BaseModel):
             )
         fam = REWARD_FAMILIES[self.family]
         allowed = sorted(fam.defaults) + list(TRAIN_PARAMS)
-        for key in self.fixed:
+        for key, value in self.fixed.items():
             if key not in fam.defaults:
                 raise ValueError(
                     f"fixed.{key}: not a parameter of family {self.family}; expected one of {sorted(fam.defaults)}"
                 )
+            if key in fam.costs + fam.bonuses and value < 0:
+                raise ValueError(f"fixed.{key}: must be >= 0, got {value}")
+            if key == "reward_scale" and value <= 0:
+                raise ValueError(f"fixed.{key}: must be > 0, got {value}")
         for key, rng in self.search.items():
             if key not in allowed:
                 raise ValueError(f"search.{key}: unknown parameter for family {self.family}; expected one of {allowed}")
@@ -135,6 +144,8 @@ class SearchSpace(BaseModel):
                 raise ValueError(f"search.{key}: also set in fixed; a parameter is either searched or fixed")
             if key in fam.costs + fam.bonuses + ("entropy_coeff",) and rng.low < 0:
                 raise ValueError(f"search.{key}.low: must be >= 0, got {rng.low}")
+            if key in ("reward_scale", "lr") and rng.low <= 0:
+                raise ValueError(f"search.{key}.low: must be > 0, got {rng.low}")
         for regime in self.targets:
             if regime not in REGIME_NAMES:
                 raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
@@ -213,6 +224,44 @@ def with_dataset(space: SearchSpace, path: Path) -> SearchSpace:
     return space.model_copy(update={"data": spec})
 
 
+def sample_reward_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, float]]:
+    """n uniform (log-uniform where the space says log) draws of the searched reward parameters."""
+    rng = np.random.default_rng(seed)
+    keys = [k for k in space.search if k not in TRAIN_PARAMS]
+    draws = []
+    for _ in range(n):
+        point = {}
+        for k in keys:
+            r = space.search[k]
+            u = rng.random()
+            point[k] = (
+                float(np.exp(np.log(r.low) + u * (np.log(r.high) - np.log(r.low))))
+                if r.log
+                else r.low + u * (r.high - r.low)
+            )
+        draws.append(point)
+    return draws
+
+
+def preflight_space(
+    space: SearchSpace, n: int, seed: int
+) -> tuple[list[RegimePreflight], dict[str, dict[str, float]], float]:
+    """The seed-value table, and over n sampled configurations: the share of each verdict per regime (percent)
+    and the share contested in all four regimes."""
+    base = space.trial_config()
+    dataset = load_dataset(base.env.data)
+    seed_table = preflight(dataset, base.env, space.preflight)
+    shares: dict[str, dict[str, float]] = {}
+    all_contested = 0
+    for params in sample_reward_params(space, n, seed):
+        results = preflight(dataset, base.with_params(params).env, space.preflight)
+        all_contested += all(r.verdict == CONTESTED for r in results)
+        for r in results:
+            row = shares.setdefault(r.regime, {})
+            row[r.verdict] = row.get(r.verdict, 0.0) + 100.0 / n
+    return seed_table, shares, (100.0 * all_contested / n if n else float("nan"))
+
+
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     import optuna
 
@@ -256,6 +305,8 @@ def _collapse_stopper(cfg: CollapseSettings):
 
 def format_report(trial_no: int, result: dict[str, Any]) -> str:
     """One line per trial report: per-regime HOLD%, band distance, validation Sharpe."""
+    if result["preflight_skipped"]:
+        return f"trial {trial_no:3d}  skipped by preflight, not trained: {result['preflight']}"
     holds = " ".join(f"{r}={result[f'hold_pct_{r}']:5.1f}" for r in REGIME_NAMES)
     return (
         f"trial {trial_no:3d}  it {result['training_iteration']:3d}  HOLD% {holds}"

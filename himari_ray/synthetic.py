@@ -18,7 +18,7 @@ from himari_ray.types import N_REGIMES, Regime
 #: Stationary regime shares the chain is built to reproduce (the seed's detector on BTC 2020-2024).
 SYNTH_REGIME_SHARES = np.array([0.453, 0.262, 0.169, 0.116])
 #: Hourly return volatility per regime (LOW_VOL, TRENDING, HIGH_VOL, CRISIS): BTC-like magnitudes.
-SYNTH_REGIME_VOL = np.array([0.004, 0.007, 0.012, 0.022])
+SYNTH_REGIME_VOL = np.array([0.004, 0.007, 0.011, 0.016])
 #: Mean bars between regime switches; one switch rate for all regimes keeps the shares exact.
 SYNTH_MEAN_DWELL = 48.0
 #: Drift during a TRENDING spell, in units of that regime's volatility (sign drawn per spell).

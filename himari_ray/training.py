@@ -22,6 +22,14 @@ from himari_ray.data import load_dataset
 from himari_ray.env import EnvConfig, HimariTradingEnv, decision_windows
 from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
 from himari_ray.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
+from himari_ray.preflight import (
+    PreflightConfig,
+    RegimePreflight,
+    band_conflicts,
+    describe_conflicts,
+    preflight,
+    skip_penalty,
+)
 from himari_ray.types import REGIME_NAMES
 
 
@@ -91,6 +99,7 @@ class TrialConfig(BaseModel):
     model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation scoring.")
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig, description="Reward-landscape check.")
 
     def with_params(self, params: Mapping[str, float]) -> TrialConfig:
         """Overlay searched values: PPO settings go to `train`, everything else to the reward's params."""
@@ -193,6 +202,23 @@ class GreedyEvaluator:
 _STATE_FILE = "himari_trial_state.json"
 
 
+def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float) -> dict[str, float | str | bool]:
+    """The one report of a configuration the preflight rules out: the HOLD% its verdicts force (NaN where
+    contested), the penalty as its band distance, and the verdicts."""
+    report: dict[str, float | str | bool] = {"preflight": verdicts, "preflight_skipped": True}
+    for r in results:
+        forced = r.forced_hold_pct
+        report[f"hold_pct_{r.regime}"] = float("nan") if forced is None else forced
+    report["hold_pct_ALL"] = float("nan")
+    report["band_distance"] = penalty
+    report["val_sharpe"] = float("nan")
+    report["val_net_return"] = float("nan")
+    report["val_max_drawdown"] = float("nan")
+    report["val_turnover"] = float("nan")
+    report["iteration"] = 0
+    return report
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
 
@@ -203,6 +229,16 @@ def train_trial(config: dict[str, Any]) -> None:
 
     params = {k: v for k, v in config.items() if k != "trial"}
     trial = TrialConfig.model_validate(config["trial"]).with_params(params)
+    if trial.preflight.enabled:
+        results = preflight(load_dataset(trial.env.data), trial.env, trial.preflight)
+        conflicts = band_conflicts(results, trial.eval.bands)
+        if conflicts:  # this configuration cannot reach its bands: record why, spend nothing on training
+            tune.report(
+                skipped_report(
+                    results, describe_conflicts(conflicts), skip_penalty(conflicts, trial.eval.bands, trial.preflight)
+                )
+            )
+            return
     torch.manual_seed(trial.train.seed)
     algo = build_ppo_config(trial).build_algo()
     evaluator = GreedyEvaluator(trial.env, trial.eval)
@@ -218,6 +254,8 @@ def train_trial(config: dict[str, Any]) -> None:
             metrics = evaluator(algo.get_module())
             runner = result[ENV_RUNNER_RESULTS]
             metrics.update(
+                preflight="",
+                preflight_skipped=False,
                 iteration=it,
                 # Absent until the first episode ends (long episodes, small batches).
                 episode_return_mean=float(runner.get(EPISODE_RETURN_MEAN, float("nan"))),

@@ -16,6 +16,7 @@ LAYER = {
     "describe": 2,
     "env": 3,
     "model": 4,
+    "preflight": 4,
     "training": 5,
     "search": 6,
     "analysis": 7,

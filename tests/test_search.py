@@ -10,7 +10,7 @@ from himari_ray.search import bundled_spaces, load_space, make_searcher
 from himari_ray.types import UserInputError
 
 
-@pytest.mark.parametrize("name", ["smoke", "adaptive"])
+@pytest.mark.parametrize("name", sorted(bundled_spaces()))
 def test_bundled_spaces_validate(name):
     space, path = load_space(name)
     assert path.name == f"{name}.yaml"
@@ -33,6 +33,20 @@ def test_adaptive_space_brackets_the_seed_session_18_values():
     ):
         assert space.search[key].low < seed[key] < space.search[key].high, key
     assert "entropy_coeff" in space.search and "reward_scale" in space.search
+
+
+@pytest.mark.parametrize("family", sorted(REWARD_FAMILIES))
+def test_every_family_has_a_space_around_the_seed_values(family):
+    space, _ = load_space(family)
+    assert space.family == family
+    defaults = REWARD_FAMILIES[family].defaults
+    for key, rng in space.search.items():
+        if key in defaults:
+            assert rng.low <= defaults[key] <= rng.high, key
+            assert not rng.log or rng.low > 0
+    assert {"entropy_coeff", "reward_scale"} <= set(space.search)
+    searched_or_fixed = set(space.search) | set(space.fixed)
+    assert set(REWARD_FAMILIES[family].costs) <= searched_or_fixed, "every cost of the family is searched"
 
 
 def write_space(tmp_path, **changes):
@@ -64,6 +78,13 @@ def write_space(tmp_path, **changes):
         ({"budget.trials": -3}, "budget.trials: Input should be greater than or equal to 1"),
         ({"targets.CRASH": [1, 2]}, "targets.CRASH: unknown regime"),
         ({"train.minibatch_size": 4096}, "train.minibatch_size: minibatch_size 4096 exceeds"),
+        (
+            {"search": {"trade_cost": {"low": 0.1, "high": 0.2}}, "fixed": {"trade_cost": -0.1}},
+            "fixed.trade_cost: must be >= 0",
+        ),
+        ({"fixed.reward_scale": 0.0}, "fixed.reward_scale: must be > 0"),
+        ({"search": None}, "search: Field required"),
+        ({"preflight": {"skill_low": 0.7, "skill_high": 0.6}}, "preflight: skill_low 0.7 must be <= skill_high 0.6"),
     ],
 )
 def test_bad_space_names_file_and_key(tmp_path, changes, expected):
@@ -77,7 +98,7 @@ def test_bad_space_names_file_and_key(tmp_path, changes, expected):
 
 
 def test_missing_space_file():
-    with pytest.raises(UserInputError, match=r"missing.yaml: no such space file \(bundled spaces: adaptive, smoke\)"):
+    with pytest.raises(UserInputError, match=r"missing\.yaml: no such space file \(bundled spaces: adaptive, .*smoke"):
         load_space("missing.yaml")
 
 

@@ -14,6 +14,7 @@ import torch
 
 from himari_ray.env import EnvConfig
 from himari_ray.metrics import trading_metrics
+from himari_ray.preflight import PreflightConfig
 from himari_ray.rewards import RewardConfig
 from himari_ray.training import GreedyEvaluator, TrainConfig, TrialConfig, build_ppo_config
 from tests.conftest import SMALL_SPEC
@@ -24,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 def small_trial(**train) -> TrialConfig:
     env = EnvConfig(data=SMALL_SPEC, context_len=16, episode_len=128, reward=RewardConfig(family="pnl_cost"))
     t = {"iterations": 2, "train_batch_size": 256, "minibatch_size": 128, "num_epochs": 1, **train}
-    return TrialConfig(env=env, train=TrainConfig(**t))
+    # The preflight is tested on its own (test_preflight.py); here every configuration must train.
+    return TrialConfig(env=env, train=TrainConfig(**t), preflight=PreflightConfig(enabled=False))
 
 
 def test_with_params_routes_ppo_settings_and_reward_parameters():
