@@ -19,30 +19,27 @@ class _Parser(argparse.ArgumentParser):
         raise UserInputError(f"{self.prog}: {message}")
 
 
-def _positive(flag: str):
+def _int_at_least(flag: str, minimum: int):
+    """An argparse type: an integer >= minimum, or a one-line error naming the flag."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise UserInputError(f"{flag}: expected an integer, got {text!r}") from None
-        if value < 1:
-            raise UserInputError(f"{flag}: must be >= 1, got {value}")
+        if value < minimum:
+            raise UserInputError(f"{flag}: must be >= {minimum}, got {value}")
         return value
 
     return parse
+
+
+def _positive(flag: str):
+    return _int_at_least(flag, 1)
 
 
 def _non_negative(flag: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise UserInputError(f"{flag}: expected an integer, got {text!r}") from None
-        if value < 0:
-            raise UserInputError(f"{flag}: must be >= 0, got {value}")
-        return value
-
-    return parse
+    return _int_at_least(flag, 0)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -307,6 +307,20 @@ SEED_SESSIONS: dict[str, tuple[str, dict[str, float]]] = {
 }
 
 
+def param_problem(family: str, key: str, value: float) -> str | None:
+    """Why `value` is not acceptable for parameter `key` of `family` (None when it is)."""
+    if family not in REWARD_FAMILIES:
+        return f"unknown reward family {family!r}; expected one of {sorted(REWARD_FAMILIES)}"
+    fam = REWARD_FAMILIES[family]
+    if key not in fam.defaults:
+        return f"unknown parameter for family {family}; expected one of {sorted(fam.defaults)}"
+    if key in fam.costs + fam.bonuses and value < 0:
+        return f"must be >= 0, got {value}"  # the formulas subtract costs and add bonuses
+    if key == "reward_scale" and value <= 0:
+        return f"must be > 0, got {value}"
+    return None
+
+
 class RewardConfig(BaseModel):
     """A reward family, its parameters, and how its normalisation statistics are taken."""
 
@@ -323,18 +337,12 @@ class RewardConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_family_and_params(self) -> RewardConfig:
+        for key, value in self.params.items():
+            problem = param_problem(self.family, key, value)
+            if problem:
+                raise ValueError(f"parameter {key!r}: {problem}")
         if self.family not in REWARD_FAMILIES:
             raise ValueError(f"unknown reward family {self.family!r}; expected one of {sorted(REWARD_FAMILIES)}")
-        fam = REWARD_FAMILIES[self.family]
-        for key, value in self.params.items():
-            if key not in fam.defaults:
-                raise ValueError(
-                    f"unknown parameter {key!r} for family {self.family}; expected one of {sorted(fam.defaults)}"
-                )
-            if key in fam.costs + fam.bonuses and value < 0:
-                raise ValueError(f"parameter {key!r} must be >= 0, got {value}")
-            if key == "reward_scale" and value <= 0:
-                raise ValueError(f"parameter 'reward_scale' must be > 0, got {value}")
         return self
 
     def __hash__(self) -> int:  # dict fields are unhashable; the env caches on this

@@ -18,7 +18,7 @@ from himari_ray.data import DataSpec, load_dataset
 from himari_ray.env import EnvConfig
 from himari_ray.model import MODEL_PRESETS, ModelConfig
 from himari_ray.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
-from himari_ray.rewards import REWARD_FAMILIES, RewardConfig
+from himari_ray.rewards import REWARD_FAMILIES, RewardConfig, param_problem
 from himari_ray.training import TRAIN_PARAMS, EvalConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
 
@@ -129,23 +129,17 @@ class SearchSpace(BaseModel):
         fam = REWARD_FAMILIES[self.family]
         allowed = sorted(fam.defaults) + list(TRAIN_PARAMS)
         for key, value in self.fixed.items():
-            if key not in fam.defaults:
-                raise ValueError(
-                    f"fixed.{key}: not a parameter of family {self.family}; expected one of {sorted(fam.defaults)}"
-                )
-            if key in fam.costs + fam.bonuses and value < 0:
-                raise ValueError(f"fixed.{key}: must be >= 0, got {value}")
-            if key == "reward_scale" and value <= 0:
-                raise ValueError(f"fixed.{key}: must be > 0, got {value}")
+            problem = param_problem(self.family, key, value)
+            if problem:
+                raise ValueError(f"fixed.{key}: {problem}")
         for key, rng in self.search.items():
             if key not in allowed:
                 raise ValueError(f"search.{key}: unknown parameter for family {self.family}; expected one of {allowed}")
             if key in self.fixed:
                 raise ValueError(f"search.{key}: also set in fixed; a parameter is either searched or fixed")
-            if key in fam.costs + fam.bonuses + ("entropy_coeff",) and rng.low < 0:
-                raise ValueError(f"search.{key}.low: must be >= 0, got {rng.low}")
-            if key in ("reward_scale", "lr") and rng.low <= 0:
-                raise ValueError(f"search.{key}.low: must be > 0, got {rng.low}")
+            problem = param_problem(self.family, key, rng.low) if key in fam.defaults else None
+            if problem or (key in ("entropy_coeff", "lr") and rng.low < 0):
+                raise ValueError(f"search.{key}.low: {problem or f'must be >= 0, got {rng.low}'}")
         for regime in self.targets:
             if regime not in REGIME_NAMES:
                 raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")

@@ -139,7 +139,7 @@ def test_normalisation_statistics_come_from_train():
     ("kwargs", "match"),
     [
         ({"family": "nope"}, "unknown reward family"),
-        ({"family": "pnl_cost", "params": {"trade_cst": 0.1}}, "unknown parameter 'trade_cst'"),
+        ({"family": "pnl_cost", "params": {"trade_cst": 0.1}}, "parameter 'trade_cst': unknown parameter"),
         ({"family": "pnl_cost", "params": {"trade_cost": -0.1}}, "must be >= 0"),
         ({"family": "adaptive", "params": {"reward_scale": 0.0}}, "must be > 0"),
     ],
