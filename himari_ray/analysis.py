@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from himari_ray.types import REGIME_NAMES, UserInputError
@@ -75,15 +76,39 @@ def trials_table(out: Path) -> pd.DataFrame:
         for metric in TABLE_METRICS:
             row[metric] = last[metric]
         row["preflight"] = last["preflight"]
+        row["leak"] = "LEAK?" if last["leak_alarm"] else ""
+        row["profit_ok"] = last["profit_ok"]
         rows.append(row)
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
     table["_neg_sharpe"] = -table["val_sharpe"]
     table = table.sort_values(["band_distance", "_neg_sharpe", "trial"]).drop(columns="_neg_sharpe")
+    # Keep the table narrow: a column only when something in it is worth reading.
     if not table["preflight"].astype(bool).any():
-        table = table.drop(columns="preflight")  # nothing was skipped: keep the table narrow
+        table = table.drop(columns="preflight")
+    if not table["leak"].astype(bool).any():
+        table = table.drop(columns="leak")
+    if manifest["objective"]["min_val_net_return"] is None:
+        table = table.drop(columns="profit_ok")
     return table
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Trained trials (meeting the profit constraint, if any) that no other such trial beats on both band
+    distance (lower) and validation Sharpe (higher); sorted by band distance."""
+    if table.empty:
+        return table
+    ok = table[table["status"] != "skipped"]
+    if "profit_ok" in ok.columns:
+        ok = ok[ok["profit_ok"].astype(bool)]
+    band = ok["band_distance"].to_numpy()
+    sharpe = ok["val_sharpe"].to_numpy()
+    keep = [
+        not np.any((band <= band[i]) & (sharpe >= sharpe[i]) & ((band < band[i]) | (sharpe > sharpe[i])))
+        for i in range(len(ok))
+    ]
+    return ok[keep].sort_values("band_distance")
 
 
 def format_table(table: pd.DataFrame) -> str:

@@ -96,7 +96,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     seed = space.budget.seed if args.seed is None else args.seed
     print(f"himari-ray search: space {space.name} ({path}), {trials} trials, seed {seed}, out {out}", flush=True)
     out = run_search(space, path, out, trials=trials, seed=seed)
-    return _print_table(out)
+    return _print_table(out, write_pareto=True)
 
 
 def _cmd_preflight(args: argparse.Namespace) -> int:
@@ -129,10 +129,18 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(out: Path) -> int:
-    from himari_ray.analysis import format_table, trials_table
+def _print_table(out: Path, write_pareto: bool = False) -> int:
+    from himari_ray.analysis import format_table, pareto_front, trials_table
 
-    print(format_table(trials_table(out)))
+    table = trials_table(out)
+    print(format_table(table))
+    front = pareto_front(table)
+    if not front.empty:
+        print(
+            f"\nPareto front (band distance down, validation Sharpe up): trials {', '.join(map(str, front['trial']))}"
+        )
+        if write_pareto:
+            front.to_csv(Path(out) / "pareto.csv", index=False)
     return 0
 
 

@@ -22,8 +22,10 @@ from himari_ray.rewards import REWARD_FAMILIES, RewardConfig, param_problem
 from himari_ray.training import TRAIN_PARAMS, EvalConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
 
-#: Metric the search minimises.
-OBJECTIVE = "band_distance"
+#: The scalar the single-objective search minimises (band distance, Sharpe tie-break, profit constraint).
+OBJECTIVE = "objective"
+#: The multi-objective search's metrics and directions.
+MULTI_OBJECTIVE = (["band_distance", "val_sharpe"], ["min", "max"])
 
 
 class ParamRange(BaseModel):
@@ -64,6 +66,28 @@ class Budget(BaseModel):
     trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
     seed: int = Field(0, ge=0, description="Seed of the Optuna sampler.")
+
+
+class ObjectiveSettings(BaseModel):
+    """What the search optimises."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["single", "multi"] = Field(
+        "single", description="single: band distance with Sharpe as tie-break; multi: band distance down, Sharpe up."
+    )
+    min_val_net_return: float | None = Field(
+        None, description="Profit constraint on validation net return (e.g. 0.0); None: no constraint."
+    )
+
+
+class LeakAlarmSettings(BaseModel):
+    """When a trial's validation hit rate is too good to be honest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    hit_rate: float = Field(0.60, gt=0.5, le=1.0, description="Hit rate on traded val bars that sounds the alarm.")
+    min_trades: int = Field(200, ge=1, description="Traded val bars needed before it can sound.")
 
 
 class SchedulerSettings(BaseModel):
@@ -116,6 +140,8 @@ class SearchSpace(BaseModel):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")
     collapse: CollapseSettings = Field(default_factory=CollapseSettings, description="Collapse stopper.")
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
+    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings, description="What is optimised.")
+    leak_alarm: LeakAlarmSettings = Field(default_factory=LeakAlarmSettings, description="Look-ahead leak alarm.")
     preflight: PreflightConfig = Field(
         default_factory=PreflightConfig, description="Skip configurations whose reward landscape rules out the bands."
     )
@@ -268,10 +294,11 @@ def make_searcher(space: SearchSpace, seed: int, storage: Any | None = None, max
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
+    metric, mode = MULTI_OBJECTIVE if space.objective.mode == "multi" else (OBJECTIVE, "min")
     searcher = OptunaSearch(
         space=optuna_distributions(space),
-        metric=OBJECTIVE,
-        mode="min",
+        metric=metric,
+        mode=mode,
         sampler=optuna.samplers.TPESampler(seed=seed),
         storage=storage,
         study_name=space.name,
@@ -304,7 +331,8 @@ def format_report(trial_no: int, result: dict[str, Any]) -> str:
     holds = " ".join(f"{r}={result[f'hold_pct_{r}']:5.1f}" for r in REGIME_NAMES)
     return (
         f"trial {trial_no:3d}  it {result['training_iteration']:3d}  HOLD% {holds}"
-        f"  band {result[OBJECTIVE]:6.1f}  sharpe {result['val_sharpe']:6.2f}"
+        f"  band {result['band_distance']:6.1f}  sharpe {result['val_sharpe']:6.2f}"
+        + ("  LEAK? hit rate {:.0%}".format(result["val_win_rate"]) if result["leak_alarm"] else "")
     )
 
 
@@ -361,7 +389,7 @@ def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, see
         "iterations": iterations,
         "searched": sorted(space.search),
         "collapse": space.collapse.model_dump(),
-        "objective": OBJECTIVE,
+        "objective": space.objective.model_dump(),
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
 
@@ -383,10 +411,10 @@ def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, see
         tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles)),
         param_space={"trial": trial_cfg.model_dump(mode="json")},
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE,
-            mode="min",
             search_alg=make_searcher(space, seed, storage),
             scheduler=ASHAScheduler(
+                metric=OBJECTIVE,
+                mode="min",
                 time_attr="training_iteration",
                 max_t=iterations,
                 grace_period=min(space.scheduler.grace_period, iterations),

@@ -30,7 +30,7 @@ from himari_ray.preflight import (
     preflight,
     skip_penalty,
 )
-from himari_ray.types import REGIME_NAMES
+from himari_ray.types import REGIME_NAMES, Dataset
 
 
 class TrainConfig(BaseModel):
@@ -74,6 +74,13 @@ class EvalConfig(BaseModel):
     )
     fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
     batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
+    leak_hit_rate: float = Field(
+        0.60, gt=0.5, le=1.0, description="Flag a likely look-ahead leak above this hit rate on traded val bars."
+    )
+    leak_min_trades: int = Field(200, ge=1, description="Traded val bars needed before the leak alarm can sound.")
+    min_net_return: float | None = Field(
+        None, description="Profit constraint: val net return must exceed this (None: no constraint)."
+    )
 
     @field_validator("bands")
     @classmethod
@@ -84,6 +91,19 @@ class EvalConfig(BaseModel):
             if not 0 <= lo <= hi <= 100:
                 raise ValueError(f"band for {name} must satisfy 0 <= low <= high <= 100, got [{lo}, {hi}]")
         return v
+
+
+#: Weight of validation Sharpe (clipped to +-5) in `objective`: a swing of at most 0.04 percentage points, below one bar's
+#: share of any regime's HOLD% on a realistic validation split, so Sharpe only breaks band-distance ties.
+SHARPE_TIE_BREAK = 0.004
+#: Added to `objective` when the profit constraint fails: a violating trial ranks after every satisfying one.
+CONSTRAINT_PENALTY = 1000.0
+
+
+def objective(band: float, sharpe: float, profit_ok: bool) -> float:
+    """What the single-objective search minimises: band distance, Sharpe as tie-break, profit constraint."""
+    tie = SHARPE_TIE_BREAK * float(np.clip(np.nan_to_num(sharpe), -5.0, 5.0))
+    return band - tie + (0.0 if profit_ok else CONSTRAINT_PENALTY)
 
 
 #: Searchable names that are PPO settings rather than reward parameters.
@@ -154,8 +174,8 @@ class GreedyEvaluator:
     Windows are views; each batch is gathered once into a tensor.
     """
 
-    def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val"):
-        ds = load_dataset(env.data)
+    def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val", dataset: Dataset | None = None):
+        ds = dataset if dataset is not None else load_dataset(env.data)
         arrays = ds.split(split)
         c, n = env.context_len, len(arrays)
         self.cfg = cfg
@@ -186,7 +206,8 @@ class GreedyEvaluator:
         return np.concatenate(out)
 
     def __call__(self, module: RLModule) -> dict[str, float]:
-        """Flat metrics: `<action>_pct_<regime>`, `band_distance`, `val_<trading metric>`."""
+        """Flat metrics: `<action>_pct_<regime>`, `band_distance`, `val_<trading metric>`, `leak_alarm`,
+        `profit_ok` and the scalar `objective`."""
         actions = self.actions(module)
         shares = action_shares(actions, self.regimes)
         metrics: dict[str, float] = {}
@@ -194,8 +215,18 @@ class GreedyEvaluator:
             for action in ("HOLD", "LONG", "SHORT"):
                 metrics[f"{action.lower()}_pct_{regime}"] = row[action]
         metrics["band_distance"] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
-        for key, value in trading_metrics(actions, self.next_returns, self.cfg.fee).items():
+        trading = trading_metrics(actions, self.next_returns, self.cfg.fee)
+        for key, value in trading.items():
             metrics[f"val_{key}"] = value
+        n_traded = trading["traded_share"] * len(actions)
+        # Honest features call the next hourly bar ~54% of the time; far more on traded bars means the
+        # policy is reading the future somewhere upstream (DESIGN 2.2).
+        metrics["leak_alarm"] = bool(
+            n_traded >= self.cfg.leak_min_trades and trading["win_rate"] > self.cfg.leak_hit_rate
+        )
+        profit_ok = self.cfg.min_net_return is None or trading["net_return"] > self.cfg.min_net_return
+        metrics["profit_ok"] = bool(profit_ok)
+        metrics["objective"] = objective(metrics["band_distance"], trading["sharpe"], profit_ok)
         return metrics
 
 
@@ -211,6 +242,9 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
         report[f"hold_pct_{r.regime}"] = float("nan") if forced is None else forced
     report["hold_pct_ALL"] = float("nan")
     report["band_distance"] = penalty
+    report["objective"] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
+    report["leak_alarm"] = False
+    report["profit_ok"] = False
     report["val_sharpe"] = float("nan")
     report["val_net_return"] = float("nan")
     report["val_max_drawdown"] = float("nan")

@@ -148,7 +148,9 @@ def test_end_to_end_search_and_analyze(tmp_path):
     table = lines[
         lines.index(next(line for line in lines if line.lstrip().startswith("trial ") and "status" in line)) :
     ]
-    assert len(table) == 3
+    assert all(line.split()[0] in ("1", "2") for line in table[1:3])  # one row per trial
+    assert table[3] == "" and table[4].startswith("Pareto front (band distance down, validation Sharpe up): trials")
+    assert (out / "pareto.csv").is_file()
 
     ana = subprocess.run(
         [
@@ -172,3 +174,44 @@ def test_end_to_end_search_and_analyze(tmp_path):
     study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 2
     assert {"trade_cost", "entropy_coeff"} == set(study.trials[0].params)
+
+
+class SignOfFeatureModule(torch.nn.Module):
+    """Trades the sign of feature 0 of the last bar in the window: a policy that reads whatever that column is."""
+
+    def forward_inference(self, batch):
+        x = batch["obs"]["window"][:, -1, 0]
+        logits = torch.zeros(x.shape[0], 3)
+        logits[:, 1] = (x > 0).float()
+        logits[:, 2] = (x <= 0).float()
+        return {"action_dist_inputs": logits}
+
+
+def test_leak_alarm_sounds_for_a_policy_fed_the_future_and_not_for_an_honest_one(small_dataset):
+    import dataclasses
+
+    from himari_ray.training import EvalConfig
+
+    val = small_dataset.val
+    leaked = val.features.copy()
+    leaked[:-1, 0] = val.returns[1:] * 100  # feature 0 at bar t = the return of bar t+1: a look-ahead leak
+    leaky = dataclasses.replace(small_dataset, val=dataclasses.replace(val, features=leaked))
+    trial = small_trial()
+    cfg = EvalConfig()
+    ev = GreedyEvaluator(trial.env, cfg)
+    honest = ev(SignOfFeatureModule())  # feature 0 is the *past* return on honest data
+    assert not honest["leak_alarm"] and 0.4 < honest["val_win_rate"] < 0.6
+
+    ev_leaky = GreedyEvaluator(trial.env, cfg, dataset=leaky)
+    flagged = ev_leaky(SignOfFeatureModule())
+    assert flagged["leak_alarm"] and flagged["val_win_rate"] > 0.95
+
+
+def test_objective_is_band_distance_with_a_sharpe_tie_break_and_a_profit_constraint():
+    from himari_ray.training import objective
+
+    assert objective(10.0, 2.0, True) == pytest.approx(9.992)
+    assert objective(10.0, 50.0, True) == pytest.approx(9.98)  # Sharpe clipped: never worth 0.05 pp of band
+    assert objective(10.0, 5.0, True) > objective(9.9, -5.0, True)  # band distance decides first
+    assert objective(0.0, 3.0, False) > objective(230.0, -5.0, True)  # a violator ranks after everyone
+    assert objective(10.0, float("nan"), True) == 10.0
