@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", type=Path, help="Output directory (default: runs/<space>-<time>); must be new or empty.")
     s.add_argument("--seed", type=_non_negative("--seed"), help="Sampler seed (default: the space's budget.seed).")
     s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
+    s.add_argument("--storage", help="Optuna study storage, any SQLAlchemy URL (default: sqlite in --out).")
+    s.add_argument("--address", help="Join this Ray cluster (token authentication) instead of starting one.")
+    s.add_argument("--resume", type=Path, metavar="DIR", help="Continue the search in DIR after its driver died.")
 
     p = sub.add_parser("preflight", help="Which regimes a space's rewards make HOLD- or trade-dominant (no training).")
     p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
@@ -85,8 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from himari_ray.search import check_out_dir, default_out_dir, load_space, run_search, with_dataset
+    from himari_ray.search import (
+        check_out_dir,
+        default_out_dir,
+        load_space,
+        resume_search,
+        run_search,
+        with_dataset,
+    )
 
+    if args.resume is not None:
+        given = [f for f in ("trials", "out", "seed", "data", "storage") if getattr(args, f) is not None]
+        if given:
+            raise UserInputError(f"--resume: cannot be combined with --{given[0]} (the search keeps its settings)")
+        print(f"himari-ray search: resuming {args.resume}", flush=True)
+        return _print_table(resume_search(args.resume, address=args.address), write_pareto=True)
     space, path = load_space(args.space)
     if args.data is not None:
         space = with_dataset(space, args.data)
@@ -95,7 +111,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
     trials = args.trials or space.budget.trials
     seed = space.budget.seed if args.seed is None else args.seed
     print(f"himari-ray search: space {space.name} ({path}), {trials} trials, seed {seed}, out {out}", flush=True)
-    out = run_search(space, path, out, trials=trials, seed=seed)
+    out = run_search(space, path, out, trials=trials, seed=seed, storage_url=args.storage, address=args.address)
     return _print_table(out, write_pareto=True)
 
 

@@ -187,7 +187,19 @@ class SearchSpace(BaseModel):
             position_mode=self.env.position_mode,
             reward=reward,
         )
-        return TrialConfig(env=env, model=model, train=self.train, eval=EvalConfig(bands=self.targets, fee=self.fee))
+        return TrialConfig(
+            env=env,
+            model=model,
+            train=self.train,
+            eval=EvalConfig(
+                bands=self.targets,
+                fee=self.fee,
+                leak_hit_rate=self.leak_alarm.hit_rate,
+                leak_min_trades=self.leak_alarm.min_trades,
+                min_net_return=self.objective.min_val_net_return,
+            ),
+            preflight=self.preflight,
+        )
 
 
 def bundled_spaces() -> dict[str, Path]:
@@ -288,20 +300,35 @@ def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     return {k: optuna.distributions.FloatDistribution(r.low, r.high, log=r.log) for k, r in space.search.items()}
 
 
-def make_searcher(space: SearchSpace, seed: int, storage: Any | None = None, max_concurrent: int | None = None):
-    """Seeded TPE through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency."""
+def objective_spec(space: SearchSpace) -> tuple[str | list[str], str | list[str]]:
+    """Metric(s) and direction(s) Optuna optimises for this space."""
+    return MULTI_OBJECTIVE if space.objective.mode == "multi" else (OBJECTIVE, "min")
+
+
+def make_searcher(
+    space: SearchSpace,
+    seed: int,
+    storage: Any | None = None,
+    max_concurrent: int | None = None,
+    owner: str = "",
+):
+    """Seeded TPE through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency, telling
+    Optuna PRUNED for trials stopped early."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
-    metric, mode = MULTI_OBJECTIVE if space.objective.mode == "multi" else (OBJECTIVE, "min")
-    searcher = OptunaSearch(
+    from himari_ray.study import PruningOptunaSearch
+
+    metric, mode = objective_spec(space)
+    searcher = PruningOptunaSearch(
         space=optuna_distributions(space),
         metric=metric,
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=seed),
         storage=storage,
         study_name=space.name,
+        max_iterations=space.train.iterations,
+        owner=owner,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or space.budget.max_concurrent)
 
@@ -368,19 +395,72 @@ def check_out_dir(out: Path) -> None:
         raise UserInputError(f"{out}: --out exists and is not empty; choose a new directory")
 
 
-def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, seed: int) -> Path:
-    """Run the search; returns the output directory. Layout: space.yaml, study.db, tune/<trial dirs>."""
-    import optuna
-    import ray
+def default_storage_url(out: Path) -> str:
+    return f"sqlite:///{Path(out).resolve() / 'study.db'}"
+
+
+def _trainable(space: SearchSpace):
     from ray import tune
 
+    from himari_ray.training import train_trial
+
+    bundles = [{"CPU": space.resources.cpus_per_trial, "GPU": space.resources.gpus_per_trial}] + [
+        {"CPU": 1.0}
+        for _ in range(space.train.num_env_runners)  # one bundle per remote env runner
+    ]
+    return tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles))
+
+
+def _start_ray(address: str | None) -> None:
+    import optuna
+    import ray
+
+    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ray.is_initialized():
+        return
+    if address is not None:
+        # Ray 2.60 clusters started with a token require it from every driver (see cluster.yaml).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserInputError(
+                f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
+            ) from None
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+
+def run_search(
+    space: SearchSpace,
+    space_path: Path,
+    out: Path,
+    trials: int,
+    seed: int,
+    storage_url: str | None = None,
+    address: str | None = None,
+) -> Path:
+    """Run the search; returns the output directory. Layout: space.yaml, search.json, study.db (unless
+    another storage is given), tune/<trial dirs>. Everything is checked before anything is written."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from himari_ray.study import check_compatible, fail_running, open_storage
+
     check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
     out = out.resolve()
+    url = storage_url or default_storage_url(out)
+    _, mode = objective_spec(space)
+    if storage_url is not None:  # an external study: refuse before touching it or the disk
+        storage = open_storage(storage_url)
+        check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+    out.mkdir(parents=True, exist_ok=True)
     (out / "space.yaml").write_text(space_path.read_text())
     trial_cfg = space.trial_config()
     iterations = trial_cfg.train.iterations
-    # What `analyze` needs to judge trials from files alone, without importing Ray.
+    # What `analyze` and `--resume` need, from files alone.
     manifest = {
         "space": space.name,
         "family": space.family,
@@ -390,28 +470,18 @@ def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, see
         "searched": sorted(space.search),
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
+        "storage": url,
+        "data": space.data.model_dump(),
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
-
-    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'study.db'}")
-    cpus = space.resources.cpus_per_trial
-    bundles = [{"CPU": cpus, "GPU": space.resources.gpus_per_trial}] + [
-        {"CPU": 1.0} for _ in range(trial_cfg.train.num_env_runners)
-    ]
-    from ray.tune.schedulers import ASHAScheduler
-
-    from himari_ray.training import train_trial
+    storage = open_storage(url)
+    _start_ray(address)
 
     tuner = tune.Tuner(
-        tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles)),
+        _trainable(space),
         param_space={"trial": trial_cfg.model_dump(mode="json")},
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, seed, storage),
+            search_alg=make_searcher(space, seed, storage, owner=str(out)),
             scheduler=ASHAScheduler(
                 metric=OBJECTIVE,
                 mode="min",
@@ -433,4 +503,32 @@ def run_search(space: SearchSpace, space_path: Path, out: Path, trials: int, see
         ),
     )
     tuner.fit()
+    fail_running(storage, space.name, str(out))
+    return out
+
+
+def resume_search(out: Path, address: str | None = None) -> Path:
+    """Continue a search whose driver died: finished trials stay, unfinished ones continue from their last
+    checkpoint, and the total number of trials is the one first asked for."""
+    from ray import tune
+
+    from himari_ray.study import fail_running, open_storage
+
+    out = Path(out).resolve()
+    manifest_path = out / "search.json"
+    if not manifest_path.is_file() or not (out / "tune").is_dir() or not (out / "space.yaml").is_file():
+        raise UserInputError(f"{out}: not a himari-ray search directory (no search.json, space.yaml and tune/)")
+    manifest = json.loads(manifest_path.read_text())
+    space, _ = load_space(str(out / "space.yaml"))
+    if manifest["data"]["source"] == "dataset":  # a search run with --data: train on that dataset again
+        space = space.model_copy(update={"data": DataSpec.model_validate(manifest["data"])})
+    if not tune.Tuner.can_restore(str(out / "tune")):
+        raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
+    storage = open_storage(manifest["storage"])
+    _start_ray(address)
+    tuner = tune.Tuner.restore(
+        str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
+    )
+    tuner.fit()
+    fail_running(storage, space.name, str(out))
     return out

@@ -18,10 +18,11 @@ LAYER = {
     "model": 4,
     "preflight": 4,
     "training": 5,
-    "search": 6,
-    "analysis": 7,
-    "cli": 8,
-    "__main__": 9,
+    "study": 6,
+    "search": 7,
+    "analysis": 8,
+    "cli": 9,
+    "__main__": 10,
     "__init__": 0,
 }
 

@@ -120,3 +120,17 @@ def test_same_seed_same_optuna_suggestions():
     a, b = suggestions(seed=5), suggestions(seed=5)
     assert a == b  # includes TPE suggestions after the random start-up trials
     assert suggestions(seed=6) != a
+
+
+def test_space_settings_reach_the_trial_config(tmp_path):
+    path = write_space(
+        tmp_path,
+        preflight={"enabled": False, "skill_high": 0.7},
+        leak_alarm={"hit_rate": 0.65, "min_trades": 50},
+        objective={"mode": "multi", "min_val_net_return": 0.0},
+        fee=0.001,
+    )
+    trial = load_space(str(path))[0].trial_config()
+    assert not trial.preflight.enabled and trial.preflight.skill_high == 0.7
+    assert trial.eval.leak_hit_rate == 0.65 and trial.eval.leak_min_trades == 50
+    assert trial.eval.min_net_return == 0.0 and trial.eval.fee == 0.001
