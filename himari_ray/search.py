@@ -423,6 +423,7 @@ def _start_ray(address: str | None) -> None:
     if address is not None:
         # Ray 2.60 clusters started with a token require it from every driver (see cluster.yaml).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # a refused join is our one line, not retries
         try:
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, RuntimeError, ValueError) as exc:

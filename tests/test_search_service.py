@@ -183,3 +183,48 @@ def test_same_seed_same_suggestions_and_same_metrics(tmp_path):
             }
         )  # fmt: skip
     assert runs[0] == runs[1]
+
+
+def test_multi_objective_search_records_its_pareto_front(tmp_path):
+    space = tmp_path / "multi.yaml"
+    space.write_text(
+        (SPACES / "e2e.yaml").read_text().replace("name: e2e", "name: multi") + "objective: {mode: multi}\n"
+    )
+    out = tmp_path / "out"
+    proc = search(str(space), "--out", str(out), "--trials", "3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = study(f"sqlite:///{out / 'study.db'}", "multi")
+    assert [d.name for d in s.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert all(len(t.values) == 2 for t in s.trials if t.state == TrialState.COMPLETE)
+    import pandas as pd
+
+    front = pd.read_csv(out / "pareto.csv")
+    assert len(front) >= 1
+    table_trials = {int(d.name.split("_")[1]): reports(d)[-1] for d in (out / "tune").glob("trial_*")}
+    for _, row in front.iterrows():  # nothing on the front is dominated by any trained trial
+        for other in table_trials.values():
+            assert not (
+                other["band_distance"] <= row["band_distance"]
+                and other["val_sharpe"] >= row["val_sharpe"]
+                and (other["band_distance"] < row["band_distance"] or other["val_sharpe"] > row["val_sharpe"])
+            )
+    assert "Pareto front" in proc.stdout
+
+
+def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_token_is_refused(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    try:
+        out = tmp_path / "out"
+        proc = search(str(SPACES / "e2e.yaml"), "--out", str(out), "--trials", "1", "--address", cluster.address)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(reports(next((out / "tune").glob("trial_*")))) == 2
+        no_token = subprocess.run(
+            [*CLI, "search", str(SPACES / "e2e.yaml"), "--out", str(tmp_path / "x"), "--address", cluster.address],
+            capture_output=True, text=True, env={**ENV, "RAY_AUTH_MODE": "disabled"}, timeout=300,
+        )  # fmt: skip
+        assert no_token.returncode == 2
+        assert no_token.stderr.strip().splitlines()[-1].startswith(f"error: --address {cluster.address}: cannot join")
+    finally:
+        cluster.shutdown()
