@@ -75,6 +75,9 @@ def trials_table(out: Path) -> pd.DataFrame:
             row[f"HOLD% {regime}"] = last[f"hold_pct_{regime}"]
         for metric in TABLE_METRICS:
             row[metric] = last[metric]
+        if "band_distance_worst" in last:  # a robust trial (several seeds or folds): its worst member too
+            row["band_worst"] = last["band_distance_worst"]
+            row["sharpe_worst"] = last["val_sharpe_worst"]
         row["preflight"] = last["preflight"]
         row["leak"] = "LEAK?" if last["leak_alarm"] else ""
         row["profit_ok"] = last["profit_ok"]
@@ -122,7 +125,7 @@ def format_table(table: pd.DataFrame) -> str:
         return f"{v:.4g}"
 
     formatters = {
-        c: pct if c.startswith("HOLD%") or c == "band_distance" else num
+        c: pct if c.startswith("HOLD%") or c in ("band_distance", "band_worst") else num
         for c in table.columns
         if table[c].dtype.kind == "f"
     }

@@ -10,6 +10,7 @@ and a feature scaler fitted on the train split only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 from importlib import resources
@@ -65,12 +66,23 @@ class DataSpec(SplitFractions):
     path: str | None = Field(None, description="Dataset directory (source: dataset), from `himari-ray data import`.")
     n_bars: int = Field(12_000, ge=1_000, description="Synthetic only: hourly bars to generate (after warm-up).")
     seed: int = Field(0, ge=0, description="Synthetic only: seed of the market.")
+    folds: int = Field(0, ge=0, description="Walk-forward folds inside train+val (0: the plain train/val split).")
+    fold: int = Field(0, ge=0, description="Which walk-forward fold this spec names (with folds > 0).")
 
     @model_validator(mode="after")
     def _path_iff_dataset(self) -> DataSpec:
         if (self.source == "dataset") != (self.path is not None):
             raise ValueError("path is required for source 'dataset' and only allowed there")
+        if self.folds and self.fold >= self.folds:
+            raise ValueError(f"fold {self.fold} out of range for {self.folds} folds")
         return self
+
+    def base(self) -> DataSpec:
+        """The dataset before any walk-forward fold is cut from it."""
+        return self.model_copy(update={"folds": 0, "fold": 0})
+
+    def with_fold(self, folds: int, fold: int) -> DataSpec:
+        return self.model_validate({**self.model_dump(), "folds": folds, "fold": fold})
 
 
 class BuildSettings(SplitFractions):
@@ -208,9 +220,29 @@ def sample_path() -> Path:
     return Path(str(resources.files("himari_ray") / "sample" / SAMPLE_FILE))
 
 
-@functools.lru_cache(maxsize=4)
+def walk_forward_fold(ds: Dataset, folds: int, fold: int) -> Dataset:
+    """Fold `fold` of an anchored walk-forward over train+val: train+val is cut into folds + 1 chronological
+    chunks; fold k trains on chunks 0..k and validates on chunk k+1 (the last fold's validation runs to the
+    end of val). The scaler is refitted on the fold's own training bars. The test split is not carried over:
+    a fold has an empty test split, so nothing downstream can read it."""
+    pool = {
+        f.name: np.concatenate([getattr(ds.train, f.name), getattr(ds.val, f.name)])
+        for f in dataclasses.fields(SplitArrays)
+    }
+    n = len(pool["returns"])
+    chunk = n // (folds + 1)
+    train_end = (fold + 1) * chunk
+    val_end = n if fold == folds - 1 else train_end + chunk
+    bounds = {"train": (0, train_end), "val": (train_end, val_end), "test": (val_end, val_end)}
+    meta = {**ds.metadata, "walk_forward": {"folds": folds, "fold": fold}}
+    return _assemble(pool, ds.feature_names, bounds, meta)
+
+
+@functools.lru_cache(maxsize=16)
 def load_dataset(spec: DataSpec) -> Dataset:
-    """Build or read (once per process) the dataset a spec names."""
+    """Build or read (once per process) the dataset a spec names; a walk-forward fold is cut from its base."""
+    if spec.folds:
+        return walk_forward_fold(load_dataset(spec.base()), spec.folds, spec.fold)
     fractions = SplitFractions(train_frac=spec.train_frac, val_frac=spec.val_frac)
     if spec.source == "synthetic":
         return synthetic_dataset(spec.n_bars, spec.seed, fractions)

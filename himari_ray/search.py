@@ -19,7 +19,7 @@ from himari_ray.env import EnvConfig
 from himari_ray.model import MODEL_PRESETS, ModelConfig
 from himari_ray.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
 from himari_ray.rewards import REWARD_FAMILIES, RewardConfig, param_problem
-from himari_ray.training import TRAIN_PARAMS, EvalConfig, TrainConfig, TrialConfig
+from himari_ray.training import TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
 
 #: The scalar the single-objective search minimises (band distance, Sharpe tie-break, profit constraint).
@@ -142,6 +142,7 @@ class SearchSpace(BaseModel):
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings, description="What is optimised.")
     leak_alarm: LeakAlarmSettings = Field(default_factory=LeakAlarmSettings, description="Look-ahead leak alarm.")
+    robust: RobustConfig = Field(default_factory=RobustConfig, description="Seeds and walk-forward folds per trial.")
     preflight: PreflightConfig = Field(
         default_factory=PreflightConfig, description="Skip configurations whose reward landscape rules out the bands."
     )
@@ -199,6 +200,7 @@ class SearchSpace(BaseModel):
                 min_net_return=self.objective.min_val_net_return,
             ),
             preflight=self.preflight,
+            robust=self.robust,
         )
 
 
@@ -404,9 +406,11 @@ def _trainable(space: SearchSpace):
 
     from himari_ray.training import train_trial
 
+    members = max(space.robust.folds, 1) * space.robust.seeds  # each member keeps its own env runners
+    runners = space.train.num_env_runners * members
     bundles = [{"CPU": space.resources.cpus_per_trial, "GPU": space.resources.gpus_per_trial}] + [
         {"CPU": 1.0}
-        for _ in range(space.train.num_env_runners)  # one bundle per remote env runner
+        for _ in range(runners)  # one bundle per remote env runner
     ]
     return tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles))
 
@@ -471,6 +475,7 @@ def run_search(
         "searched": sorted(space.search),
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
+        "robust": space.robust.model_dump(),
         "storage": url,
         "data": space.data.model_dump(),
     }

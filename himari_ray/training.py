@@ -8,7 +8,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -110,6 +110,16 @@ def objective(band: float, sharpe: float, profit_ok: bool) -> float:
 TRAIN_PARAMS = ("entropy_coeff", "lr", "gamma", "lambda_", "clip_param")
 
 
+class RobustConfig(BaseModel):
+    """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seeds: int = Field(1, ge=1, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
+    folds: int = Field(0, ge=0, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
+    aggregate: Literal["mean", "worst"] = Field("mean", description="Which aggregate the objective optimises.")
+
+
 class TrialConfig(BaseModel):
     """Everything one trial needs. Tune hands it around as a plain dict (`model_dump`)."""
 
@@ -120,6 +130,24 @@ class TrialConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation scoring.")
     preflight: PreflightConfig = Field(default_factory=PreflightConfig, description="Reward-landscape check.")
+    robust: RobustConfig = Field(default_factory=RobustConfig, description="Seeds and walk-forward folds.")
+
+    def members(self) -> list[TrialConfig]:
+        """One configuration per (fold, seed): what a robust trial trains, each scored on its own val."""
+        folds = range(self.robust.folds) if self.robust.folds else [None]
+        out = []
+        for fold in folds:
+            data = self.env.data if fold is None else self.env.data.with_fold(self.robust.folds, fold)
+            for s in range(self.robust.seeds):
+                out.append(
+                    self.model_copy(
+                        update={
+                            "env": self.env.model_copy(update={"data": data}),
+                            "train": self.train.model_copy(update={"seed": self.train.seed + s}),
+                        }
+                    )
+                )
+        return out
 
     def with_params(self, params: Mapping[str, float]) -> TrialConfig:
         """Overlay searched values: PPO settings go to `train`, everything else to the reward's params."""
@@ -253,11 +281,37 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
     return report
 
 
+def aggregate(members: list[dict[str, Any]], how: str) -> dict[str, Any]:
+    """One report from several members' (seeds x folds) metrics: means, `<metric>_worst` for band distance
+    and Sharpe, and the objective over the chosen aggregate. A single member passes through unchanged."""
+    if len(members) == 1:
+        return members[0]
+    out: dict[str, Any] = {}
+    for key, value in members[0].items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            column = np.array([m[key] for m in members], dtype=np.float64)
+            out[key] = float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
+    bands = np.array([m["band_distance"] for m in members])
+    sharpes = np.nan_to_num(np.array([m["val_sharpe"] for m in members]), nan=-np.inf)
+    out["band_distance_mean"], out["band_distance_worst"] = float(bands.mean()), float(bands.max())
+    out["val_sharpe_mean"], out["val_sharpe_worst"] = out["val_sharpe"], float(sharpes.min())
+    if how == "worst":
+        out["band_distance"], out["val_sharpe"] = out["band_distance_worst"], out["val_sharpe_worst"]
+    out["leak_alarm"] = any(m["leak_alarm"] for m in members)  # one leaking member is enough to distrust all
+    out["profit_ok"] = all(m["profit_ok"] for m in members)
+    out["objective"] = objective(out["band_distance"], out["val_sharpe"], out["profit_ok"])
+    out["members"] = len(members)
+    return out
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
 
-    Reports after every iteration; checkpoints (RLlib algorithm state + iteration) every
-    `checkpoint_every` iterations so a restored trial resumes where it stopped.
+    Trains one PPO run per member (seeds x walk-forward folds, see `RobustConfig`), reports the aggregate
+    after every iteration, and checkpoints every member (RLlib state + iteration) every `checkpoint_every`
+    iterations so a restored trial resumes where it stopped.
     """
     from ray import tune  # imported here: building configs (and analysis) must not need Tune
 
@@ -274,33 +328,37 @@ def train_trial(config: dict[str, Any]) -> None:
             )
             return
     torch.manual_seed(trial.train.seed)
-    algo = build_ppo_config(trial).build_algo()
-    evaluator = GreedyEvaluator(trial.env, trial.eval)
+    members = trial.members()
+    algos = [build_ppo_config(m).build_algo() for m in members]
+    evaluators = [GreedyEvaluator(m.env, m.eval) for m in members]
     start = 0
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            algo.restore_from_path(d)
+            for i, algo in enumerate(algos):
+                algo.restore_from_path(Path(d) / f"member_{i}")
             start = json.loads((Path(d) / _STATE_FILE).read_text())["iteration"]
     try:
         for it in range(start + 1, trial.train.iterations + 1):
-            result = algo.train()
-            metrics = evaluator(algo.get_module())
-            runner = result[ENV_RUNNER_RESULTS]
-            metrics.update(
-                preflight="",
-                preflight_skipped=False,
-                iteration=it,
+            reports = []
+            for algo, evaluator in zip(algos, evaluators, strict=True):
+                result = algo.train()
+                metrics = evaluator(algo.get_module())
+                runner = result[ENV_RUNNER_RESULTS]
                 # Absent until the first episode ends (long episodes, small batches).
-                episode_return_mean=float(runner.get(EPISODE_RETURN_MEAN, float("nan"))),
-                env_steps_sampled=int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME]),
-            )
+                metrics["episode_return_mean"] = float(runner.get(EPISODE_RETURN_MEAN, float("nan")))
+                metrics["env_steps_sampled"] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+                reports.append(metrics)
+            metrics = aggregate(reports, trial.robust.aggregate)
+            metrics.update(preflight="", preflight_skipped=False, iteration=it)
             if it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
                 with tempfile.TemporaryDirectory() as d:
-                    algo.save_to_path(d)
+                    for i, algo in enumerate(algos):
+                        algo.save_to_path(Path(d) / f"member_{i}")
                     (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it}))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             else:
                 tune.report(metrics)
     finally:
-        algo.stop()
+        for algo in algos:
+            algo.stop()
