@@ -6,6 +6,7 @@ Bad input ends in one line on stderr naming the file (or flag) and key, exit cod
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    if args.address is not None:
+        # Ray reads its authentication mode when it is imported: set it before anything imports Ray.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     from himari_ray.search import (
         check_out_dir,
         default_out_dir,

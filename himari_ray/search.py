@@ -91,12 +91,22 @@ class LeakAlarmSettings(BaseModel):
 
 
 class SchedulerSettings(BaseModel):
-    """ASHA early stopping on band distance."""
+    """ASHA early stopping (default, with the Optuna searcher), or population-based training."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    grace_period: int = Field(1, ge=1, description="Iterations before a trial can be stopped.")
+    kind: Literal["asha", "pbt"] = Field(
+        "asha", description="asha: Optuna proposes, ASHA stops laggards; pbt: a population mutates in flight."
+    )
+    grace_period: int = Field(1, ge=1, description="ASHA: iterations before a trial can be stopped.")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA halving rate.")
+    perturbation_interval: int = Field(2, ge=1, description="PBT: iterations between exploit/explore steps.")
+    quantile_fraction: float = Field(
+        0.25, gt=0, le=0.5, description="PBT: share of the population that exploits the top (0.5 for tiny ones)."
+    )
+    mutate: list[str] = Field(
+        default_factory=list, description="PBT: searched parameters it mutates (e.g. entropy_coeff, lr, reward_scale)."
+    )
 
 
 class CollapseSettings(BaseModel):
@@ -167,6 +177,13 @@ class SearchSpace(BaseModel):
             problem = param_problem(self.family, key, rng.low) if key in fam.defaults else None
             if problem or (key in ("entropy_coeff", "lr") and rng.low < 0):
                 raise ValueError(f"search.{key}.low: {problem or f'must be >= 0, got {rng.low}'}")
+        for key in self.scheduler.mutate:
+            if key not in self.search:
+                raise ValueError(f"scheduler.mutate: {key!r} is not a searched parameter")
+        if self.scheduler.kind == "pbt" and self.objective.mode == "multi":
+            raise ValueError("scheduler.kind: pbt optimises one metric; it cannot run objective.mode multi")
+        if self.scheduler.kind == "pbt" and not self.scheduler.mutate:
+            raise ValueError("scheduler.mutate: pbt needs at least one parameter to mutate")
         for regime in self.targets:
             if regime not in REGIME_NAMES:
                 raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
@@ -294,6 +311,16 @@ def preflight_space(
             row = shares.setdefault(r.regime, {})
             row[r.verdict] = row.get(r.verdict, 0.0) + 100.0 / n
     return seed_table, shares, (100.0 * all_contested / n if n else float("nan"))
+
+
+def tune_distributions(space: SearchSpace, keys: list[str] | None = None) -> dict[str, Any]:
+    from ray import tune
+
+    keys = list(space.search) if keys is None else keys
+    return {
+        k: (tune.loguniform if space.search[k].log else tune.uniform)(space.search[k].low, space.search[k].high)
+        for k in keys
+    }
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
@@ -450,7 +477,7 @@ def run_search(
     """Run the search; returns the output directory. Layout: space.yaml, search.json, study.db (unless
     another storage is given), tune/<trial dirs>. Everything is checked before anything is written."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
     from himari_ray.study import check_compatible, fail_running, open_storage
 
@@ -458,6 +485,8 @@ def run_search(
     out = out.resolve()
     url = storage_url or default_storage_url(out)
     _, mode = objective_spec(space)
+    if storage_url is not None and space.scheduler.kind == "pbt":
+        raise UserInputError("--storage: a pbt search draws its own population and keeps no Optuna study")
     if storage_url is not None:  # an external study: refuse before touching it or the disk
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
@@ -476,26 +505,42 @@ def run_search(
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
         "robust": space.robust.model_dump(),
-        "storage": url,
+        "storage": None if space.scheduler.kind == "pbt" else url,
         "data": space.data.model_dump(),
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
-    storage = open_storage(url)
+    pbt = space.scheduler.kind == "pbt"
+    storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
     _start_ray(address)
 
+    param_space: dict[str, Any] = {"trial": trial_cfg.model_dump(mode="json")}
+    if pbt:
+        param_space.update(tune_distributions(space))
+        search_alg = tune.search.BasicVariantGenerator(random_state=seed)
+        scheduler = PopulationBasedTraining(
+            time_attr="training_iteration",
+            metric=OBJECTIVE,
+            mode="min",
+            perturbation_interval=space.scheduler.perturbation_interval,
+            hyperparam_mutations=tune_distributions(space, space.scheduler.mutate),
+            quantile_fraction=space.scheduler.quantile_fraction,
+        )
+    else:
+        search_alg = make_searcher(space, seed, storage, owner=str(out))
+        scheduler = ASHAScheduler(
+            metric=OBJECTIVE,
+            mode="min",
+            time_attr="training_iteration",
+            max_t=iterations,
+            grace_period=min(space.scheduler.grace_period, iterations),
+            reduction_factor=space.scheduler.reduction_factor,
+        )
     tuner = tune.Tuner(
         _trainable(space),
-        param_space={"trial": trial_cfg.model_dump(mode="json")},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            search_alg=make_searcher(space, seed, storage, owner=str(out)),
-            scheduler=ASHAScheduler(
-                metric=OBJECTIVE,
-                mode="min",
-                time_attr="training_iteration",
-                max_t=iterations,
-                grace_period=min(space.scheduler.grace_period, iterations),
-                reduction_factor=space.scheduler.reduction_factor,
-            ),
+            search_alg=search_alg,
+            scheduler=scheduler,
             num_samples=trials,
             trial_dirname_creator=trial_dirname,
         ),
@@ -505,11 +550,13 @@ def run_search(
             stop=_collapse_stopper(space.collapse),
             callbacks=[_report_printer()],
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # PBT restores trials from other trials' older checkpoints: keep them all there.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
         ),
     )
     tuner.fit()
-    fail_running(storage, space.name, str(out))
+    if storage is not None:
+        fail_running(storage, space.name, str(out))
     return out
 
 
@@ -530,11 +577,12 @@ def resume_search(out: Path, address: str | None = None) -> Path:
         space = space.model_copy(update={"data": DataSpec.model_validate(manifest["data"])})
     if not tune.Tuner.can_restore(str(out / "tune")):
         raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
-    storage = open_storage(manifest["storage"])
+    storage = open_storage(manifest["storage"]) if manifest["storage"] else None
     _start_ray(address)
     tuner = tune.Tuner.restore(
         str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
     )
     tuner.fit()
-    fail_running(storage, space.name, str(out))
+    if storage is not None:
+        fail_running(storage, space.name, str(out))
     return out

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core import DEFAULT_MODULE_ID
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
@@ -24,7 +25,6 @@ from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance,
 from himari_ray.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
 from himari_ray.preflight import (
     PreflightConfig,
-    RegimePreflight,
     band_conflicts,
     describe_conflicts,
     preflight,
@@ -261,24 +261,31 @@ class GreedyEvaluator:
 _STATE_FILE = "himari_trial_state.json"
 
 
-def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float) -> dict[str, float | str | bool]:
-    """The one report of a configuration the preflight rules out: the HOLD% its verdicts force (NaN where
-    contested), the penalty as its band distance, and the verdicts."""
-    report: dict[str, float | str | bool] = {"preflight": verdicts, "preflight_skipped": True}
-    for r in results:
-        forced = r.forced_hold_pct
-        report[f"hold_pct_{r.regime}"] = float("nan") if forced is None else forced
-    report["hold_pct_ALL"] = float("nan")
-    report["band_distance"] = penalty
-    report["objective"] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
-    report["leak_alarm"] = False
-    report["profit_ok"] = False
-    report["val_sharpe"] = float("nan")
-    report["val_net_return"] = float("nan")
-    report["val_max_drawdown"] = float("nan")
-    report["val_turnover"] = float("nan")
-    report["iteration"] = 0
-    return report
+def _learner_values(learner: Any) -> dict[str, float]:
+    lrs = {float(g["lr"]) for _, opt in learner.get_optimizers_for_module(DEFAULT_MODULE_ID) for g in opt.param_groups}
+    entropy = learner.entropy_coeff_schedulers_per_module[DEFAULT_MODULE_ID].get_current_value()
+    return {"lr": lrs.pop() if len(lrs) == 1 else float("nan"), "entropy_coeff": float(entropy)}
+
+
+def _env_reward_params(runner: Any) -> list[dict[str, float]]:
+    return [env.unwrapped.config.reward.resolved_params for env in runner.env.unwrapped.envs]
+
+
+def applied_values(algo: Any) -> dict[str, float]:
+    """The hyperparameters in effect where they act: lr and entropy coefficient inside the learner(s), reward
+    parameters inside every env copy of every env runner. A mutation (PBT) or a restore that silently failed
+    to reach them shows up here as a mismatch with the trial's config. NaN where copies disagree."""
+    learners = [r.get() for r in algo.learner_group.foreach_learner(_learner_values)]
+    runners = algo.env_runner_group.foreach_env_runner(_env_reward_params, local_env_runner=True)
+    envs = [params for runner in runners for params in runner]
+    out = {}
+    for key in ("lr", "entropy_coeff"):
+        values = {v[key] for v in learners}
+        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+    for key in envs[0]:
+        values = {e[key] for e in envs}
+        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+    return out
 
 
 def aggregate(members: list[dict[str, Any]], how: str) -> dict[str, Any]:
@@ -335,6 +342,9 @@ def train_trial(config: dict[str, Any]) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
+            # PBT restarts a trial from another trial's checkpoint with mutated values: the algos above were
+            # built from the mutated config and restoring keeps them (Ray 2.60 leaves the optimizers' lr as
+            # configured); `applied_values` records what acts, so a regression would show in every report.
             for i, algo in enumerate(algos):
                 algo.restore_from_path(Path(d) / f"member_{i}")
             start = json.loads((Path(d) / _STATE_FILE).read_text())["iteration"]
@@ -348,6 +358,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 # Absent until the first episode ends (long episodes, small batches).
                 metrics["episode_return_mean"] = float(runner.get(EPISODE_RETURN_MEAN, float("nan")))
                 metrics["env_steps_sampled"] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+                metrics.update(applied_values(algo))
                 reports.append(metrics)
             metrics = aggregate(reports, trial.robust.aggregate)
             metrics.update(preflight="", preflight_skipped=False, iteration=it)

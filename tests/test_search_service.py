@@ -217,7 +217,12 @@ def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_to
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     try:
         out = tmp_path / "out"
-        proc = search(str(SPACES / "e2e.yaml"), "--out", str(out), "--trials", "1", "--address", cluster.address)
+        # No RAY_AUTH_MODE in the driver's environment: `--address` itself must turn token auth on.
+        bare = {k: v for k, v in ENV.items() if k != "RAY_AUTH_MODE"}
+        proc = subprocess.run(
+            [*CLI, "search", str(SPACES / "e2e.yaml"), "--out", str(out), "--trials", "1", "--address", cluster.address],
+            capture_output=True, text=True, env=bare, timeout=600,
+        )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert len(reports(next((out / "tune").glob("trial_*")))) == 2
         no_token = subprocess.run(
@@ -228,3 +233,39 @@ def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_to
         assert no_token.stderr.strip().splitlines()[-1].startswith(f"error: --address {cluster.address}: cannot join")
     finally:
         cluster.shutdown()
+
+
+def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path):
+    """PBT restarts a trial from another trial's checkpoint with mutated values, and Ray has lost such
+    mutations before. Every report records what actually acts in the learner (lr, entropy coefficient) and in
+    every env copy (reward scale); before and after each exploit it must equal the trial's config."""
+    space = tmp_path / "pbt.yaml"
+    text = (
+        (SPACES / "e2e.yaml").read_text().replace("name: e2e", "name: pbt").replace("iterations: 2,", "iterations: 4,")
+    )
+    text = text.replace("fixed: {reward_scale: 100.0}", "fixed: {}")
+    text = text.replace(
+        "search:\n",
+        "search:\n  reward_scale: {low: 10.0, high: 300.0, log: true}\n  lr: {low: 0.0001, high: 0.01, log: true}\n",
+    )
+    text = text.replace(
+        "scheduler: {grace_period: 2}",
+        "scheduler: {kind: pbt, perturbation_interval: 1, quantile_fraction: 0.5, mutate: [entropy_coeff, lr, reward_scale]}",
+    )
+    space.write_text(text.replace("collapse: {warmup: 2}", "collapse: {warmup: 9}"))  # keep the population whole
+    out = tmp_path / "out"
+    proc = search(str(space), "--out", str(out), "--trials", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "study.db").exists()
+    mutated = 0
+    for trial_dir in (out / "tune").glob("trial_*"):
+        rows = reports(trial_dir)
+        for r in rows:
+            for key in ("entropy_coeff", "lr", "reward_scale"):
+                assert r[f"applied_{key}"] == pytest.approx(r["config"][key], rel=1e-9), (
+                    trial_dir.name,
+                    key,
+                    r["iteration"],
+                )
+        mutated += len({r["config"]["lr"] for r in rows}) > 1
+    assert mutated >= 1, "PBT never exploited: the test proved nothing"
