@@ -25,6 +25,7 @@ from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance,
 from himari_ray.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
 from himari_ray.preflight import (
     PreflightConfig,
+    RegimePreflight,
     band_conflicts,
     describe_conflicts,
     preflight,
@@ -286,6 +287,26 @@ def applied_values(algo: Any) -> dict[str, float]:
         values = {e[key] for e in envs}
         out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
     return out
+
+
+def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float) -> dict[str, float | str | bool]:
+    """The one report of a configuration the preflight rules out: the HOLD% its verdicts force (NaN where
+    contested), the penalty as its band distance, and the verdicts."""
+    report: dict[str, float | str | bool] = {"preflight": verdicts, "preflight_skipped": True}
+    for r in results:
+        forced = r.forced_hold_pct
+        report[f"hold_pct_{r.regime}"] = float("nan") if forced is None else forced
+    report["hold_pct_ALL"] = float("nan")
+    report["band_distance"] = penalty
+    report["objective"] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
+    report["leak_alarm"] = False
+    report["profit_ok"] = False
+    report["val_sharpe"] = float("nan")
+    report["val_net_return"] = float("nan")
+    report["val_max_drawdown"] = float("nan")
+    report["val_turnover"] = float("nan")
+    report["iteration"] = 0
+    return report
 
 
 def aggregate(members: list[dict[str, Any]], how: str) -> dict[str, Any]:
