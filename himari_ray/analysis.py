@@ -70,7 +70,7 @@ def trials_table(out: Path) -> pd.DataFrame:
             "iter": last["training_iteration"],
         }
         for name in manifest["searched"]:
-            row[name] = last["config"][name]
+            row[name] = last["config"].get(name, float("nan"))  # a conditional parameter may be off
         for regime in REGIME_NAMES:
             row[f"HOLD% {regime}"] = last[f"hold_pct_{regime}"]
         for metric in TABLE_METRICS:

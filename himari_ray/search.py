@@ -19,7 +19,7 @@ from himari_ray.env import EnvConfig
 from himari_ray.model import MODEL_PRESETS, ModelConfig
 from himari_ray.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
 from himari_ray.rewards import REWARD_FAMILIES, RewardConfig, param_problem
-from himari_ray.training import TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
+from himari_ray.training import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
 
 #: The scalar the single-objective search minimises (band distance, Sharpe tie-break, profit constraint).
@@ -29,21 +29,45 @@ MULTI_OBJECTIVE = (["band_distance", "val_sharpe"], ["min", "max"])
 
 
 class ParamRange(BaseModel):
-    """A searched float parameter."""
+    """A searched parameter: a numeric range, or a list of choices; optionally searched only `when` another
+    (categorical) parameter takes one of the listed values."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    low: float = Field(description="Lower bound (inclusive).")
-    high: float = Field(description="Upper bound (inclusive).")
+    low: float | None = Field(None, description="Lower bound (inclusive).")
+    high: float | None = Field(None, description="Upper bound (inclusive).")
     log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
+    integer: bool = Field(False, description="Sample whole numbers.")
+    choices: list[str | float] | None = Field(None, description="Categorical values instead of a range.")
+    when: dict[str, list[str | float]] | None = Field(
+        None, description="Search this parameter only when each named parameter takes one of these values."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ParamRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.integer:
+                raise ValueError("choices exclude low, high, log and integer")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs low and high (or use choices)")
         if not self.low < self.high:
             raise ValueError(f"inverted or empty range: low {self.low} must be < high {self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"log scale needs low > 0, got {self.low}")
         return self
+
+    def probes(self) -> list[Any]:
+        """Values that exercise the extremes: every choice, or both bounds."""
+        if self.choices is not None:
+            return list(self.choices)
+        lo, hi = (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
+        return [lo, hi]
+
+    def active(self, params: dict[str, Any]) -> bool:
+        return self.when is None or all(params.get(k) in values for k, values in self.when.items())
 
 
 class EnvSettings(BaseModel):
@@ -164,7 +188,7 @@ class SearchSpace(BaseModel):
                 f"family: unknown reward family {self.family!r}; expected one of {sorted(REWARD_FAMILIES)}"
             )
         fam = REWARD_FAMILIES[self.family]
-        allowed = sorted(fam.defaults) + list(TRAIN_PARAMS)
+        allowed = sorted(fam.defaults) + list(TRAIN_PARAMS) + list(ENV_PARAMS)
         for key, value in self.fixed.items():
             problem = param_problem(self.family, key, value)
             if problem:
@@ -174,9 +198,20 @@ class SearchSpace(BaseModel):
                 raise ValueError(f"search.{key}: unknown parameter for family {self.family}; expected one of {allowed}")
             if key in self.fixed:
                 raise ValueError(f"search.{key}: also set in fixed; a parameter is either searched or fixed")
-            problem = param_problem(self.family, key, rng.low) if key in fam.defaults else None
-            if problem or (key in ("entropy_coeff", "lr") and rng.low < 0):
-                raise ValueError(f"search.{key}.low: {problem or f'must be >= 0, got {rng.low}'}")
+            if rng.low is not None:
+                problem = param_problem(self.family, key, rng.low) if key in fam.defaults else None
+                if problem or (key in ("entropy_coeff", "lr") and rng.low < 0):
+                    raise ValueError(f"search.{key}.low: {problem or f'must be >= 0, got {rng.low}'}")
+            for other, values in (rng.when or {}).items():
+                target = self.search.get(other)
+                if target is None or target.choices is None or target.when is not None:
+                    raise ValueError(
+                        f"search.{key}.when: {other!r} must be a searched parameter with choices (and no when)"
+                    )
+                if not set(values) <= set(target.choices):
+                    raise ValueError(f"search.{key}.when.{other}: {values} not among its choices {target.choices}")
+        if self.scheduler.kind == "pbt" and any(r.when for r in self.search.values()):
+            raise ValueError("scheduler.kind: pbt cannot search conditional (when) parameters")
         for key in self.scheduler.mutate:
             if key not in self.search:
                 raise ValueError(f"scheduler.mutate: {key!r} is not a searched parameter")
@@ -188,6 +223,20 @@ class SearchSpace(BaseModel):
             if regime not in REGIME_NAMES:
                 raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
         return self
+
+    def check_probes(self) -> None:
+        """Every choice and both bounds of every range must make a valid trial (e.g. a trailing window too
+        short, an unknown position mode): found now, not in the middle of a search."""
+        base = self.trial_config()
+        for key, rng in self.search.items():
+            for value in rng.probes():
+                try:
+                    base.with_params({key: value})
+                except ValidationError as err:
+                    first = err.errors()[0]
+                    raise UserInputError(
+                        f"search.{key}: value {value!r}: {first['msg'].removeprefix('Value error, ')}"
+                    ) from None
 
     def trial_config(self) -> TrialConfig:
         """The base configuration every trial starts from (searched values are overlaid per trial)."""
@@ -261,6 +310,10 @@ def load_space(arg: str) -> tuple[SearchSpace, Path]:
         space.trial_config()
     except ValidationError as err:
         raise UserInputError(_format_validation_error(path, err)) from None
+    try:
+        space.check_probes()
+    except UserInputError as err:
+        raise UserInputError(f"{path}: {err}") from None
     return space, path
 
 
@@ -275,22 +328,28 @@ def with_dataset(space: SearchSpace, path: Path) -> SearchSpace:
     return space.model_copy(update={"data": spec})
 
 
-def sample_reward_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, float]]:
-    """n uniform (log-uniform where the space says log) draws of the searched reward parameters."""
+def _ordered_search(space: SearchSpace) -> list[tuple[str, ParamRange]]:
+    """Unconditional parameters first, so a `when` always sees the value it depends on."""
+    return sorted(space.search.items(), key=lambda kv: kv[1].when is not None)
+
+
+def sample_reward_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
+    """n uniform (log-uniform where the space says log) draws of every searched parameter that shapes the
+    reward landscape (PPO settings are left out), honouring `when` conditions."""
     rng = np.random.default_rng(seed)
-    keys = [k for k in space.search if k not in TRAIN_PARAMS]
     draws = []
     for _ in range(n):
-        point = {}
-        for k in keys:
-            r = space.search[k]
+        point: dict[str, Any] = {}
+        for k, r in _ordered_search(space):
             u = rng.random()
-            point[k] = (
-                float(np.exp(np.log(r.low) + u * (np.log(r.high) - np.log(r.low))))
-                if r.log
-                else r.low + u * (r.high - r.low)
-            )
-        draws.append(point)
+            if not r.active(point):
+                continue
+            if r.choices is not None:
+                point[k] = r.choices[int(u * len(r.choices))]
+                continue
+            value = float(np.exp(np.log(r.low) + u * np.log(r.high / r.low))) if r.log else r.low + u * (r.high - r.low)
+            point[k] = round(value) if r.integer else value
+        draws.append({k: v for k, v in point.items() if k not in TRAIN_PARAMS})
     return draws
 
 
@@ -317,16 +376,52 @@ def tune_distributions(space: SearchSpace, keys: list[str] | None = None) -> dic
     from ray import tune
 
     keys = list(space.search) if keys is None else keys
-    return {
-        k: (tune.loguniform if space.search[k].log else tune.uniform)(space.search[k].low, space.search[k].high)
-        for k in keys
-    }
+    out = {}
+    for k in keys:
+        r = space.search[k]
+        if r.choices is not None:
+            out[k] = tune.choice(r.choices)
+        elif r.integer:
+            out[k] = (tune.lograndint if r.log else tune.randint)(int(r.low), int(r.high) + 1)
+        else:
+            out[k] = (tune.loguniform if r.log else tune.uniform)(r.low, r.high)
+    return out
 
 
 def optuna_distributions(space: SearchSpace) -> dict[str, Any]:
     import optuna
 
-    return {k: optuna.distributions.FloatDistribution(r.low, r.high, log=r.log) for k, r in space.search.items()}
+    out: dict[str, Any] = {}
+    for k, r in space.search.items():
+        if r.choices is not None:
+            out[k] = optuna.distributions.CategoricalDistribution(r.choices)
+        elif r.integer:
+            out[k] = optuna.distributions.IntDistribution(int(r.low), int(r.high), log=r.log)
+        else:
+            out[k] = optuna.distributions.FloatDistribution(r.low, r.high, log=r.log)
+    return out
+
+
+class DefineByRun:
+    """Optuna define-by-run space: asks for each parameter whose `when` holds, unconditional ones first.
+    A plain class (not a closure) so Tune can pickle the searcher's state for --resume."""
+
+    def __init__(self, space: SearchSpace):
+        self.order = [(k, r.model_dump()) for k, r in _ordered_search(space)]
+
+    def __call__(self, trial: Any) -> None:
+        chosen: dict[str, Any] = {}
+        for name, raw in self.order:
+            r = ParamRange.model_validate(raw)
+            if not r.active(chosen):
+                continue
+            # Public suggest_* calls: Tune's captor records the config from exactly these.
+            if r.choices is not None:
+                chosen[name] = trial.suggest_categorical(name, r.choices)
+            elif r.integer:
+                chosen[name] = trial.suggest_int(name, int(r.low), int(r.high), log=r.log)
+            else:
+                chosen[name] = trial.suggest_float(name, r.low, r.high, log=r.log)
 
 
 def objective_spec(space: SearchSpace) -> tuple[str | list[str], str | list[str]]:
@@ -350,7 +445,7 @@ def make_searcher(
 
     metric, mode = objective_spec(space)
     searcher = PruningOptunaSearch(
-        space=optuna_distributions(space),
+        space=DefineByRun(space),
         metric=metric,
         mode=mode,
         sampler=optuna.samplers.TPESampler(seed=seed),

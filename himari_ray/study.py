@@ -49,7 +49,8 @@ def check_compatible(
             f"{[d.name.lower() for d in study.directions]}; this search has {[d.name.lower() for d in want]}"
         )
     for trial in study.get_trials(deepcopy=False):
-        if trial.distributions and trial.distributions != distributions:
+        # Conditional parameters make a trial's distributions a subset of the space's; each must match.
+        if any(distributions.get(k) != d for k, d in trial.distributions.items()):
             theirs = sorted(trial.distributions)
             raise UserInputError(
                 f"{flag}: study {study_name!r} exists with other parameters ({', '.join(theirs)} with other ranges"

@@ -31,6 +31,7 @@ from himari_ray.preflight import (
     preflight,
     skip_penalty,
 )
+from himari_ray.rewards import RewardConfig
 from himari_ray.types import REGIME_NAMES, Dataset
 
 
@@ -109,6 +110,9 @@ def objective(band: float, sharpe: float, profit_ok: bool) -> float:
 
 #: Searchable names that are PPO settings rather than reward parameters.
 TRAIN_PARAMS = ("entropy_coeff", "lr", "gamma", "lambda_", "clip_param")
+#: Searchable names that are environment settings (the last two belong to the reward config).
+ENV_PARAMS = ("position_mode", "norm_stats", "trailing_window")
+REWARD_FIELDS = ("norm_stats", "trailing_window")
 
 
 class RobustConfig(BaseModel):
@@ -150,18 +154,20 @@ class TrialConfig(BaseModel):
                 )
         return out
 
-    def with_params(self, params: Mapping[str, float]) -> TrialConfig:
-        """Overlay searched values: PPO settings go to `train`, everything else to the reward's params."""
+    def with_params(self, params: Mapping[str, Any]) -> TrialConfig:
+        """Overlay searched values: PPO settings go to `train`, environment settings to `env` (and its reward
+        config), everything else to the reward's params. Every value is validated where it lands."""
         train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
-        reward = {k: v for k, v in params.items() if k not in TRAIN_PARAMS}
-        env = self.env.model_copy(
-            update={
-                "reward": self.env.reward.model_validate(
-                    {**self.env.reward.model_dump(), "params": {**self.env.reward.params, **reward}}
-                )
-            }
+        env_fields = {k: v for k, v in params.items() if k in ENV_PARAMS and k not in REWARD_FIELDS}
+        reward_fields = {k: v for k, v in params.items() if k in REWARD_FIELDS}
+        reward_params = {k: v for k, v in params.items() if k not in TRAIN_PARAMS + ENV_PARAMS}
+        reward = RewardConfig.model_validate(
+            {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
         )
-        return self.model_copy(update={"env": env, "train": self.train.model_copy(update=train)})
+        env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
+        return self.model_copy(
+            update={"env": env, "train": TrainConfig.model_validate({**self.train.model_dump(), **train})}
+        )
 
 
 def build_ppo_config(trial: TrialConfig) -> PPOConfig:

@@ -134,3 +134,59 @@ def test_space_settings_reach_the_trial_config(tmp_path):
     assert not trial.preflight.enabled and trial.preflight.skill_high == 0.7
     assert trial.eval.leak_hit_rate == 0.65 and trial.eval.leak_min_trades == 50
     assert trial.eval.min_net_return == 0.0 and trial.eval.fee == 0.001
+
+
+def conditional_space(tmp_path, **extra):
+    return write_space(
+        tmp_path,
+        **{
+            "search.norm_stats": {"choices": ["train", "trailing"]},
+            "search.trailing_window": {"low": 24, "high": 336, "integer": True, "when": {"norm_stats": ["trailing"]}},
+            "search.position_mode": {"choices": ["per_bar", "carried"]},
+            **extra,
+        },
+    )
+
+
+def test_conditional_parameters_are_suggested_only_when_their_condition_holds(tmp_path):
+    space, _ = load_space(str(conditional_space(tmp_path)))
+    searcher = make_searcher(space, seed=1, max_concurrent=1)
+    seen = set()
+    for i in range(16):
+        cfg = searcher.suggest(f"t{i}")
+        assert ("trailing_window" in cfg) == (cfg["norm_stats"] == "trailing"), cfg
+        if "trailing_window" in cfg:
+            assert isinstance(cfg["trailing_window"], int) and 24 <= cfg["trailing_window"] <= 336
+        seen.add((cfg["norm_stats"], cfg["position_mode"]))
+        trial = space.trial_config().with_params(cfg)  # every suggestion lands where it belongs
+        assert trial.env.reward.norm_stats == cfg["norm_stats"] and trial.env.position_mode == cfg["position_mode"]
+        searcher.on_trial_complete(
+            f"t{i}", {"objective": float(i), "training_iteration": 1, "preflight_skipped": False}
+        )
+    assert len(seen) == 4
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (
+            {"search.trailing_window": {"low": 24, "high": 336, "when": {"trade_cost": [0.1]}}},
+            "search.trailing_window.when: 'trade_cost' must be a searched parameter with choices",
+        ),
+        (
+            {"search.trailing_window": {"low": 24, "high": 336, "when": {"norm_stats": ["weekly"]}}},
+            "search.trailing_window.when.norm_stats: ['weekly'] not among its choices",
+        ),
+        (
+            {"search.trailing_window": {"low": 4, "high": 336, "integer": True}},
+            "search.trailing_window: value 4: Input should be greater than or equal to 8",
+        ),
+        ({"search.position_mode": {"choices": ["per_bar", "sideways"]}}, "search.position_mode: value 'sideways'"),
+        ({"search.norm_stats": {"low": 1, "high": 2, "choices": ["train"]}}, "choices exclude low, high"),
+    ],
+)
+def test_bad_conditional_spaces_name_the_key(tmp_path, extra, expected):
+    path = conditional_space(tmp_path, **extra)
+    with pytest.raises(UserInputError) as err:
+        load_space(str(path))
+    assert str(err.value).startswith(str(path)) and expected in str(err.value), str(err.value)
