@@ -275,6 +275,8 @@ def _learner_values(learner: Any) -> dict[str, float]:
 
 
 def _env_reward_params(runner: Any) -> list[dict[str, float]]:
+    if runner.env is None:  # the local runner holds no env when remote runners sample
+        return []
     return [env.unwrapped.config.reward.resolved_params for env in runner.env.unwrapped.envs]
 
 

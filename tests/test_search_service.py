@@ -269,3 +269,16 @@ def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path):
                 )
         mutated += len({r["config"]["lr"] for r in rows}) > 1
     assert mutated >= 1, "PBT never exploited: the test proved nothing"
+
+
+def test_a_trial_with_a_remote_env_runner_gets_its_bundle_and_trains(tmp_path):
+    space = tmp_path / "runners.yaml"
+    text = (SPACES / "e2e.yaml").read_text().replace("name: e2e", "name: runners")
+    space.write_text(text.replace("lr: 0.001}", "lr: 0.001, num_env_runners: 1, num_envs_per_env_runner: 2}"))
+    out = tmp_path / "out"
+    proc = search(str(space), "--out", str(out), "--trials", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = reports(next((out / "tune").glob("trial_*")))
+    assert [r["iteration"] for r in rows] == [1, 2] and rows[-1]["env_steps_sampled"] >= 2 * 256
+    params = json.loads(next((out / "tune").glob("trial_*")).joinpath("params.json").read_text())
+    assert params["trial"]["train"]["num_env_runners"] == 1
