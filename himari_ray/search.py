@@ -119,12 +119,15 @@ class SchedulerSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["asha", "pbt"] = Field(
-        "asha", description="asha: Optuna proposes, ASHA stops laggards; pbt: a population mutates in flight."
+    kind: Literal["asha", "pbt", "pb2"] = Field(
+        "asha",
+        description="asha: Optuna proposes, ASHA stops laggards; pbt: a population mutates in flight; "
+        "pb2: PBT whose mutations a Gaussian-process bandit picks (needs scikit-learn: pip install himari-ray[pb2]).",
     )
     grace_period: int = Field(1, ge=1, description="ASHA: iterations before a trial can be stopped.")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA halving rate.")
     perturbation_interval: int = Field(2, ge=1, description="PBT: iterations between exploit/explore steps.")
+    synch: bool = Field(False, description="PBT/PB2: wait for the whole population at each perturbation point.")
     quantile_fraction: float = Field(
         0.25, gt=0, le=0.5, description="PBT: share of the population that exploits the top (0.5 for tiny ones)."
     )
@@ -189,6 +192,7 @@ class SearchSpace(BaseModel):
             )
         fam = REWARD_FAMILIES[self.family]
         allowed = sorted(fam.defaults) + list(TRAIN_PARAMS) + list(ENV_PARAMS)
+        population = self.scheduler.kind in ("pbt", "pb2")
         for key, value in self.fixed.items():
             problem = param_problem(self.family, key, value)
             if problem:
@@ -210,15 +214,21 @@ class SearchSpace(BaseModel):
                     )
                 if not set(values) <= set(target.choices):
                     raise ValueError(f"search.{key}.when.{other}: {values} not among its choices {target.choices}")
-        if self.scheduler.kind == "pbt" and any(r.when for r in self.search.values()):
-            raise ValueError("scheduler.kind: pbt cannot search conditional (when) parameters")
+        if population and any(r.when for r in self.search.values()):
+            raise ValueError(f"scheduler.kind: {self.scheduler.kind} cannot search conditional (when) parameters")
         for key in self.scheduler.mutate:
             if key not in self.search:
                 raise ValueError(f"scheduler.mutate: {key!r} is not a searched parameter")
-        if self.scheduler.kind == "pbt" and self.objective.mode == "multi":
-            raise ValueError("scheduler.kind: pbt optimises one metric; it cannot run objective.mode multi")
-        if self.scheduler.kind == "pbt" and not self.scheduler.mutate:
-            raise ValueError("scheduler.mutate: pbt needs at least one parameter to mutate")
+        if population and self.objective.mode == "multi":
+            raise ValueError(
+                f"scheduler.kind: {self.scheduler.kind} optimises one metric; it cannot run objective.mode multi"
+            )
+        if population and not self.scheduler.mutate:
+            raise ValueError(f"scheduler.mutate: {self.scheduler.kind} needs at least one parameter to mutate")
+        if self.scheduler.kind == "pb2":
+            for key in self.scheduler.mutate:
+                if self.search[key].choices is not None or self.search[key].integer:
+                    raise ValueError(f"scheduler.mutate: pb2 mutates continuous ranges only; {key!r} is not one")
         for regime in self.targets:
             if regime not in REGIME_NAMES:
                 raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
@@ -580,8 +590,10 @@ def run_search(
     out = out.resolve()
     url = storage_url or default_storage_url(out)
     _, mode = objective_spec(space)
-    if storage_url is not None and space.scheduler.kind == "pbt":
-        raise UserInputError("--storage: a pbt search draws its own population and keeps no Optuna study")
+    if storage_url is not None and space.scheduler.kind != "asha":
+        raise UserInputError(
+            f"--storage: a {space.scheduler.kind} search draws its own population; it keeps no Optuna study"
+        )
     if storage_url is not None:  # an external study: refuse before touching it or the disk
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
@@ -600,11 +612,11 @@ def run_search(
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
         "robust": space.robust.model_dump(),
-        "storage": None if space.scheduler.kind == "pbt" else url,
+        "storage": url if space.scheduler.kind == "asha" else None,
         "data": space.data.model_dump(),
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
-    pbt = space.scheduler.kind == "pbt"
+    pbt = space.scheduler.kind in ("pbt", "pb2")
     storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
     _start_ray(address)
 
@@ -612,14 +624,23 @@ def run_search(
     if pbt:
         param_space.update(tune_distributions(space))
         search_alg = tune.search.BasicVariantGenerator(random_state=seed)
-        scheduler = PopulationBasedTraining(
-            time_attr="training_iteration",
-            metric=OBJECTIVE,
-            mode="min",
-            perturbation_interval=space.scheduler.perturbation_interval,
-            hyperparam_mutations=tune_distributions(space, space.scheduler.mutate),
-            quantile_fraction=space.scheduler.quantile_fraction,
-        )
+        common = {
+            "time_attr": "training_iteration",
+            "metric": OBJECTIVE,
+            "mode": "min",
+            "perturbation_interval": space.scheduler.perturbation_interval,
+            "quantile_fraction": space.scheduler.quantile_fraction,
+            "synch": space.scheduler.synch,
+        }
+        if space.scheduler.kind == "pb2":
+            from ray.tune.schedulers.pb2 import PB2
+
+            bounds = {k: [space.search[k].low, space.search[k].high] for k in space.scheduler.mutate}
+            scheduler = PB2(hyperparam_bounds=bounds, **common)
+        else:
+            scheduler = PopulationBasedTraining(
+                hyperparam_mutations=tune_distributions(space, space.scheduler.mutate), **common
+            )
     else:
         search_alg = make_searcher(space, seed, storage, owner=str(out))
         scheduler = ASHAScheduler(

@@ -235,7 +235,8 @@ def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_to
         cluster.shutdown()
 
 
-def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path):
+@pytest.mark.parametrize("kind", ["pbt", "pb2"])
+def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path, kind):
     """PBT restarts a trial from another trial's checkpoint with mutated values, and Ray has lost such
     mutations before. Every report records what actually acts in the learner (lr, entropy coefficient) and in
     every env copy (reward scale); before and after each exploit it must equal the trial's config."""
@@ -250,9 +251,10 @@ def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path):
     )
     text = text.replace(
         "scheduler: {grace_period: 2}",
-        "scheduler: {kind: pbt, perturbation_interval: 1, quantile_fraction: 0.5, mutate: [entropy_coeff, lr, reward_scale]}",
+        "scheduler: {kind: KIND, perturbation_interval: 1, synch: true, quantile_fraction: 0.5, mutate: [entropy_coeff, lr, reward_scale]}",
     )
-    space.write_text(text.replace("collapse: {warmup: 2}", "collapse: {warmup: 9}"))  # keep the population whole
+    text = text.replace("KIND", kind).replace("collapse: {warmup: 2}", "collapse: {warmup: 9}")  # keep all of them
+    space.write_text(text)
     out = tmp_path / "out"
     proc = search(str(space), "--out", str(out), "--trials", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
