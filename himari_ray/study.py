@@ -9,6 +9,7 @@ crashed driver left RUNNING.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import optuna
@@ -18,13 +19,21 @@ from ray.tune.search.optuna import OptunaSearch
 from himari_ray.types import UserInputError
 
 
-def open_storage(url: str, flag: str = "--storage") -> optuna.storages.RDBStorage:
-    """An RDB storage for `url` (SQLite, PostgreSQL, ... any SQLAlchemy URL), or one line saying why not."""
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if "sqlite" not in url else {})
-    except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserInputError(f"{flag} {url}: cannot open the study storage ({first})") from None
+def open_storage(url: str, flag: str = "--storage", attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage for `url` (SQLite, PostgreSQL, ... any SQLAlchemy URL), or one line saying why not.
+
+    Two drivers opening a fresh study database at once race to create its schema and one of them fails
+    (a UNIQUE constraint on the schema version); by the next attempt the other has created it."""
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if "sqlite" not in url else {})
+        except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
+            if attempt + 1 < attempts:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"{flag} {url}: cannot open the study storage ({first})") from None
+    raise AssertionError("unreachable")
 
 
 def check_compatible(
