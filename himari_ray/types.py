@@ -75,18 +75,6 @@ class SplitArrays:
     def __len__(self) -> int:
         return len(self.returns)
 
-    def slice(self, start: int, stop: int) -> SplitArrays:
-        """Bars [start, stop) as views (no copy)."""
-        return SplitArrays(
-            features=self.features[start:stop],
-            regime_ids=self.regime_ids[start:stop],
-            regime_confidences=self.regime_confidences[start:stop],
-            prices=self.prices[start:stop],
-            returns=self.returns[start:stop],
-            timestamps=self.timestamps[start:stop],
-            tradable=self.tradable[start:stop],
-        )
-
 
 @dataclass(frozen=True)
 class FeatureScaler:
