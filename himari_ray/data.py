@@ -25,11 +25,11 @@ from himari_ray import __version__
 from himari_ray.denoise import KalmanConfig, denoise_features
 from himari_ray.features import FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
 from himari_ray.ohlcv import OHLCV_COLUMNS, ImportReport, read_ohlcv
-from himari_ray.regime import RegimeDetectorConfig, detect_regimes, warmup_bars
+from himari_ray.regime import RegimeDetectorConfig, detect_regimes, regime_shares, warmup_bars
 from himari_ray.seedpickle import read_seed_pickle
 from himari_ray.store import load_dataset_dir
 from himari_ray.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
-from himari_ray.types import REGIME_NAMES, SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
+from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
 
 #: The bundled real sample: Binance BTC/USDT hourly bars 2018-2019 (freqtrade layout, gzip).
 SAMPLE_FILE = "btc_usdt_1h_2018_2019.csv.gz"
@@ -95,12 +95,11 @@ class BuildSettings(SplitFractions):
 def _describe_splits(splits: dict[str, SplitArrays]) -> dict[str, Any]:
     out = {}
     for name, s in splits.items():
-        shares = np.bincount(s.regime_ids, minlength=len(REGIME_NAMES)) / max(len(s), 1) * 100
         out[name] = {
             "n": len(s),
             "start": pd.Timestamp(int(s.timestamps[0]), tz="UTC").isoformat() if len(s) else None,
             "end": pd.Timestamp(int(s.timestamps[-1]), tz="UTC").isoformat() if len(s) else None,
-            "regime_pct": dict(zip(REGIME_NAMES, np.round(shares, 2).tolist(), strict=True)),
+            "regime_pct": {k: round(v, 2) for k, v in regime_shares(s.regime_ids).items()},
             "untradable_bars": int((~s.tradable).sum()),
         }
     return out

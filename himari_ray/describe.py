@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from himari_ray.regime import regime_shares
 from himari_ray.types import REGIME_NAMES, SPLIT_NAMES, Dataset
 
 
@@ -35,7 +36,7 @@ def describe_dataset(ds: Dataset, where: str | Path) -> str:
     lines += ["", header + f" {'untradable':>10}"]
     for name in SPLIT_NAMES:
         s = ds.split(name)
-        shares = np.bincount(s.regime_ids, minlength=len(REGIME_NAMES)) / max(len(s), 1) * 100
+        shares = regime_shares(s.regime_ids).values()
         start, end = (np.datetime64(int(s.timestamps[i]), "ns") for i in (0, -1))
         lines.append(
             f"{name:6} {len(s):6d}  {str(start)[:19] + 'Z':25} {str(end)[:19] + 'Z':25} "

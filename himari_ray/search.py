@@ -343,7 +343,7 @@ def _ordered_search(space: SearchSpace) -> list[tuple[str, ParamRange]]:
     return sorted(space.search.items(), key=lambda kv: kv[1].when is not None)
 
 
-def sample_reward_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
+def sample_landscape_params(space: SearchSpace, n: int, seed: int) -> list[dict[str, Any]]:
     """n uniform (log-uniform where the space says log) draws of every searched parameter that shapes the
     reward landscape (PPO settings are left out), honouring `when` conditions."""
     rng = np.random.default_rng(seed)
@@ -373,7 +373,7 @@ def preflight_space(
     seed_table = preflight(dataset, base.env, space.preflight)
     shares: dict[str, dict[str, float]] = {}
     all_contested = 0
-    for params in sample_reward_params(space, n, seed):
+    for params in sample_landscape_params(space, n, seed):
         results = preflight(dataset, base.with_params(params).env, space.preflight)
         all_contested += all(r.verdict == CONTESTED for r in results)
         for r in results:
