@@ -93,7 +93,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         # Ray reads its authentication mode when it is imported: set it before anything imports Ray.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
-    from himari_ray.search import (
+    from himari_ray.search.space import (
         check_out_dir,
         default_out_dir,
         load_space,
@@ -121,8 +121,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_preflight(args: argparse.Namespace) -> int:
-    from himari_ray.preflight import STRICT, band_conflicts, describe_conflicts, format_preflight
-    from himari_ray.search import load_space, preflight_space, with_dataset
+    from himari_ray.env.preflight import STRICT, band_conflicts, describe_conflicts, format_preflight
+    from himari_ray.search.space import load_space, preflight_space, with_dataset
 
     space, path = load_space(args.space)
     if args.data is not None:
@@ -151,7 +151,7 @@ def _cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def _print_table(out: Path, write_pareto: bool = False) -> int:
-    from himari_ray.analysis import format_table, pareto_front, trials_table
+    from himari_ray.report.analysis import format_table, pareto_front, trials_table
 
     table = trials_table(out)
     print(format_table(table))
@@ -166,19 +166,19 @@ def _print_table(out: Path, write_pareto: bool = False) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from himari_ray import data, store
-    from himari_ray.describe import describe_dataset
+    from himari_ray.data import dataset, store
+    from himari_ray.data.describe import describe_dataset
 
     if args.data_command == "inspect":
         print(describe_dataset(store.load_dataset_dir(args.dataset), args.dataset))
         return 0
     store.check_new_path(args.out)
     if args.data_command == "synth":
-        ds = data.synthetic_dataset(args.n_bars, args.seed)
+        ds = dataset.synthetic_dataset(args.n_bars, args.seed)
     elif args.file.suffix.lower() in (".pkl", ".pickle"):
-        ds = data.import_seed_pickle(args.file, features=args.seed_features)
+        ds = dataset.import_seed_pickle(args.file, features=args.seed_features)
     else:
-        ds = data.import_ohlcv(args.file, _build_settings(args))
+        ds = dataset.import_ohlcv(args.file, _build_settings(args))
     store.save_dataset(ds, args.out)
     print(describe_dataset(ds, args.out))
     return 0
@@ -187,7 +187,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _build_settings(args: argparse.Namespace):
     from pydantic import ValidationError
 
-    from himari_ray.data import BuildSettings
+    from himari_ray.data.dataset import BuildSettings
 
     try:
         return BuildSettings(

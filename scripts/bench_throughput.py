@@ -17,7 +17,7 @@ import numpy as np
 
 
 def bench_env(env_cfg, steps: int) -> float:
-    from himari_ray.env import HimariTradingEnv
+    from himari_ray.env.trading import HimariTradingEnv
 
     env = HimariTradingEnv(env_cfg)
     env.reset(seed=0)
@@ -31,7 +31,7 @@ def bench_env(env_cfg, steps: int) -> float:
 
 
 def bench_ppo(trial, iterations: int) -> dict[str, float]:
-    from himari_ray.training import GreedyEvaluator, build_ppo_config
+    from himari_ray.rl.training import GreedyEvaluator, build_ppo_config
 
     algo = build_ppo_config(trial).build_algo()
     try:
@@ -73,10 +73,10 @@ def main() -> None:
     import ray
     import torch
 
-    from himari_ray.data import DataSpec
-    from himari_ray.env import EnvConfig
-    from himari_ray.model import MODEL_PRESETS
-    from himari_ray.training import TrainConfig, TrialConfig
+    from himari_ray.data.dataset import DataSpec
+    from himari_ray.env.trading import EnvConfig
+    from himari_ray.rl.model import MODEL_PRESETS
+    from himari_ray.rl.training import TrainConfig, TrialConfig
 
     torch.set_num_threads(1)
     env_cfg = EnvConfig(

@@ -9,7 +9,7 @@ import pytest
 # Ray 2.60 turns token authentication on when a token exists; tests run their own local Ray with it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-from himari_ray.data import DataSpec, load_dataset
+from himari_ray.data.dataset import DataSpec, load_dataset
 
 SMALL_SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from himari_ray.analysis import pareto_front
+from himari_ray.report.analysis import pareto_front
 
 
 def test_pareto_front_oracle():

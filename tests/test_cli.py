@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from himari_ray.cli import main
-from himari_ray.search import bundled_spaces
+from himari_ray.search.space import bundled_spaces
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_data_import_then_inspect_the_real_sample(capsys, in_tmp):
-    from himari_ray.data import sample_path
+    from himari_ray.data.dataset import sample_path
 
     code, out, _ = run_main(capsys, "data", "import", str(sample_path()), "--out", "ds", "--min-dwell", "3")
     assert code == 0
@@ -123,7 +123,7 @@ def test_data_synth_writes_a_dataset(capsys, in_tmp):
 def _csv_without(column: str, path: Path) -> Path:
     import pandas as pd
 
-    from himari_ray.data import sample_path
+    from himari_ray.data.dataset import sample_path
 
     pd.read_csv(sample_path()).drop(columns=column).to_csv(path, index=False)
     return path

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from himari_ray.data import DataSpec
-from himari_ray.synthetic import SYNTH_FEATURE_NAMES, SYNTH_REGIME_SHARES, synthetic_features, synthetic_frame
+from himari_ray.data.dataset import DataSpec
+from himari_ray.data.synthetic import SYNTH_FEATURE_NAMES, SYNTH_REGIME_SHARES, synthetic_features, synthetic_frame
 from himari_ray.types import FeatureScaler, Regime
 
 

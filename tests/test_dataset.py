@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_ray.data import BuildSettings, DataSpec, build_from_bars, import_ohlcv, load_dataset, sample_path
-from himari_ray.env import EnvConfig, HimariTradingEnv
-from himari_ray.features import FEATURE_NAMES
-from himari_ray.ohlcv import read_ohlcv
-from himari_ray.store import load_dataset_dir, save_dataset
-from himari_ray.training import EvalConfig, GreedyEvaluator
+from himari_ray.data.dataset import BuildSettings, DataSpec, build_from_bars, import_ohlcv, load_dataset, sample_path
+from himari_ray.data.features import FEATURE_NAMES
+from himari_ray.data.ohlcv import read_ohlcv
+from himari_ray.data.store import load_dataset_dir, save_dataset
+from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+from himari_ray.rl.training import EvalConfig, GreedyEvaluator
 from himari_ray.types import UserInputError
 
 SOURCE = {"kind": "test", "file": "bars"}
@@ -148,7 +148,7 @@ def test_seed_pickle_import_recomputes_returns_and_fits_train_scaler(tmp_path):
         }
     path = tmp_path / "seed.pkl"
     path.write_bytes(pickle.dumps(blob))
-    from himari_ray.data import import_seed_pickle
+    from himari_ray.data.dataset import import_seed_pickle
 
     ds = import_seed_pickle(path)
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [300, 100, 100]

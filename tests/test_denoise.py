@@ -6,13 +6,7 @@ import numpy as np
 import pydantic
 import pytest
 
-from himari_ray.denoise import (
-    KalmanConfig,
-    denoise_features,
-    kalman_filter,
-    noise_variances,
-    steady_state_gain,
-)
+from himari_ray.data.denoise import KalmanConfig, denoise_features, kalman_filter, noise_variances, steady_state_gain
 
 N = 4000
 PERIOD = 200

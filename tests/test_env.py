@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from himari_ray.data import DataSpec
-from himari_ray.env import EnvConfig, HimariTradingEnv
-from himari_ray.rewards import RewardConfig
+from himari_ray.data.dataset import DataSpec
+from himari_ray.env.rewards import RewardConfig
+from himari_ray.env.trading import EnvConfig, HimariTradingEnv
 from himari_ray.types import SplitArrays
 from tests.conftest import SMALL_SPEC
 

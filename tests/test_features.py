@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_ray.features import FEATURE_GROUPS, FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
+from himari_ray.data.features import FEATURE_GROUPS, FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
 
 BTC_SAMPLE = Path("/work/shared/data/btc_usdt_1h_2018_2019.csv")
 SQRT_YEAR = math.sqrt(8760)

@@ -1,4 +1,8 @@
-"""Layers flow one way (DEVELOPERS.md): a module imports only from lower layers, and analysis needs no Ray."""
+"""The package layout is the architecture (docs/ARCHITECTURE.md): layers flow one way, and what reads
+results from disk never imports Ray.
+
+Each subpackage is one layer; a module may import from its own layer or lower ones, never higher.
+"""
 
 from __future__ import annotations
 
@@ -7,62 +11,98 @@ from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "himari_ray"
 
+#: Layer of every top-level module and subpackage of himari_ray, lowest first.
 LAYER = {
-    "types": 0,
-    **dict.fromkeys(
-        ("synthetic", "ohlcv", "features", "regime", "denoise", "seedpickle", "store", "rewards", "metrics"), 1
-    ),
-    "data": 2,
-    "describe": 2,
-    "env": 3,
-    "model": 4,
-    "preflight": 4,
-    "training": 5,
-    "study": 6,
-    "search": 7,
-    "analysis": 8,
-    "cli": 9,
-    "__main__": 10,
     "__init__": 0,
+    "types": 0,
+    "schema": 0,
+    "data": 1,
+    "env": 2,
+    "rl": 3,
+    "search": 4,
+    "report": 5,
+    "policy": 5,
+    "launch": 6,
+    "cli": 7,
+    "__main__": 8,
 }
 
+#: Layers whose modules must be importable without Ray (analysis never starts Ray).
+RAY_FREE = ("types", "schema", "data", "env", "report")
 
-def himari_imports(path: Path) -> set[str]:
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("himari_ray"):
-            parts = node.module.split(".")
-            if len(parts) > 1:
-                out.add(parts[1])
-            else:
-                out.update(alias.name for alias in node.names)
+
+def unit_of(path: Path) -> str:
+    """The layer unit of a source file: its subpackage, or its own name at the top level."""
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else path.stem
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: Path, top_level_only: bool = False) -> set[str]:
+    """Dotted modules imported by a file (only those at module level with `top_level_only`)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    out: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            if node.module == "himari_ray":
+                out.update(f"himari_ray.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
-            out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("himari_ray."))
+            out.update(a.name for a in node.names)
     return out
 
 
-def test_every_module_has_a_layer():
-    assert {p.stem for p in PKG.glob("*.py")} == set(LAYER)
+def sources() -> list[Path]:
+    return sorted(PKG.rglob("*.py"))
 
 
-def test_no_module_imports_upward_or_sideways_into_a_higher_layer():
+def test_every_module_belongs_to_a_layer():
+    units = {unit_of(p) for p in sources()}
+    assert units <= set(LAYER), sorted(units - set(LAYER))
+
+
+def test_no_module_imports_a_higher_layer():
     bad = []
-    for path in PKG.glob("*.py"):
-        for target in himari_imports(path):
-            if (
-                target in LAYER
-                and target != "__init__"
-                and LAYER[target] >= LAYER[path.stem]
-                and path.stem != "__main__"
-            ):
-                bad.append(f"{path.stem} (layer {LAYER[path.stem]}) imports {target} (layer {LAYER[target]})")
+    for path in sources():
+        mine = unit_of(path)
+        for target in imports(path):
+            if not target.startswith("himari_ray."):
+                continue
+            theirs = target.split(".")[1]
+            if theirs in LAYER and LAYER[theirs] > LAYER[mine] and mine != "__main__":
+                bad.append(f"{module_name(path)} (layer {LAYER[mine]}) imports {target} (layer {LAYER[theirs]})")
     assert not bad, bad
 
 
-def test_analysis_and_its_dependencies_never_import_ray():
-    for name in ("analysis", "types"):
-        tree = ast.parse((PKG / f"{name}.py").read_text())
-        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
-            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
-        }
-        assert not any(m and (m == "ray" or m.startswith("ray.")) for m in mods), name
+def test_result_readers_never_import_ray():
+    """Follow module-level imports from every module of the Ray-free layers: none reaches `ray`."""
+    by_name = {module_name(p): p for p in sources()}
+    for path in sources():
+        if unit_of(path) not in RAY_FREE:
+            continue
+        seen: set[str] = set()
+        todo = [module_name(path)]
+        while todo:
+            name = todo.pop()
+            if name in seen or name not in by_name:
+                continue
+            seen.add(name)
+            for target in imports(by_name[name], top_level_only=True):
+                assert target != "ray" and not target.startswith("ray."), f"{module_name(path)} reaches {target}"
+                todo.append(target)
+
+
+def test_layer_test_sees_an_upward_import(tmp_path):
+    """The checker itself: a low-layer file importing a high layer is caught."""
+    fake = tmp_path / "mod.py"
+    fake.write_text("from himari_ray.search.driver import run_search\n")
+    assert "himari_ray.search.driver" in imports(fake)
+    assert LAYER["search"] > LAYER["data"]

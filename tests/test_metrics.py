@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
+from himari_ray.env.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
 
 
 def test_band_distance_reproduces_seed_session_13():

@@ -9,7 +9,7 @@ import torch
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-from himari_ray.model import MODEL_PRESETS, RegimeTransformerModule
+from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
 
 
 def build(preset: str, context_len: int, n_features: int, **overrides) -> RegimeTransformerModule:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from himari_ray.ohlcv import read_ohlcv
+from himari_ray.data.ohlcv import read_ohlcv
 from himari_ray.types import UserInputError
 
 T0 = pd.Timestamp("2021-03-01 00:00", tz="UTC")

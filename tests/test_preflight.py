@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from himari_ray.data import DataSpec, load_dataset
-from himari_ray.env import EnvConfig
-from himari_ray.preflight import (
+from himari_ray.data.dataset import DataSpec, load_dataset
+from himari_ray.env.preflight import (
     CONTESTED,
     DEFAULT,
     HOLD_DOMINANT,
@@ -27,7 +26,8 @@ from himari_ray.preflight import (
     preflight,
     skip_penalty,
 )
-from himari_ray.rewards import SEED_SESSIONS, RewardConfig
+from himari_ray.env.rewards import SEED_SESSIONS, RewardConfig
+from himari_ray.env.trading import EnvConfig
 from himari_ray.types import Dataset, FeatureScaler, SplitArrays
 
 REPO = Path(__file__).resolve().parents[1]

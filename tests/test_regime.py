@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from himari_ray.regime import (
+from himari_ray.data.regime import (
     CONF_MAX,
     CONF_MIN,
     DEFAULT_WARMUP,

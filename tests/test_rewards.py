@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from himari_ray.rewards import (
+from himari_ray.env.rewards import (
     REWARD_FAMILIES,
     RewardConfig,
     RewardInputs,
@@ -162,7 +162,7 @@ def _four_bars() -> RewardInputs:
 
 
 def test_bonus_penalty_oracle_session_3():
-    from himari_ray.rewards import SEED_SESSIONS
+    from himari_ray.env.rewards import SEED_SESSIONS
 
     family, params = SEED_SESSIONS["session3"]
     t = compute_terms(family, _four_bars(), {**REWARD_FAMILIES[family].defaults, **params})
@@ -187,7 +187,7 @@ def test_opportunity_cost_oracle_session_6():
 
 
 def test_variance_normalized_oracle_session_8():
-    from himari_ray.rewards import SEED_SESSIONS
+    from himari_ray.env.rewards import SEED_SESSIONS
 
     family, params = SEED_SESSIONS["session8"]
     t = compute_terms(family, _four_bars(), {**REWARD_FAMILIES[family].defaults, **params})
@@ -197,7 +197,7 @@ def test_variance_normalized_oracle_session_8():
 
 
 def test_every_seed_session_names_real_parameters():
-    from himari_ray.rewards import SEED_SESSIONS
+    from himari_ray.env.rewards import SEED_SESSIONS
 
     for name, (family, params) in SEED_SESSIONS.items():
         RewardConfig(family=family, params=params)  # raises on an unknown or negative parameter

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from himari_ray.data import DataSpec, walk_forward_fold
-from himari_ray.env import EnvConfig
-from himari_ray.training import RobustConfig, TrialConfig, aggregate
+from himari_ray.data.dataset import DataSpec, walk_forward_fold
+from himari_ray.env.trading import EnvConfig
+from himari_ray.rl.training import RobustConfig, TrialConfig, aggregate
 from tests.conftest import SMALL_SPEC
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from himari_ray.rewards import REWARD_FAMILIES
-from himari_ray.search import bundled_spaces, load_space, make_searcher
+from himari_ray.env.rewards import REWARD_FAMILIES
+from himari_ray.search.space import bundled_spaces, load_space, make_searcher
 from himari_ray.types import UserInputError
 
 

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from himari_ray.seedpickle import read_seed_pickle
+from himari_ray.data.seedpickle import read_seed_pickle
 from himari_ray.types import UserInputError
 
 

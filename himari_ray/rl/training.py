@@ -19,11 +19,9 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule, RLModuleSpec
 from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
 
-from himari_ray.data import load_dataset
-from himari_ray.env import EnvConfig, HimariTradingEnv, decision_windows
-from himari_ray.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
-from himari_ray.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
-from himari_ray.preflight import (
+from himari_ray.data.dataset import load_dataset
+from himari_ray.env.metrics import DEFAULT_HOLD_BANDS, action_shares, band_distance, trading_metrics
+from himari_ray.env.preflight import (
     PreflightConfig,
     RegimePreflight,
     band_conflicts,
@@ -31,7 +29,9 @@ from himari_ray.preflight import (
     preflight,
     skip_penalty,
 )
-from himari_ray.rewards import RewardConfig
+from himari_ray.env.rewards import RewardConfig
+from himari_ray.env.trading import EnvConfig, HimariTradingEnv, decision_windows
+from himari_ray.rl.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
 from himari_ray.types import REGIME_NAMES, Dataset
 
 

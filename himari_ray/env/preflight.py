@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from himari_ray.env import EnvConfig, reward_table
-from himari_ray.rewards import decision_sigma
+from himari_ray.env.rewards import decision_sigma
+from himari_ray.env.trading import EnvConfig, reward_table
 from himari_ray.types import Dataset, Regime
 
 HOLD_DOMINANT = "HOLD-dominant"

@@ -9,8 +9,8 @@ import gymnasium as gym
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from himari_ray.data import DataSpec, load_dataset
-from himari_ray.rewards import RewardConfig, RewardInputs, compute_terms, decision_sigma, expected_abs_z
+from himari_ray.data.dataset import DataSpec, load_dataset
+from himari_ray.env.rewards import RewardConfig, RewardInputs, compute_terms, decision_sigma, expected_abs_z
 from himari_ray.types import N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, Dataset, SplitArrays
 
 

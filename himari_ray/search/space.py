@@ -14,12 +14,12 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from himari_ray.data import DataSpec, load_dataset
-from himari_ray.env import EnvConfig
-from himari_ray.model import MODEL_PRESETS, ModelConfig
-from himari_ray.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
-from himari_ray.rewards import REWARD_FAMILIES, RewardConfig, param_problem
-from himari_ray.training import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
+from himari_ray.data.dataset import DataSpec, load_dataset
+from himari_ray.env.preflight import CONTESTED, PreflightConfig, RegimePreflight, preflight
+from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem
+from himari_ray.env.trading import EnvConfig
+from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
+from himari_ray.rl.training import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.types import REGIME_NAMES, UserInputError, trial_number
 
 #: The scalar the single-objective search minimises (band distance, Sharpe tie-break, profit constraint).
@@ -451,7 +451,7 @@ def make_searcher(
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from himari_ray.study import PruningOptunaSearch
+    from himari_ray.search.study import PruningOptunaSearch
 
     metric, mode = objective_spec(space)
     searcher = PruningOptunaSearch(
@@ -536,7 +536,7 @@ def default_storage_url(out: Path) -> str:
 def _trainable(space: SearchSpace):
     from ray import tune
 
-    from himari_ray.training import train_trial
+    from himari_ray.rl.training import train_trial
 
     members = max(space.robust.folds, 1) * space.robust.seeds  # each member keeps its own env runners
     runners = space.train.num_env_runners * members
@@ -584,7 +584,7 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    from himari_ray.study import check_compatible, fail_running, open_storage
+    from himari_ray.search.study import check_compatible, fail_running, open_storage
 
     check_out_dir(out)
     out = out.resolve()
@@ -681,7 +681,7 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     checkpoint, and the total number of trials is the one first asked for."""
     from ray import tune
 
-    from himari_ray.study import fail_running, open_storage
+    from himari_ray.search.study import fail_running, open_storage
 
     out = Path(out).resolve()
     manifest_path = out / "search.json"

@@ -22,13 +22,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from himari_ray import __version__
-from himari_ray.denoise import KalmanConfig, denoise_features
-from himari_ray.features import FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
-from himari_ray.ohlcv import OHLCV_COLUMNS, ImportReport, read_ohlcv
-from himari_ray.regime import RegimeDetectorConfig, detect_regimes, regime_shares, warmup_bars
-from himari_ray.seedpickle import read_seed_pickle
-from himari_ray.store import load_dataset_dir
-from himari_ray.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
+from himari_ray.data.denoise import KalmanConfig, denoise_features
+from himari_ray.data.features import FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
+from himari_ray.data.ohlcv import OHLCV_COLUMNS, ImportReport, read_ohlcv
+from himari_ray.data.regime import RegimeDetectorConfig, detect_regimes, regime_shares, warmup_bars
+from himari_ray.data.seedpickle import read_seed_pickle
+from himari_ray.data.store import load_dataset_dir
+from himari_ray.data.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
 from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
 
 #: The bundled real sample: Binance BTC/USDT hourly bars 2018-2019 (freqtrade layout, gzip).
@@ -216,7 +216,7 @@ def synthetic_dataset(n_bars: int, seed: int, fractions: SplitFractions | None =
 
 
 def sample_path() -> Path:
-    return Path(str(resources.files("himari_ray") / "sample" / SAMPLE_FILE))
+    return Path(str(resources.files("himari_ray.data") / "sample" / SAMPLE_FILE))
 
 
 def walk_forward_fold(ds: Dataset, folds: int, fold: int) -> Dataset:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from himari_ray.regime import regime_shares
+from himari_ray.data.regime import regime_shares
 from himari_ray.types import REGIME_NAMES, SPLIT_NAMES, Dataset
 
 
