@@ -1,4 +1,4 @@
-"""Core vocabulary shared by every layer: regimes, actions, the dataset contract (DESIGN 2.1).
+"""Core vocabulary shared by every layer: regimes, actions, the dataset contract (ARCHITECTURE §2.1).
 
 Nothing here imports from the rest of the package.
 """
@@ -45,7 +45,7 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One chronological split: aligned arrays of length n (DESIGN 2.1).
+    """One chronological split: aligned arrays of length n (ARCHITECTURE §2.1).
 
     `returns[t] = prices[t] / prices[t-1] - 1` is the return *of* bar t, known once bar t has closed.
     Everything at index t (features, regime) is computed from bars <= t only.
@@ -78,7 +78,7 @@ class SplitArrays:
 
 @dataclass(frozen=True)
 class FeatureScaler:
-    """Per-feature z-score statistics, fitted on the train split only (DESIGN 2.1)."""
+    """Per-feature z-score statistics, fitted on the train split only (ARCHITECTURE §2.1)."""
 
     mean: np.ndarray  # float64 (F,)
     std: np.ndarray  # float64 (F,), strictly positive
@@ -101,7 +101,7 @@ class FeatureScaler:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Three chronological, non-overlapping splits plus metadata (DESIGN 2.1)."""
+    """Three chronological, non-overlapping splits plus metadata (ARCHITECTURE §2.1)."""
 
     train: SplitArrays
     val: SplitArrays

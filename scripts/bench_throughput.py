@@ -31,7 +31,8 @@ def bench_env(env_cfg, steps: int) -> float:
 
 
 def bench_ppo(trial, iterations: int) -> dict[str, float]:
-    from himari_ray.rl.training import GreedyEvaluator, build_ppo_config
+    from himari_ray.rl.config import build_ppo_config
+    from himari_ray.rl.evaluate import GreedyEvaluator
 
     algo = build_ppo_config(trial).build_algo()
     try:
@@ -75,8 +76,8 @@ def main() -> None:
 
     from himari_ray.data.dataset import DataSpec
     from himari_ray.env.trading import EnvConfig
+    from himari_ray.rl.config import TrainConfig, TrialConfig
     from himari_ray.rl.model import MODEL_PRESETS
-    from himari_ray.rl.training import TrainConfig, TrialConfig
 
     torch.set_num_threads(1)
     env_cfg = EnvConfig(

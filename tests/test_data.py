@@ -1,4 +1,4 @@
-"""Synthetic market (DESIGN 2.2) and the dataset contract (DESIGN 2.1) on it."""
+"""Synthetic market (ARCHITECTURE §2.2) and the dataset contract (ARCHITECTURE §2.1) on it."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from himari_ray.data.features import FEATURE_NAMES
 from himari_ray.data.ohlcv import read_ohlcv
 from himari_ray.data.store import load_dataset_dir, save_dataset
 from himari_ray.env.trading import EnvConfig, HimariTradingEnv
-from himari_ray.rl.training import EvalConfig, GreedyEvaluator
+from himari_ray.rl.config import EvalConfig
+from himari_ray.rl.evaluate import GreedyEvaluator
 from himari_ray.types import UserInputError
 
 SOURCE = {"kind": "test", "file": "bars"}

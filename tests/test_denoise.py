@@ -1,4 +1,4 @@
-"""Causal Kalman denoising (DESIGN 2.5): it must measurably denoise, stay causal and keep P bounded."""
+"""Causal Kalman denoising (ARCHITECTURE §2.5): it must measurably denoise, stay causal and keep P bounded."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The 44 causal features (DESIGN 2.3): hand-computed values, neutral values on flat bars, causality, scale."""
+"""The 44 causal features (ARCHITECTURE §2.3): hand-computed values, neutral values on flat bars, causality, scale."""
 
 from __future__ import annotations
 

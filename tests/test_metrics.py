@@ -11,7 +11,7 @@ from himari_ray.env.metrics import DEFAULT_HOLD_BANDS, action_shares, band_dista
 
 
 def test_band_distance_reproduces_seed_session_13():
-    """DESIGN 5: LOW_VOL 33, TRENDING 8, HIGH_VOL 45, CRISIS 41 scores 7 + 12 + 15 + 29 = 63."""
+    """ARCHITECTURE §5: LOW_VOL 33, TRENDING 8, HIGH_VOL 45, CRISIS 41 scores 7 + 12 + 15 + 29 = 63."""
     hold = {"LOW_VOL": 33.0, "TRENDING": 8.0, "HIGH_VOL": 45.0, "CRISIS": 41.0}
     assert band_distance(hold) == pytest.approx(63.0)
 

@@ -1,4 +1,4 @@
-"""Causal regime detector (DESIGN 2.4): decision table, indicators, causality, hysteresis, config."""
+"""Causal regime detector (ARCHITECTURE §2.4): decision table, indicators, causality, hysteresis, config."""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from himari_ray.env.rewards import REWARD_FAMILIES
-from himari_ray.search.space import bundled_spaces, load_space, make_searcher
+from himari_ray.search.sampling import make_searcher
+from himari_ray.search.space import bundled_spaces, load_space
 from himari_ray.types import UserInputError
 
 

@@ -16,7 +16,8 @@ from himari_ray.env.metrics import trading_metrics
 from himari_ray.env.preflight import PreflightConfig
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig
-from himari_ray.rl.training import GreedyEvaluator, TrainConfig, TrialConfig, build_ppo_config
+from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
+from himari_ray.rl.evaluate import GreedyEvaluator
 from tests.conftest import SMALL_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def test_trial_resumes_from_its_checkpoint_after_a_crash(local_ray, tmp_path):
     it and it continues at iteration 2 from the checkpoint instead of starting over."""
     from ray import tune
 
-    from himari_ray.rl.training import train_trial
+    from himari_ray.rl.trainable import train_trial
 
     marker = tmp_path / "crashed"
 
@@ -190,7 +191,7 @@ class SignOfFeatureModule(torch.nn.Module):
 def test_leak_alarm_sounds_for_a_policy_fed_the_future_and_not_for_an_honest_one(small_dataset):
     import dataclasses
 
-    from himari_ray.rl.training import EvalConfig
+    from himari_ray.rl.config import EvalConfig
 
     val = small_dataset.val
     leaked = val.features.copy()
@@ -208,7 +209,7 @@ def test_leak_alarm_sounds_for_a_policy_fed_the_future_and_not_for_an_honest_one
 
 
 def test_objective_is_band_distance_with_a_sharpe_tie_break_and_a_profit_constraint():
-    from himari_ray.rl.training import objective
+    from himari_ray.rl.evaluate import objective
 
     assert objective(10.0, 2.0, True) == pytest.approx(9.992)
     assert objective(10.0, 50.0, True) == pytest.approx(9.98)  # Sharpe clipped: never worth 0.05 pp of band

@@ -1,4 +1,4 @@
-"""Datasets (DESIGN 2): where they come from, how they are built, split and scaled, and loading by spec.
+"""Datasets (ARCHITECTURE §2): where they come from, how they are built, split and scaled, and loading by spec.
 
 A `DataSpec` names a dataset; `load_dataset(spec)` builds or reads it once per process (env runners and
 trials call it with the same spec, so a cache avoids rebuilding it for every env copy).

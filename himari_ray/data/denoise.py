@@ -1,4 +1,4 @@
-"""Causal Kalman denoising of the feature columns (DESIGN 2.5).
+"""Causal Kalman denoising of the feature columns (ARCHITECTURE §2.5).
 
 Each feature is modelled as a local level (a random walk) seen through white measurement noise:
 

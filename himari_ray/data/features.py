@@ -1,4 +1,4 @@
-"""The 44 causal features computed from hourly OHLCV bars (DESIGN 2.3).
+"""The 44 causal features computed from hourly OHLCV bars (ARCHITECTURE §2.3).
 
 Every value at row t is computed from rows <= t only (trailing windows, forward recursions), so a feature
 can never see the bar whose return an action at t earns. Lookbacks are in bars: the caller (`ohlcv.py`) has
@@ -77,7 +77,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: The 44 feature names, in DESIGN 2.3 order (the column order of `compute_features`).
+#: The 44 feature names, in ARCHITECTURE §2.3 order (the column order of `compute_features`).
 FEATURE_NAMES: tuple[str, ...] = tuple(name for group in FEATURE_GROUPS.values() for name in group)
 
 #: Warm-up: rows before this index may hold NaN; from it on, every feature is finite for valid input.
@@ -210,7 +210,7 @@ def _hurst(r: np.ndarray, window: int) -> np.ndarray:
 
 
 def compute_features(ohlcv: pd.DataFrame) -> pd.DataFrame:
-    """The 44 features of DESIGN 2.3 for every bar, as float64 columns `FEATURE_NAMES` on `ohlcv`'s index.
+    """The 44 features of ARCHITECTURE §2.3 for every bar, as float64 columns `FEATURE_NAMES` on `ohlcv`'s index.
 
     `ohlcv` needs float columns open, high, low, close, volume on a regular hourly grid (rows are used by
     position; the index is only carried over). Rows before `LONGEST_LOOKBACK` are warm-up and may be NaN.

@@ -6,7 +6,7 @@ Layouts recognised from the file itself:
 - CryptoDataDownload: a URL line first, then `unix,date,symbol,open,high,low,close,Volume <BASE>,...`,
   newest first.
 
-Gap policy (DESIGN 2.1): missing hours are inserted as *filled* bars (open = high = low = close = the last
+Gap policy (ARCHITECTURE §2.1): missing hours are inserted as *filled* bars (open = high = low = close = the last
 close, volume 0) so that every lookback is measured in hours, and each row carries `real`. A decision at
 bar t may earn returns[t+1] only if bars t and t+1 are both real (`tradable`), so no action ever earns the
 move across an outage as if it were one hour. Features at real bars after a gap do see the jump in their

@@ -1,4 +1,4 @@
-"""Causal four-regime detector for hourly returns (DESIGN 2.4).
+"""Causal four-regime detector for hourly returns (ARCHITECTURE §2.4).
 
 Row t of every output is computed from `returns[:t+1]` only, so labels can be attached to a bar before the
 policy acts on it without leaking the future. Indicators, with r the hourly returns (defaults in brackets):
@@ -54,7 +54,7 @@ _STD_FLOOR = 1e-12
 
 
 class RegimeDetectorConfig(BaseModel):
-    """Windows and thresholds of the regime detector; the defaults are DESIGN 2.4's."""
+    """Windows and thresholds of the regime detector; the defaults are ARCHITECTURE §2.4's."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -261,7 +261,7 @@ def _as_arrays(*xs: np.ndarray | float) -> tuple[np.ndarray, ...]:
 def regime_decision(
     vol_pct: np.ndarray, trend: np.ndarray, vol_trend: np.ndarray, cfg: RegimeDetectorConfig | None = None
 ) -> np.ndarray:
-    """The decision table of DESIGN 2.4, row by row (int64 Regime ids); NaN vol_pct falls to LOW_VOL."""
+    """The decision table of ARCHITECTURE §2.4, row by row (int64 Regime ids); NaN vol_pct falls to LOW_VOL."""
     cfg = cfg or RegimeDetectorConfig()
     vp, tr, vt = _as_arrays(vol_pct, trend, vol_trend)
     leaves = _leaves(vp, tr, vt, cfg)

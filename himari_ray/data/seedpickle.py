@@ -1,4 +1,4 @@
-"""Import of the seed's array pickle through a restricted unpickler (DESIGN 2.2).
+"""Import of the seed's array pickle through a restricted unpickler (ARCHITECTURE §2.2).
 
 Plain `pickle.load` runs whatever callable a file names, so an untrusted pickle is arbitrary code. This
 unpickler resolves only the handful of globals numpy arrays need; anything else is refused before it runs.

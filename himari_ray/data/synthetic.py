@@ -1,4 +1,4 @@
-"""The seeded synthetic market (DESIGN 2.2): ground truth for tests and benchmarks.
+"""The seeded synthetic market (ARCHITECTURE §2.2): ground truth for tests and benchmarks.
 
 A Markov chain over the four regimes with the seed's shares and realistic persistence; regime-specific
 volatility and Student-t tails; and weak but real predictability of the next return (a persistent latent

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN 5): per-regime action shares, band distance, trading quality net of fees.
+"""Evaluation metrics (ARCHITECTURE §5): per-regime action shares, band distance, trading quality net of fees.
 
 Pure numpy over aligned arrays; analytic oracles in tests/test_metrics.py.
 """

@@ -20,7 +20,7 @@ With the band [0.5, 1.0] these are the strict definitions (oracle loses to HOLD 
 The default band is [0.5, 0.6]. Low end 0.5: a policy starts with no skill, and our own runs collapse to
 HOLD whenever a coin-flip trade loses to HOLD, whatever a skilled policy could earn. High end 0.6: honest
 features call the next hourly BTC bar ~54% of the time out of sample and nothing honest exceeds ~60% on
-the bars it trades (DESIGN 2.2), so a regime whose trades must be right 70% of the time collapses to HOLD in
+the bars it trades (ARCHITECTURE §2.2), so a regime whose trades must be right 70% of the time collapses to HOLD in
 practice although a perfect oracle would still trade there (the seed's session 5).
 """
 

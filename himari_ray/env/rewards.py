@@ -1,4 +1,4 @@
-"""Reward families (DESIGN 3.1): small pure numpy functions over aligned arrays, in one registry.
+"""Reward families (ARCHITECTURE §3.1): small pure numpy functions over aligned arrays, in one registry.
 
 Each family takes a `RewardInputs` (decision-time arrays plus the return of the *next* bar) and keyword
 parameters whose names are the search-space names and whose defaults are the seed's values. It returns its

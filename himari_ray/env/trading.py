@@ -1,4 +1,4 @@
-"""The trading environment (DESIGN 3)."""
+"""The trading environment (ARCHITECTURE §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The regime-conditioned transformer policy (DESIGN 4) as an RLlib `TorchRLModule`.
+"""The regime-conditioned transformer policy (ARCHITECTURE §4) as an RLlib `TorchRLModule`.
 
 Built from the observation/action spaces and `model_config` only; it never imports the environment.
 """

@@ -1,0 +1,177 @@
+"""Typed trial configs (env, model, PPO, evaluation, robustness) and their one translation into RLlib's PPOConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray.rllib.algorithms.ppo import PPOConfig
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+from himari_ray.env.metrics import DEFAULT_HOLD_BANDS
+from himari_ray.env.preflight import (
+    PreflightConfig,
+)
+from himari_ray.env.rewards import RewardConfig
+from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+from himari_ray.rl.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
+from himari_ray.types import REGIME_NAMES
+
+
+class TrainConfig(BaseModel):
+    """PPO settings of one trial."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    iterations: int = Field(10, ge=1, description="PPO training iterations (one Tune report each).")
+    train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
+    minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
+    num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
+    gamma: float = Field(0.0, ge=0, le=1, description="Discount; per_bar actions do not move the state, so 0.")
+    lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
+    clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
+    num_env_runners: int = Field(0, ge=0, description="Remote env runners (0: sample in the trial process).")
+    num_envs_per_env_runner: int = Field(
+        4, ge=1, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
+    )
+    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU share of the (local) learner.")
+    seed: int = Field(0, ge=0, description="Seed of RLlib, torch and the env copies.")
+    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the last).")
+
+    @field_validator("minibatch_size")
+    @classmethod
+    def _minibatch_fits(cls, v: int, info: Any) -> int:
+        batch = info.data.get("train_batch_size")
+        if batch is not None and v > batch:
+            raise ValueError(f"minibatch_size {v} exceeds train_batch_size {batch}")
+        return v
+
+
+class EvalConfig(BaseModel):
+    """How a trial's greedy policy is scored on the validation split."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bands: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
+    )
+    fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
+    batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
+    leak_hit_rate: float = Field(
+        0.60, gt=0.5, le=1.0, description="Flag a likely look-ahead leak above this hit rate on traded val bars."
+    )
+    leak_min_trades: int = Field(200, ge=1, description="Traded val bars needed before the leak alarm can sound.")
+    min_net_return: float | None = Field(
+        None, description="Profit constraint: val net return must exceed this (None: no constraint)."
+    )
+
+    @field_validator("bands")
+    @classmethod
+    def _bands_cover_regimes(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for name, (lo, hi) in v.items():
+            if name not in REGIME_NAMES:
+                raise ValueError(f"unknown regime {name!r}; expected one of {list(REGIME_NAMES)}")
+            if not 0 <= lo <= hi <= 100:
+                raise ValueError(f"band for {name} must satisfy 0 <= low <= high <= 100, got [{lo}, {hi}]")
+        return v
+
+
+#: Searchable names that are PPO settings rather than reward parameters.
+TRAIN_PARAMS = ("entropy_coeff", "lr", "gamma", "lambda_", "clip_param")
+
+
+#: Searchable names that are environment settings (the last two belong to the reward config).
+ENV_PARAMS = ("position_mode", "norm_stats", "trailing_window")
+
+
+REWARD_FIELDS = ("norm_stats", "trailing_window")
+
+
+class RobustConfig(BaseModel):
+    """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seeds: int = Field(1, ge=1, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
+    folds: int = Field(0, ge=0, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
+    aggregate: Literal["mean", "worst"] = Field("mean", description="Which aggregate the objective optimises.")
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs. Tune hands it around as a plain dict (`model_dump`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and reward.")
+    model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation scoring.")
+    preflight: PreflightConfig = Field(default_factory=PreflightConfig, description="Reward-landscape check.")
+    robust: RobustConfig = Field(default_factory=RobustConfig, description="Seeds and walk-forward folds.")
+
+    def members(self) -> list[TrialConfig]:
+        """One configuration per (fold, seed): what a robust trial trains, each scored on its own val."""
+        folds = range(self.robust.folds) if self.robust.folds else [None]
+        out = []
+        for fold in folds:
+            data = self.env.data if fold is None else self.env.data.with_fold(self.robust.folds, fold)
+            for s in range(self.robust.seeds):
+                out.append(
+                    self.model_copy(
+                        update={
+                            "env": self.env.model_copy(update={"data": data}),
+                            "train": self.train.model_copy(update={"seed": self.train.seed + s}),
+                        }
+                    )
+                )
+        return out
+
+    def with_params(self, params: Mapping[str, Any]) -> TrialConfig:
+        """Overlay searched values: PPO settings go to `train`, environment settings to `env` (and its reward
+        config), everything else to the reward's params. Every value is validated where it lands."""
+        train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
+        env_fields = {k: v for k, v in params.items() if k in ENV_PARAMS and k not in REWARD_FIELDS}
+        reward_fields = {k: v for k, v in params.items() if k in REWARD_FIELDS}
+        reward_params = {k: v for k, v in params.items() if k not in TRAIN_PARAMS + ENV_PARAMS}
+        reward = RewardConfig.model_validate(
+            {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
+        )
+        env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
+        return self.model_copy(
+            update={"env": env, "train": TrainConfig.model_validate({**self.train.model_dump(), **train})}
+        )
+
+
+def build_ppo_config(trial: TrialConfig) -> PPOConfig:
+    """The single place where himari-ray's typed configs become RLlib settings."""
+    t = trial.train
+    return (
+        PPOConfig()
+        .environment(HimariTradingEnv, env_config=trial.env.model_dump(mode="json"))
+        .framework("torch")
+        .env_runners(
+            num_env_runners=t.num_env_runners,
+            num_envs_per_env_runner=t.num_envs_per_env_runner,
+            rollout_fragment_length="auto",
+        )
+        .learners(num_learners=0, num_gpus_per_learner=t.num_gpus_per_learner)
+        .rl_module(
+            rl_module_spec=RLModuleSpec(
+                module_class=RegimeTransformerModule, model_config=trial.model.to_model_config()
+            )
+        )
+        .training(
+            lr=t.lr,
+            gamma=t.gamma,
+            lambda_=t.lambda_,
+            entropy_coeff=t.entropy_coeff,
+            clip_param=t.clip_param,
+            num_epochs=t.num_epochs,
+            minibatch_size=t.minibatch_size,
+            train_batch_size_per_learner=t.train_batch_size,
+        )
+        .debugging(seed=t.seed, log_level="ERROR")
+    )

@@ -1,0 +1,117 @@
+"""The Tune function trainable: one configuration trained with PPO, scored after every iteration,
+reported and checkpointed; what each hyperparameter is where it acts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+from himari_ray.data.dataset import load_dataset
+from himari_ray.env.preflight import (
+    band_conflicts,
+    describe_conflicts,
+    preflight,
+    skip_penalty,
+)
+from himari_ray.rl.config import TrialConfig, build_ppo_config
+from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report
+
+_STATE_FILE = "himari_trial_state.json"
+
+
+def _learner_values(learner: Any) -> dict[str, float]:
+    lrs = {float(g["lr"]) for _, opt in learner.get_optimizers_for_module(DEFAULT_MODULE_ID) for g in opt.param_groups}
+    entropy = learner.entropy_coeff_schedulers_per_module[DEFAULT_MODULE_ID].get_current_value()
+    return {"lr": lrs.pop() if len(lrs) == 1 else float("nan"), "entropy_coeff": float(entropy)}
+
+
+def _env_reward_params(runner: Any) -> list[dict[str, float]]:
+    if runner.env is None:  # the local runner holds no env when remote runners sample
+        return []
+    return [env.unwrapped.config.reward.resolved_params for env in runner.env.unwrapped.envs]
+
+
+def applied_values(algo: Any) -> dict[str, float]:
+    """The hyperparameters in effect where they act: lr and entropy coefficient inside the learner(s), reward
+    parameters inside every env copy of every env runner. A mutation (PBT) or a restore that silently failed
+    to reach them shows up here as a mismatch with the trial's config. NaN where copies disagree."""
+    learners = [r.get() for r in algo.learner_group.foreach_learner(_learner_values)]
+    runners = algo.env_runner_group.foreach_env_runner(_env_reward_params, local_env_runner=True)
+    envs = [params for runner in runners for params in runner]
+    out = {}
+    for key in ("lr", "entropy_coeff"):
+        values = {v[key] for v in learners}
+        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+    for key in envs[0]:
+        values = {e[key] for e in envs}
+        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+    return out
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
+
+    Trains one PPO run per member (seeds x walk-forward folds, see `RobustConfig`), reports the aggregate
+    after every iteration, and checkpoints every member (RLlib state + iteration) every `checkpoint_every`
+    iterations so a restored trial resumes where it stopped.
+    """
+    from ray import tune  # imported here: building configs (and analysis) must not need Tune
+
+    params = {k: v for k, v in config.items() if k != "trial"}
+    trial = TrialConfig.model_validate(config["trial"]).with_params(params)
+    if trial.preflight.enabled:
+        results = preflight(load_dataset(trial.env.data), trial.env, trial.preflight)
+        conflicts = band_conflicts(results, trial.eval.bands)
+        if conflicts:  # this configuration cannot reach its bands: record why, spend nothing on training
+            tune.report(
+                skipped_report(
+                    results, describe_conflicts(conflicts), skip_penalty(conflicts, trial.eval.bands, trial.preflight)
+                )
+            )
+            return
+    torch.manual_seed(trial.train.seed)
+    members = trial.members()
+    algos = [build_ppo_config(m).build_algo() for m in members]
+    evaluators = [GreedyEvaluator(m.env, m.eval) for m in members]
+    start = 0
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            # PBT restarts a trial from another trial's checkpoint with mutated values: the algos above were
+            # built from the mutated config and restoring keeps them (Ray 2.60 leaves the optimizers' lr as
+            # configured); `applied_values` records what acts, so a regression would show in every report.
+            for i, algo in enumerate(algos):
+                algo.restore_from_path(Path(d) / f"member_{i}")
+            start = json.loads((Path(d) / _STATE_FILE).read_text())["iteration"]
+    try:
+        for it in range(start + 1, trial.train.iterations + 1):
+            reports = []
+            for algo, evaluator in zip(algos, evaluators, strict=True):
+                result = algo.train()
+                metrics = evaluator(algo.get_module())
+                runner = result[ENV_RUNNER_RESULTS]
+                # Absent until the first episode ends (long episodes, small batches).
+                metrics["episode_return_mean"] = float(runner.get(EPISODE_RETURN_MEAN, float("nan")))
+                metrics["env_steps_sampled"] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+                metrics.update(applied_values(algo))
+                reports.append(metrics)
+            metrics = aggregate(reports, trial.robust.aggregate)
+            metrics.update(preflight="", preflight_skipped=False, iteration=it)
+            if it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
+                with tempfile.TemporaryDirectory() as d:
+                    for i, algo in enumerate(algos):
+                        algo.save_to_path(Path(d) / f"member_{i}")
+                    (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it}))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report(metrics)
+    finally:
+        for algo in algos:
+            algo.stop()
