@@ -127,6 +127,70 @@ def test_store_errors_name_file_and_key(tmp_path, small_dataset):
         load_dataset_dir(tmp_path)
 
 
+def _edit_arrays(out, **changes) -> None:
+    with np.load(out / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    for key, fn in changes.items():
+        arrays[key.replace("__", ".")] = fn(arrays[key.replace("__", ".")])
+    np.savez_compressed(out / "arrays.npz", **arrays)
+
+
+def _without_checksums(out) -> None:
+    """Strip the checksums (a version-1 dataset has none): the range checks must still catch the edit."""
+    from himari_ray.data.store import CHECKSUMS
+
+    meta = json.loads((out / "metadata.json").read_text())
+    del meta[CHECKSUMS]
+    meta["format_version"] = 1
+    (out / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"val__prices": lambda a: -a}, r"val: checksum mismatch"),
+        ({"train__features": lambda a: a[:, :-1]}, r"train\.features has shape"),
+        ({"val__returns": lambda a: a[:-1]}, r"val: SplitArrays\.\w+ has length|val: checksum"),
+    ],
+)
+def test_a_tampered_dataset_is_refused_in_one_line(tmp_path, small_dataset, edit, message):
+    out = save_dataset(small_dataset, tmp_path / "ds")
+    _edit_arrays(out, **edit)
+    with pytest.raises(UserInputError, match=message):
+        load_dataset_dir(out)
+
+
+@pytest.mark.parametrize(
+    ("key", "fn", "message"),
+    [
+        ("val.prices", lambda a: -a, r"val\.prices has non-positive"),
+        ("train.regime_ids", lambda a: np.full_like(a, 7), r"train\.regime_ids has ids outside 0\.\.3"),
+        ("val.returns", lambda a: np.where(np.arange(len(a)) == 3, np.inf, a), r"val\.returns has non-finite"),
+        ("train.timestamps", lambda a: a[::-1].copy(), r"train\.timestamps has not strictly increasing"),
+    ],
+)
+def test_range_checks_catch_an_edit_even_with_checksums_removed(tmp_path, small_dataset, key, fn, message):
+    out = save_dataset(small_dataset, tmp_path / "ds")
+    _edit_arrays(out, **{key.replace(".", "__"): fn})
+    _without_checksums(out)
+    with pytest.raises(UserInputError, match=message):
+        load_dataset_dir(out)
+
+
+def test_a_wrong_length_scaler_or_truncated_file_is_refused(tmp_path, small_dataset):
+    out = save_dataset(small_dataset, tmp_path / "ds")
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["scaler"]["std"] = meta["scaler"]["std"][:-1]
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UserInputError, match=r"scaler: mean and std need \d+ values"):
+        load_dataset_dir(out)
+    out2 = save_dataset(small_dataset, tmp_path / "ds2")
+    data = (out2 / "arrays.npz").read_bytes()
+    (out2 / "arrays.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserInputError, match=r"arrays\.npz: cannot read"):
+        load_dataset_dir(out2)
+
+
 def test_import_refuses_files_shorter_than_the_lookback(tmp_path):
     path = tmp_path / "short.csv"
     pd.read_csv(sample_path()).head(400).to_csv(path, index=False)

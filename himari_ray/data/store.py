@@ -6,20 +6,37 @@ read with `allow_pickle=False`; every problem is one `UserInputError` naming the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
+from himari_ray.types import N_REGIMES, SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
 
 FORMAT = "himari-ray-dataset"
-FORMAT_VERSION = 1
+#: 2 added per-split checksums; version-1 datasets (no checksums) still load, with every range check.
+FORMAT_VERSION = 2
 ARRAY_FIELDS = ("features", "regime_ids", "regime_confidences", "prices", "returns", "timestamps", "tradable")
+#: Metadata key of the per-split sha256 digests.
+CHECKSUMS = "checksums"
+
+
+def split_checksum(split: SplitArrays) -> str:
+    """sha256 over a split's arrays (dtype, shape and bytes, in ARRAY_FIELDS order): an edit, truncation or
+    bit flip of any of them changes it."""
+    h = hashlib.sha256()
+    for f in ARRAY_FIELDS:
+        arr = np.ascontiguousarray(getattr(split, f))
+        h.update(f"{f}:{arr.dtype.str}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
 
 
 def check_new_path(out: Path) -> None:
@@ -41,7 +58,8 @@ def save_dataset(ds: Dataset, out: str | Path) -> Path:
             "format_version": FORMAT_VERSION,
             "feature_names": list(ds.feature_names),
             "scaler": {"mean": ds.scaler.mean.tolist(), "std": ds.scaler.std.tolist(), "clip": ds.scaler.clip},
-            **ds.metadata,
+            **{k: v for k, v in ds.metadata.items() if k != CHECKSUMS},
+            CHECKSUMS: {s: split_checksum(ds.split(s)) for s in SPLIT_NAMES},
         }
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
         os.rename(tmp, out)  # atomic on one filesystem: readers see all of it or nothing
@@ -75,7 +93,7 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
         raise UserInputError(f"{arrays_path}: cannot read ({str(exc).splitlines()[0]})") from None
     splits = {}
     for s in SPLIT_NAMES:
@@ -89,18 +107,59 @@ def load_dataset_dir(path: str | Path) -> Dataset:
             raise UserInputError(
                 f"{arrays_path}: {s}.features has shape {fields['features'].shape}; expected (n, {len(names)})"
             )
-        # The test split is checked when it is first used (a final evaluation), never at load: the search
-        # must provably not touch it, and a test poisons it to prove so.
-        if s != "test" and not np.isfinite(fields["features"]).all():
-            raise UserInputError(f"{arrays_path}: {s}.features has non-finite values")
         try:
             splits[s] = SplitArrays(**fields)
         except ValueError as exc:
             raise UserInputError(f"{arrays_path}: {s}: {exc}") from None
-    scaler = FeatureScaler(
-        mean=np.asarray(scaler_meta["mean"], dtype=np.float64),
-        std=np.asarray(scaler_meta["std"], dtype=np.float64),
-        clip=float(scaler_meta["clip"]),
-    )
+        # The test split is checked when it is first used (a final evaluation), never at load: the search
+        # must provably not touch it, and a test poisons it to prove so.
+        if s != "test":
+            verify_split(splits[s], s, meta, arrays_path)
+    scaler = _scaler(scaler_meta, len(names), meta_path)
     extra = {k: v for k, v in meta.items() if k not in ("format", "format_version", "feature_names", "scaler")}
     return Dataset(**splits, feature_names=names, scaler=scaler, metadata=extra)
+
+
+def _scaler(raw: Any, n_features: int, meta_path: Path) -> FeatureScaler:
+    """The stored train-split scaler, refused unless it fits the features and every number is usable."""
+    try:
+        mean = np.asarray(raw["mean"], dtype=np.float64)
+        std = np.asarray(raw["std"], dtype=np.float64)
+        clip = float(raw["clip"])
+    except (KeyError, TypeError, ValueError):
+        raise UserInputError(f"{meta_path}: scaler: expected mean, std (lists of numbers) and clip") from None
+    if mean.shape != (n_features,) or std.shape != (n_features,):
+        raise UserInputError(f"{meta_path}: scaler: mean and std need {n_features} values (one per feature)")
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all() and np.isfinite(clip) and clip > 0):
+        raise UserInputError(f"{meta_path}: scaler: mean, std and clip must be finite, std and clip positive")
+    return FeatureScaler(mean=mean, std=std, clip=clip)
+
+
+def verify_split(split: SplitArrays, name: str, meta: dict[str, Any], arrays_path: Path) -> None:
+    """One split's integrity: its checksum (when the dataset has them) and every range a trainer relies on:
+    finite features, positive finite prices, finite returns, regime ids 0-3, confidences in [0, 1], strictly
+    increasing timestamps. A tampered or corrupted dataset stops here instead of training on nonsense."""
+    expected = meta.get(CHECKSUMS, {}).get(name) if isinstance(meta.get(CHECKSUMS), dict) else None
+    if meta.get("format_version", 1) >= 2 and expected is None:
+        raise UserInputError(f"{arrays_path}: {name}: no checksum in metadata.json ({CHECKSUMS}.{name})")
+    if expected is not None and split_checksum(split) != expected:
+        raise UserInputError(f"{arrays_path}: {name}: checksum mismatch (the dataset was edited or corrupted)")
+    problems = {
+        "features": not np.isfinite(split.features).all(),
+        "prices": not (np.isfinite(split.prices).all() and (split.prices > 0).all()),
+        "returns": not np.isfinite(split.returns).all(),
+        "regime_ids": not ((split.regime_ids >= 0).all() and (split.regime_ids < N_REGIMES).all()),
+        "regime_confidences": not ((split.regime_confidences >= 0).all() and (split.regime_confidences <= 1).all()),
+        "timestamps": len(split.timestamps) > 1 and not (np.diff(split.timestamps) > 0).all(),
+    }
+    bad = [k for k, v in problems.items() if v]
+    if bad:
+        what = {
+            "features": "non-finite values",
+            "prices": "non-positive or non-finite prices",
+            "returns": "non-finite values",
+            "regime_ids": f"ids outside 0..{N_REGIMES - 1}",
+            "regime_confidences": "values outside [0, 1]",
+            "timestamps": "not strictly increasing",
+        }[bad[0]]
+        raise UserInputError(f"{arrays_path}: {name}.{bad[0]} has {what}")
