@@ -8,6 +8,8 @@ carries the command out. Bad input ends in one line on stderr naming the file (o
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 
 from himari_ray.cli import data, results, search
@@ -31,8 +33,29 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, as Unix tools do, with stdout sent nowhere so the
+        # interpreter's final flush cannot raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE
+    except OSError as exc:  # unwritable, read-only or full disks, paths under a file: the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        return _fail(f"{where}{reason}")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+#: An error line longer than this is cut: it must stay readable on one terminal line or two.
+MAX_ERROR_CHARS = 400
+
+
+def _fail(message: str) -> int:
+    """Print one line on stderr and return exit code 2."""
+    line = " ".join(message.split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = line[: MAX_ERROR_CHARS - 3] + "..."
+    print(f"error: {line}", file=sys.stderr)
+    return 2

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.cli.common import Parser, non_negative, positive
+from himari_ray.cli.common import Parser, int_at_least, new_path, positive, seed
 from himari_ray.types import UserInputError
+
+#: Fewer synthetic bars leave splits too short for any context window (the smoke space needs ~1000).
+MIN_SYNTH_BARS = 1000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -14,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=Parser)
     imp = dsub.add_parser("import", help="OHLCV CSV/Parquet (freqtrade, Binance, CryptoDataDownload) or seed pickle.")
     imp.add_argument("file", type=Path)
-    imp.add_argument("--out", type=Path, required=True, help="New dataset directory.")
+    imp.add_argument("--out", type=new_path("--out"), required=True, help="New dataset directory.")
     imp.add_argument("--train-frac", type=float, default=0.6)
     imp.add_argument("--val-frac", type=float, default=0.2)
     imp.add_argument("--denoise", action="store_true", help="Apply the causal Kalman denoiser to the features.")
@@ -25,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ins = dsub.add_parser("inspect", help="Shapes, date ranges, regime shares, gaps, feature summary.")
     ins.add_argument("dataset", type=Path)
     syn = dsub.add_parser("synth", help="Write the seeded synthetic market as a dataset.")
-    syn.add_argument("--out", type=Path, required=True)
-    syn.add_argument("--n-bars", type=positive("--n-bars"), default=12_000)
-    syn.add_argument("--seed", type=non_negative("--seed"), default=0)
+    syn.add_argument("--out", type=new_path("--out"), required=True)
+    syn.add_argument("--n-bars", type=int_at_least("--n-bars", MIN_SYNTH_BARS, 10_000_000), default=12_000)
+    syn.add_argument("--seed", type=seed(), default=0)
     d.set_defaults(run=run_data)
 
 

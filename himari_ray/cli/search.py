@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from himari_ray.cli.common import DEFAULT_SPACE, non_negative, positive, print_table
+from himari_ray.cli.common import DEFAULT_SPACE, new_path, non_negative, positive, print_table, seed
 from himari_ray.types import UserInputError
 
 
@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("search", help="Search reward parameters with Ray Tune + Optuna.")
     s.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
     s.add_argument("--trials", type=positive("--trials"), help="Number of trials (default: the space's budget).")
-    s.add_argument("--out", type=Path, help="Output directory (default: runs/<space>-<time>); must be new or empty.")
-    s.add_argument("--seed", type=non_negative("--seed"), help="Sampler seed (default: the space's budget.seed).")
+    s.add_argument(
+        "--out", type=new_path("--out"), help="Output directory (default: runs/<space>-<time>); must be new or empty."
+    )
+    s.add_argument("--seed", type=seed(), help="Sampler seed (default: the space's budget.seed).")
     s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
     s.add_argument("--storage", help="Optuna study storage, any SQLAlchemy URL (default: sqlite in --out).")
     s.add_argument("--address", help="Join this Ray cluster (token authentication) instead of starting one.")
@@ -25,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
     p.add_argument("--data", type=Path, help="Read this dataset directory instead of the space's data.")
     p.add_argument("--sample", type=non_negative("--sample"), default=0, help="Also classify N sampled configs.")
-    p.add_argument("--seed", type=non_negative("--seed"), default=0, help="Seed of the sampled configurations.")
+    p.add_argument("--seed", type=seed(), default=0, help="Seed of the sampled configurations.")
     p.add_argument("--strict", action="store_true", help="Skill band [0.5, 1.0]: coin flip and perfect oracle.")
 
     s.set_defaults(run=run_search_cmd)
