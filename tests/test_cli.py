@@ -211,3 +211,30 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
     )  # fmt: skip
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.stdout.strip() in ("0", "141")  # 0 if the help fitted the pipe before it closed
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("name: a\nname: b\n", ("duplicate key 'name'",)),
+        (None, ("not a text (UTF-8) file",)),
+        ("REPLACE reward_scale: 100.0|reward_scale: .nan", ("fixed.reward_scale", "finite")),
+        ("REPLACE trade_cost: {low: 0.0005|trade_cost: {low: -.inf", ("search.trade_cost",)),
+        ("REPLACE name: smoke|name: " + "x" * 300, ("name", "at most 64")),
+    ],
+)
+def test_space_files_that_would_mislead_are_refused(capsys, in_tmp, text, needles):
+    path = in_tmp / "space.yaml"
+    if text is None:
+        path.write_bytes(bytes(range(256)) * 4)
+    elif text.startswith("REPLACE "):
+        old, new = text.removeprefix("REPLACE ").split("|")
+        smoke = bundled_spaces()["smoke"].read_text()
+        assert old in smoke
+        path.write_text(smoke.replace(old, new))
+    else:
+        path.write_text(text)
+    before = sorted(p.name for p in in_tmp.iterdir())
+    code, _, err = run_main(capsys, "search", str(path))
+    assert_one_line_error(code, err, "space.yaml", *needles)
+    assert sorted(p.name for p in in_tmp.iterdir()) == before

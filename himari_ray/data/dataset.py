@@ -40,7 +40,7 @@ MIN_BARS_AFTER_WARMUP = 300
 class SplitFractions(BaseModel):
     """Chronological split shares; the test split takes the rest."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     train_frac: float = Field(0.6, gt=0, lt=1, description="Chronological share of bars in the train split.")
     val_frac: float = Field(0.2, gt=0, lt=1, description="Chronological share of bars in the validation split.")

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class KalmanConfig(BaseModel):
     """Whether and how strongly the features are denoised before the model sees them."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="Apply the causal Kalman filter to every feature column.")
     q: float = Field(

@@ -56,7 +56,7 @@ _STD_FLOOR = 1e-12
 class RegimeDetectorConfig(BaseModel):
     """Windows and thresholds of the regime detector; the defaults are ARCHITECTURE §2.4's."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     vol_window: int = Field(24, ge=2, description="Bars in the rolling std that defines vol.")
     pct_window: int = Field(168, ge=2, description="Bars of vol history that vol_pct ranks the current vol in.")

@@ -43,7 +43,7 @@ CONTESTED = "contested"
 class PreflightConfig(BaseModel):
     """Which split to read and which directional skill an honest policy is credited with."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     split: str = Field("train", pattern="^(train|val)$", description="Split to read (never test).")
     skill_low: float = Field(0.5, ge=0.5, le=1.0, description="Skill a policy is sure to have (coin flip).")

@@ -13,6 +13,7 @@ The seed took them per training batch, which mixes future bars into the present 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -314,6 +315,8 @@ def param_problem(family: str, key: str, value: float) -> str | None:
     fam = REWARD_FAMILIES[family]
     if key not in fam.defaults:
         return f"unknown parameter for family {family}; expected one of {sorted(fam.defaults)}"
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
     if key in fam.costs + fam.bonuses and value < 0:
         return f"must be >= 0, got {value}"  # the formulas subtract costs and add bonuses
     if key == "reward_scale" and value <= 0:
@@ -324,7 +327,7 @@ def param_problem(family: str, key: str, value: float) -> str | None:
 class RewardConfig(BaseModel):
     """A reward family, its parameters, and how its normalisation statistics are taken."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     family: str = Field("pnl_cost", description="Name of a family in REWARD_FAMILIES.")
     params: dict[str, float] = Field(

@@ -17,7 +17,7 @@ from himari_ray.types import N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, Dataset, 
 class EnvConfig(BaseModel):
     """Everything an env (or an RLlib env runner building one) needs; a plain dict round-trips it."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: DataSpec = Field(default_factory=DataSpec, description="The dataset to trade.")
     split: Literal["train", "val", "test"] = Field("train", description="Which chronological split.")

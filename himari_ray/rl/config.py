@@ -22,7 +22,7 @@ from himari_ray.types import REGIME_NAMES
 class TrainConfig(BaseModel):
     """PPO settings of one trial."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     iterations: int = Field(10, ge=1, description="PPO training iterations (one Tune report each).")
     train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
@@ -53,7 +53,7 @@ class TrainConfig(BaseModel):
 class EvalConfig(BaseModel):
     """How a trial's greedy policy is scored on the validation split."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     bands: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
@@ -93,7 +93,7 @@ REWARD_FIELDS = ("norm_stats", "trailing_window")
 class RobustConfig(BaseModel):
     """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seeds: int = Field(1, ge=1, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
     folds: int = Field(0, ge=0, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
@@ -103,7 +103,7 @@ class RobustConfig(BaseModel):
 class TrialConfig(BaseModel):
     """Everything one trial needs. Tune hands it around as a plain dict (`model_dump`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and reward.")
     model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")

@@ -19,7 +19,7 @@ from torch import nn
 class ModelConfig(BaseModel):
     """Sizes of the transformer; `to_model_config()` is what RLlib passes to the module."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     d_model: int = Field(256, ge=4, description="Width of the feature projection, regime embedding and encoder.")
     n_heads: int = Field(4, ge=1, description="Attention heads per encoder layer.")

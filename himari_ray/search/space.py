@@ -22,7 +22,7 @@ class ParamRange(BaseModel):
     """A searched parameter: a numeric range, or a list of choices; optionally searched only `when` another
     (categorical) parameter takes one of the listed values."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     low: float | None = Field(None, description="Lower bound (inclusive).")
     high: float | None = Field(None, description="Upper bound (inclusive).")
@@ -63,7 +63,7 @@ class ParamRange(BaseModel):
 class EnvSettings(BaseModel):
     """Environment settings of a space (the reward family and parameters are top-level keys)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     context_len: int = Field(100, ge=1, description="Bars per observation window.")
     episode_len: int | None = Field(512, ge=1, description="Decisions per training episode.")
@@ -75,7 +75,7 @@ class EnvSettings(BaseModel):
 class Budget(BaseModel):
     """How much to search."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
@@ -85,7 +85,7 @@ class Budget(BaseModel):
 class ObjectiveSettings(BaseModel):
     """What the search optimises."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["single", "multi"] = Field(
         "single", description="single: band distance with Sharpe as tie-break; multi: band distance down, Sharpe up."
@@ -98,7 +98,7 @@ class ObjectiveSettings(BaseModel):
 class LeakAlarmSettings(BaseModel):
     """When a trial's validation hit rate is too good to be honest."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     hit_rate: float = Field(0.60, gt=0.5, le=1.0, description="Hit rate on traded val bars that sounds the alarm.")
     min_trades: int = Field(200, ge=1, description="Traded val bars needed before it can sound.")
@@ -107,7 +107,7 @@ class LeakAlarmSettings(BaseModel):
 class SchedulerSettings(BaseModel):
     """ASHA early stopping (default, with the Optuna searcher), or population-based training."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["asha", "pbt", "pb2"] = Field(
         "asha",
@@ -129,7 +129,7 @@ class SchedulerSettings(BaseModel):
 class CollapseSettings(BaseModel):
     """Stop a trial whose policy collapsed to all-HOLD or no-HOLD."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     warmup: int = Field(2, ge=1, description="Iterations before the check applies.")
     hold_high: float = Field(99.0, gt=0, le=100, description="Overall HOLD% above this is a collapse.")
@@ -139,7 +139,7 @@ class CollapseSettings(BaseModel):
 class Resources(BaseModel):
     """What one trial asks Ray for."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs for the trial process (sampling + learning).")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPU share of the trial's learner, e.g. 0.25.")
@@ -148,9 +148,9 @@ class Resources(BaseModel):
 class SearchSpace(BaseModel):
     """A search-space file (search_spaces/*.yaml)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Study name.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64, description="Study name (64 characters at most).")
     description: str = Field("", description="What this space is for.")
     family: str = Field(description="Reward family (see himari_ray.rewards.REWARD_FAMILIES).")
     fixed: dict[str, float] = Field(default_factory=dict, description="Reward parameters held fixed.")
@@ -296,13 +296,31 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
     return f"{path}: {loc}: {msg}" if loc else f"{path}: {msg}"
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last silently,
+    so a space could search one range and show another)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_space(arg: str) -> tuple[SearchSpace, Path]:
     """Read and validate a space file; any problem is one `UserInputError` naming the file and key."""
     path = resolve_space_path(arg)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except UnicodeDecodeError:
+        raise UserInputError(f"{path}: not a text (UTF-8) file") from None
     except (OSError, yaml.YAMLError) as exc:
-        raise UserInputError(f"{path}: cannot read YAML: {str(exc).splitlines()[0]}") from None
+        raise UserInputError(f"{path}: cannot read YAML: {' '.join(str(exc).split())[:200]}") from None
     if not isinstance(raw, dict):
         raise UserInputError(f"{path}: expected a mapping of keys at the top level")
     try:
