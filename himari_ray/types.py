@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -123,6 +124,31 @@ class Dataset:
 
 class UserInputError(Exception):
     """Bad input from the user (a file, a key, a flag). The CLI prints it as one line and exits 2."""
+
+
+class SearchInterrupted(Exception):
+    """The search stopped on Ctrl-C or SIGTERM with its state saved; the CLI prints how to resume, exit 130."""
+
+
+class SearchFailed(Exception):
+    """The search ran but no trial trained (every one crashed, or was skipped); one line why, exit 1."""
+
+
+#: The study database inside a search directory when no --storage URL was given.
+STUDY_FILE = "study.db"
+
+
+def search_storage_url(out: str | Path, manifest: dict[str, Any]) -> str | None:
+    """The Optuna storage of a search: its own `study.db` (wherever the directory now lives: a moved or
+    copied search uses its own file), an external --storage URL, or None (PBT keeps no study)."""
+    out = Path(out).resolve()
+    if manifest.get("study_file"):
+        return f"sqlite:///{out / manifest['study_file']}"
+    url = manifest.get("storage")
+    # Searches written before `study_file` stored the absolute path of their own study.db.
+    if url and url.startswith("sqlite:///") and url.endswith(f"/{STUDY_FILE}") and (out / STUDY_FILE).is_file():
+        return f"sqlite:///{out / STUDY_FILE}"
+    return url
 
 
 def trial_number(experiment_tag: str) -> int:

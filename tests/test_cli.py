@@ -238,3 +238,51 @@ def test_space_files_that_would_mislead_are_refused(capsys, in_tmp, text, needle
     code, _, err = run_main(capsys, "search", str(path))
     assert_one_line_error(code, err, "space.yaml", *needles)
     assert sorted(p.name for p in in_tmp.iterdir()) == before
+
+
+def _e2e_with(in_tmp, extra: str) -> Path:
+    """The e2e test space with some top-level keys replaced."""
+    text = (REPO / "tests" / "spaces" / "e2e.yaml").read_text()
+    keys = {line.split(":")[0] for line in extra.splitlines() if line.strip()}
+    kept = [line for line in text.splitlines() if line.split(":")[0] not in keys]
+    path = in_tmp / "space.yaml"
+    path.write_text("\n".join(kept) + "\n" + extra)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        ("model: {d_model: 32, n_heads: 3, n_layers: 1, ffn_dim: 64, dropout: 0.0, head_hidden: 32}\n",
+         "d_model 32 is not divisible by n_heads 3"),
+        ("data: {source: dataset, path: /nonexistent/ds}\n", "/nonexistent/ds"),
+        ("env: {context_len: 2000, episode_len: 128, position_mode: per_bar}\n", "context_len"),
+    ],
+)  # fmt: skip
+def test_what_would_crash_every_trial_is_refused_before_anything_starts(capsys, in_tmp, extra, needle):
+    path = _e2e_with(in_tmp, extra)
+    code, _, err = run_main(capsys, "search", str(path), "--out", "out")
+    assert_one_line_error(code, err, needle)
+    assert not (in_tmp / "out").exists()
+
+
+def test_a_dataset_with_an_impossible_regime_id_is_refused_before_anything_starts(capsys, in_tmp):
+    import numpy as np
+
+    assert main(["data", "synth", "--n-bars", "3000", "--out", "ds"]) == 0
+    capsys.readouterr()
+    with np.load(in_tmp / "ds" / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["train.regime_ids"][5] = 7
+    np.savez_compressed(in_tmp / "ds" / "arrays.npz", **arrays)
+    code, _, err = run_main(capsys, "search", str(REPO / "tests" / "spaces" / "e2e.yaml"), "--data", "ds")
+    assert_one_line_error(code, err, "arrays.npz")
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize(("address", "needle"), [("127.0.0.1:1", "unreachable"), ("nonsense", "expected host:port")])
+def test_an_unreachable_address_is_refused_in_seconds(capsys, in_tmp, address, needle):
+    code, _, err = run_main(capsys, "search", str(REPO / "tests" / "spaces" / "e2e.yaml"), "--out", "o",
+                            "--address", address)  # fmt: skip
+    assert_one_line_error(code, err, f"--address {address}", needle)
+    assert not (in_tmp / "o").exists()

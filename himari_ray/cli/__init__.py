@@ -14,7 +14,7 @@ import sys
 
 from himari_ray.cli import data, results, search
 from himari_ray.cli.common import Parser
-from himari_ray.types import UserInputError
+from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
 #: Command groups in the order `--help` lists them.
 COMMAND_MODULES = (search, results, data)
@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserInputError as exc:
         return _fail(str(exc))
+    except SearchInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    except SearchFailed as exc:
+        _fail(str(exc))
+        return 1
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as Unix tools do, with stdout sent nowhere so the
         # interpreter's final flush cannot raise again.

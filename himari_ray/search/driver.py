@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 from himari_ray.data.dataset import DataSpec
 from himari_ray.search.callbacks import collapse_stopper, report_printer
+from himari_ray.search.integrity import DirectorySigner, signing_callback, verify_directory
+from himari_ray.search.interrupt import GracefulInterrupt
 from himari_ray.search.sampling import (
     OBJECTIVE,
     make_searcher,
@@ -18,7 +21,15 @@ from himari_ray.search.sampling import (
     tune_distributions,
 )
 from himari_ray.search.space import SearchSpace, load_space
-from himari_ray.types import UserInputError, trial_number
+from himari_ray.search.validate import check_address, check_buildable
+from himari_ray.types import (
+    STUDY_FILE,
+    SearchFailed,
+    SearchInterrupted,
+    UserInputError,
+    search_storage_url,
+    trial_number,
+)
 
 
 def trial_dirname(trial: Any) -> str:
@@ -74,7 +85,8 @@ def _start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": always a fresh instance of our own, never a cluster another process left running here.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
 def run_search(
@@ -91,9 +103,11 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    from himari_ray.search.study import check_compatible, fail_running, open_storage
+    from himari_ray.search.study import check_compatible, open_storage
 
     check_out_dir(out)
+    if address is not None:
+        check_address(address)
     out = out.resolve()
     url = storage_url or default_storage_url(out)
     _, mode = objective_spec(space)
@@ -104,6 +118,7 @@ def run_search(
     if storage_url is not None:  # an external study: refuse before touching it or the disk
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+    check_buildable(space, space_path)  # last: it takes seconds
     out.mkdir(parents=True, exist_ok=True)
     (out / "space.yaml").write_text(space_path.read_text())
     trial_cfg = space.trial_config()
@@ -119,7 +134,11 @@ def run_search(
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
         "robust": space.robust.model_dump(),
-        "storage": url if space.scheduler.kind == "asha" else None,
+        # The default study lives in the directory and is found relative to it (a moved or copied search
+        # resumes against its own files); an external --storage URL is kept as given.
+        "storage": storage_url if space.scheduler.kind == "asha" else None,
+        "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
+        "search_id": uuid.uuid4().hex,
         "data": space.data.model_dump(),
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
@@ -149,7 +168,7 @@ def run_search(
                 hyperparam_mutations=tune_distributions(space, space.scheduler.mutate), **common
             )
     else:
-        search_alg = make_searcher(space, seed, storage, owner=str(out))
+        search_alg = make_searcher(space, seed, storage, owner=manifest["search_id"])
         scheduler = ASHAScheduler(
             metric=OBJECTIVE,
             mode="min",
@@ -158,6 +177,7 @@ def run_search(
             grace_period=min(space.scheduler.grace_period, iterations),
             reduction_factor=space.scheduler.reduction_factor,
         )
+    interrupt = GracefulInterrupt(str(out))
     tuner = tune.Tuner(
         _trainable(space),
         param_space=param_space,
@@ -171,16 +191,55 @@ def run_search(
             name="tune",
             storage_path=str(out),
             stop=collapse_stopper(space.collapse),
-            callbacks=[report_printer()],
+            callbacks=[report_printer(), signing_callback(out), interrupt.callback()],
             verbose=0,
             # PBT restores trials from other trials' older checkpoints: keep them all there.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
         ),
     )
-    tuner.fit()
+    return _fit(tuner, interrupt, out, storage, space.name, manifest["search_id"])
+
+
+def _fit(tuner: Any, interrupt: GracefulInterrupt, out: Path, storage: Any, study: str, owner: str) -> Path:
+    """Run Tune with Ctrl-C handled and the directory signed; what ends the run decides the study's states:
+    an interrupt leaves interrupted trials RUNNING (resume continues them), a finish or a crash (a full disk)
+    leaves none RUNNING."""
+    from himari_ray.search.study import fail_running
+
+    interrupt.install()
+    try:
+        tuner.fit()
+    except BaseException:
+        if storage is not None and not interrupt.requested:
+            fail_running(storage, study, owner)
+        raise
+    finally:
+        interrupt.uninstall()
+        DirectorySigner(out).sign()
+    if interrupt.requested:
+        raise SearchInterrupted(f"interrupted; resume with: himari-ray search --resume {out}")
     if storage is not None:
-        fail_running(storage, space.name, str(out))
+        fail_running(storage, study, owner)
+    require_a_trained_trial(out)
     return out
+
+
+def require_a_trained_trial(out: Path) -> None:
+    """Exit non-zero, naming why, when no trial trained: every one crashed or was skipped by the preflight."""
+    dirs = sorted((out / "tune").glob("trial_*"))
+    for d in dirs:
+        for line in (d / "result.json").read_text().splitlines() if (d / "result.json").is_file() else []:
+            try:
+                if not json.loads(line).get("preflight_skipped", False):
+                    return
+            except ValueError:
+                continue
+    errors = [d / "error.txt" for d in dirs if (d / "error.txt").is_file()]
+    if errors:
+        lines = [ln for ln in errors[0].read_text().splitlines() if ln.strip()]
+        why = lines[-1].strip() if lines else "see error.txt"
+        raise SearchFailed(f"no trial trained: {len(errors)} of {len(dirs)} crashed; {errors[0]}: {why[:200]}")
+    raise SearchFailed(f"no trial trained: all {len(dirs)} were skipped by the preflight (see analyze {out})")
 
 
 def resume_search(out: Path, address: str | None = None) -> Path:
@@ -188,24 +247,37 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     checkpoint, and the total number of trials is the one first asked for."""
     from ray import tune
 
-    from himari_ray.search.study import fail_running, open_storage
+    from himari_ray.search.study import bind_resumed_searcher, require_study
 
     out = Path(out).resolve()
     manifest_path = out / "search.json"
     if not manifest_path.is_file() or not (out / "tune").is_dir() or not (out / "space.yaml").is_file():
         raise UserInputError(f"{out}: not a himari-ray search directory (no search.json, space.yaml and tune/)")
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        data_spec = DataSpec.model_validate(manifest["data"])
+    except (ValueError, KeyError, TypeError):
+        raise UserInputError(f"{manifest_path}: not a valid search manifest") from None
     space, _ = load_space(str(out / "space.yaml"))
-    if manifest["data"]["source"] == "dataset":  # a search run with --data: train on that dataset again
-        space = space.model_copy(update={"data": DataSpec.model_validate(manifest["data"])})
+    if data_spec.source == "dataset":  # a search run with --data: train on that dataset again
+        space = space.model_copy(update={"data": data_spec})
     if not tune.Tuner.can_restore(str(out / "tune")):
         raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
-    storage = open_storage(manifest["storage"]) if manifest["storage"] else None
+    if address is not None:
+        check_address(address)
+    for note in verify_directory(out):  # before anything is unpickled
+        print(f"himari-ray search: {note}", flush=True)
+    url = search_storage_url(out, manifest)
+    owner = manifest.get("search_id", str(out))
+    storage = require_study(url, space.name, flag="--resume") if url else None
+    if url:
+        bind_resumed_searcher(url, owner)
     _start_ray(address)
     tuner = tune.Tuner.restore(
         str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
     )
-    tuner.fit()
-    if storage is not None:
-        fail_running(storage, space.name, str(out))
-    return out
+    interrupt = GracefulInterrupt(str(out))
+    # The restored run config holds the first driver's callbacks (bound to its process and, for a moved
+    # directory, its old path): this process's own replace them. Ray 2.60 has no public hook for this.
+    tuner._local_tuner._run_config.callbacks = [report_printer(), signing_callback(out), interrupt.callback()]
+    return _fit(tuner, interrupt, out, storage, space.name, owner)

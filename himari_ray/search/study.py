@@ -9,6 +9,8 @@ crashed driver left RUNNING.
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import time
 from typing import Any
 
@@ -68,13 +70,54 @@ def check_compatible(
     return len(study.trials)
 
 
+#: Set by a resuming driver before Tune unpickles its searcher: the study the *resumed* directory holds (a
+#: moved or copied search must write into its own study.db, not the one whose path was pickled) and the
+#: owner tag its trials carry.
+_RESUME_BINDING: dict[str, str] = {}
+
+
+def bind_resumed_searcher(storage_url: str, owner: str) -> None:
+    """Make every searcher unpickled from now on use `storage_url` and `owner` (see `_RESUME_BINDING`)."""
+    _RESUME_BINDING.update(url=storage_url, owner=owner)
+
+
 class PruningOptunaSearch(OptunaSearch):
-    """OptunaSearch that records early-stopped trials as PRUNED and never leaves its trials RUNNING."""
+    """OptunaSearch that records early-stopped trials as PRUNED and never leaves its trials RUNNING.
+
+    Pickled (in Tune's `tuner.pkl` and searcher state) as its storage URL and Optuna trial ids, not as live
+    storage objects: unpickling an RDB storage reconnects to the path it was created with (and creates tables
+    there), so a copied search directory would silently write into the original's study.
+    """
 
     def __init__(self, *args: Any, max_iterations: int, owner: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_iterations = max_iterations
         self._owner = owner
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_storage"] = getattr(self._storage, "url", None)
+        state["_ot_study"] = None
+        state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        trial_ids = state.pop("_ot_trials")
+        self.__dict__.update(state)
+        url = _RESUME_BINDING.get("url", state["_storage"])
+        self._owner = _RESUME_BINDING.get("owner", state["_owner"])
+        self._storage = open_storage(url, flag="search state")
+        self._setup_study(self._mode)  # loads the existing study (load_if_exists)
+        self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in trial_ids.items()}
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        # The file was authenticated (search/integrity.py) before a resume gets here.
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
@@ -114,6 +157,23 @@ class PruningOptunaSearch(OptunaSearch):
 
 
 OWNER_ATTR = "himari_search"
+
+
+def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBStorage:
+    """The storage at `url`, refused in one line unless it already holds `study_name`: a resumed search must
+    find its history (a 0-byte or missing study.db would otherwise be recreated empty, and exit 0)."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise UserInputError(f"{path}: the search's study is missing or empty; refusing to start it afresh")
+    storage = open_storage(url, flag=flag)
+    try:
+        optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserInputError(
+            f"{flag} {url}: holds no study named {study_name!r}; refusing to start it afresh"
+        ) from None
+    return storage
 
 
 def fail_running(storage: optuna.storages.BaseStorage, study_name: str, owner: str) -> int:
