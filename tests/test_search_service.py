@@ -84,7 +84,8 @@ def test_resume_refuses_a_directory_that_is_not_a_search(tmp_path):
 
 def test_two_drivers_share_one_study(tmp_path):
     """Federated search: two real drivers on one study URL add trials to the same study with no number
-    reused; each samples with everything the study holds when it asks."""
+    reused; each samples with everything the study holds when it asks; without --seed their samplers'
+    seeds differ, so they never propose the same configurations."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     procs = [
         subprocess.Popen(
@@ -98,8 +99,6 @@ def test_two_drivers_share_one_study(tmp_path):
                 url,
                 "--trials",
                 "2",
-                "--seed",
-                str(i),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -115,7 +114,10 @@ def test_two_drivers_share_one_study(tmp_path):
     numbers = [t.number for t in s.trials]
     assert sorted(numbers) == [0, 1, 2, 3]
     owners = {t.user_attrs["himari_search"] for t in s.trials}
-    assert owners == {str((tmp_path / "d1").resolve()), str((tmp_path / "d2").resolve())}
+    manifests = [json.loads((tmp_path / f"d{i}" / "search.json").read_text()) for i in (1, 2)]
+    assert owners == {m["search_id"] for m in manifests}
+    assert manifests[0]["seed"] != manifests[1]["seed"]
+    assert len({t.params["trade_cost"] for t in s.trials}) == 4  # no configuration proposed twice
     assert all(t.state == TrialState.COMPLETE for t in s.trials)
 
 

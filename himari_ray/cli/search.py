@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 from pathlib import Path
 
 from himari_ray.cli.common import DEFAULT_SPACE, new_path, non_negative, positive, print_table, seed
@@ -54,7 +55,14 @@ def run_search_cmd(args: argparse.Namespace) -> int:
     out = args.out or default_out_dir(space)
     check_out_dir(out)
     trials = args.trials or space.budget.trials
-    seed = space.budget.seed if args.seed is None else args.seed
+    if args.seed is not None:
+        seed = args.seed
+    elif args.storage is not None:
+        # Drivers sharing a study with one seed would propose the same configurations: half the compute
+        # duplicated. Each driver draws its own unless --seed says otherwise.
+        seed = secrets.randbelow(2**31)
+    else:
+        seed = space.budget.seed
     print(f"himari-ray search: space {space.name} ({path}), {trials} trials, seed {seed}, out {out}", flush=True)
     out = run_search(space, path, out, trials=trials, seed=seed, storage_url=args.storage, address=args.address)
     return print_table(out, write_pareto=True)

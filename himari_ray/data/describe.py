@@ -10,10 +10,10 @@ from himari_ray.data.regime import regime_shares
 from himari_ray.types import REGIME_NAMES, SPLIT_NAMES, Dataset
 
 
-def describe_dataset(ds: Dataset, where: str | Path) -> str:
-    meta = ds.metadata
+def _provenance(meta: dict) -> list[str]:
+    """Source, import report and build settings, as recorded in the metadata."""
     src = meta.get("source", {})
-    lines = [f"dataset {where}", f"source: {src.get('kind', '?')} {src.get('file', '')}".rstrip()]
+    lines = [f"source: {src.get('kind', '?')} {src.get('file', '')}".rstrip()]
     imp = src.get("import")
     if imp:
         gaps = imp["gaps"]
@@ -31,6 +31,16 @@ def describe_dataset(ds: Dataset, where: str | Path) -> str:
             f"{det['min_dwell']}; denoise: {'on' if den['enabled'] else 'off'} (q {den['q']}, r {den['r']}); "
             f"warm-up dropped: {meta.get('warmup_bars')} bars"
         )
+    return lines
+
+
+def describe_dataset(ds: Dataset, where: str | Path) -> str:
+    lines = [f"dataset {where}"]
+    try:
+        lines += _provenance(ds.metadata)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        # The arrays verified; only the descriptive record is damaged: say so rather than guess.
+        lines.append("source: metadata.json's provenance record is unreadable (edited or damaged)")
     lines.append(f"features: {ds.n_features} ({ds.train.features.dtype})")
     header = f"{'split':6} {'bars':>6}  {'start':25} {'end':25} " + " ".join(f"{r:>8}" for r in REGIME_NAMES)
     lines += ["", header + f" {'untradable':>10}"]

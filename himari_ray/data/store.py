@@ -84,16 +84,36 @@ def load_dataset_dir(path: str | Path) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise UserInputError(f"{meta_path}: not valid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict):
+        raise UserInputError(f"{meta_path}: expected a JSON object")
     if meta.get("format") != FORMAT:
         raise UserInputError(f"{meta_path}: format: expected {FORMAT!r}, got {meta.get('format')!r}")
-    if _require(meta, "format_version", meta_path) > FORMAT_VERSION:
-        raise UserInputError(f"{meta_path}: format_version {meta['format_version']} is newer than this himari-ray")
-    names = tuple(_require(meta, "feature_names", meta_path))
+    version = _require(meta, "format_version", meta_path)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise UserInputError(f"{meta_path}: format_version: expected a positive integer")
+    if version > FORMAT_VERSION:
+        raise UserInputError(f"{meta_path}: format_version {version} is newer than this himari-ray")
+    names = _require(meta, "feature_names", meta_path)
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise UserInputError(f"{meta_path}: feature_names: expected a non-empty list of names")
+    names = tuple(names)
     scaler_meta = _require(meta, "scaler", meta_path)
     try:
         with np.load(arrays_path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile, zlib.error) as exc:
+    # zipfile raises many types on a damaged archive (NotImplementedError for a flipped flag bit,
+    # RuntimeError "encrypted" for another): each means the same to the user.
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        MemoryError,
+        KeyError,
+        NotImplementedError,
+        RuntimeError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as exc:
         raise UserInputError(f"{arrays_path}: cannot read ({str(exc).splitlines()[0]})") from None
     splits = {}
     for s in SPLIT_NAMES:
