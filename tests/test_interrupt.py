@@ -160,3 +160,24 @@ def test_resume_refuses_a_tampered_pickle_and_a_missing_study_and_a_copy_resumes
     assert (out / "study.db").read_bytes() == original_db
     study = optuna.load_study(study_name="tamper", storage=f"sqlite:///{copy / 'study.db'}")
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2
+
+
+@pytest.mark.slow
+def test_a_full_disk_mid_search_is_one_line_and_leaves_no_trial_running(tmp_path):
+    """A 5 MiB tmpfs as the output disk: the search's own 4 MiB reserve fills it at the first checkpoints."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        out = disk / "s"
+        proc = subprocess.run([*CLI, "search", str(SPACES / "e2e.yaml"), "--out", str(out)], capture_output=True,
+                              text=True, env=ENV, timeout=300)  # fmt: skip
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no space left on device" in lines[0], proc.stderr[-3000:]
+        study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'study.db'}")
+        assert study.trials and not [t for t in study.trials if t.state == TrialState.RUNNING]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -69,8 +70,12 @@ def _start_ray(address: str | None) -> None:
     import optuna
     import ray
 
-    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines.
+    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines; a failed trial
+    # is one line naming its error.txt, not Tune's and Ray's copies of its traceback.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    for name in ("ray.tune", "ray.train", "ray._common.deprecation"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ray.is_initialized():
         return
@@ -206,15 +211,18 @@ def _fit(tuner: Any, interrupt: GracefulInterrupt, out: Path, storage: Any, stud
     leaves none RUNNING."""
     from himari_ray.search.study import fail_running
 
+    reserve = DiskReserve(out)
     interrupt.install()
     try:
         tuner.fit()
     except BaseException:
+        reserve.release()  # a full disk must still take the study's last writes
         if storage is not None and not interrupt.requested:
             fail_running(storage, study, owner)
         raise
     finally:
         interrupt.uninstall()
+        reserve.release()
         DirectorySigner(out).sign()
     if interrupt.requested:
         raise SearchInterrupted(f"interrupted; resume with: himari-ray search --resume {out}")
@@ -222,6 +230,26 @@ def _fit(tuner: Any, interrupt: GracefulInterrupt, out: Path, storage: Any, stud
         fail_running(storage, study, owner)
     require_a_trained_trial(out)
     return out
+
+
+class DiskReserve:
+    """A file of RESERVE_BYTES kept in the search directory while Tune runs, deleted when the run ends or
+    fails: when the disk fills up mid-search, that space takes the study's closing writes (no trial left
+    RUNNING) and the directory's signature."""
+
+    RESERVE_BYTES = 4 << 20
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".himari-reserve"
+        try:
+            with self.path.open("wb") as f:
+                f.truncate(0)
+                f.write(b"\0" * self.RESERVE_BYTES)  # real blocks, not a sparse file
+        except OSError:
+            self.release()
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def require_a_trained_trial(out: Path) -> None:

@@ -8,6 +8,7 @@ unreachable `--address` hung without a word.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from himari_ray.data.dataset import load_dataset
 from himari_ray.env.trading import HimariTradingEnv
@@ -52,13 +54,16 @@ def check_buildable(space: SearchSpace, space_path: Path) -> None:
         env = HimariTradingEnv(trial.env, dataset=ds)
     except ValueError as exc:
         raise UserInputError(f"{where}: env: {exc}") from None
-    module = RegimeTransformerModule(
+    # RLlib 2.60 warns that RLModuleConfig is deprecated whenever any module is built: not the user's concern.
+    logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)
+    module = RLModuleSpec(
+        module_class=RegimeTransformerModule,
         observation_space=env.observation_space,
         action_space=env.action_space,
         model_config=trial.model.to_model_config(),
-    )
+    ).build()
     obs, _ = env.reset(seed=0)
-    batch = {k: torch.as_tensor(np.asarray(v))[None] if np.ndim(v) else torch.as_tensor([v]) for k, v in obs.items()}
+    batch = {k: torch.as_tensor(np.array(v))[None] for k, v in obs.items()}
     with torch.no_grad():
         logits = module.forward_inference({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
     if not torch.isfinite(logits).all():
