@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from himari_ray.data.dataset import load_dataset
+from himari_ray.env.coordinates import invert_breakeven, split_coordinates
 from himari_ray.env.metrics import DEFAULT_HOLD_BANDS
 from himari_ray.env.preflight import (
     PreflightConfig,
@@ -131,7 +133,11 @@ class TrialConfig(BaseModel):
 
     def with_params(self, params: Mapping[str, Any]) -> TrialConfig:
         """Overlay searched values: PPO settings go to `train`, environment settings to `env` (and its reward
-        config), everything else to the reward's params. Every value is validated where it lands."""
+        config), everything else to the reward's params. Every value is validated where it lands.
+
+        Break-even coordinates (`breakeven_<REGIME>`, env/coordinates.py) are inverted last, on the split the
+        preflight reads and with every other value already in place, into the family's per-regime costs."""
+        targets, params = split_coordinates(params)
         train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
         env_fields = {k: v for k, v in params.items() if k in ENV_PARAMS and k not in REWARD_FIELDS}
         reward_fields = {k: v for k, v in params.items() if k in REWARD_FIELDS}
@@ -140,6 +146,10 @@ class TrialConfig(BaseModel):
             {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
         )
         env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
+        if targets:
+            costs = invert_breakeven(load_dataset(env.data), env, targets, self.preflight)
+            reward = RewardConfig.model_validate({**reward.model_dump(), "params": {**reward.params, **costs}})
+            env = env.model_copy(update={"reward": reward})
         return self.model_copy(
             update={"env": env, "train": TrainConfig.model_validate({**self.train.model_dump(), **train})}
         )
