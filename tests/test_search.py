@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from himari_ray.env.coordinates import BREAKEVEN_NAMES
 from himari_ray.env.rewards import REWARD_FAMILIES
 from himari_ray.search.sampling import make_searcher
 from himari_ray.search.space import bundled_spaces, load_space
@@ -17,7 +18,9 @@ def test_bundled_spaces_validate(name):
     assert path.name == f"{name}.yaml"
     trial = space.trial_config()
     fam = REWARD_FAMILIES[space.family]
-    assert set(space.search) <= set(fam.defaults) | {"entropy_coeff", "lr", "gamma", "lambda_", "clip_param"}
+    coordinates = set(BREAKEVEN_NAMES) if space.coordinates == "breakeven" else set()
+    allowed = set(fam.defaults) | {"entropy_coeff", "lr", "gamma", "lambda_", "clip_param"} | coordinates
+    assert set(space.search) <= allowed - {"reward_scale"}  # reward_scale cannot act (issue 8)
     assert trial.env.reward.family == space.family
 
 
@@ -33,7 +36,7 @@ def test_adaptive_space_brackets_the_seed_session_18_values():
         "wrong_penalty",
     ):
         assert space.search[key].low < seed[key] < space.search[key].high, key
-    assert "entropy_coeff" in space.search and "reward_scale" in space.search
+    assert "entropy_coeff" in space.search and "reward_scale" not in space.search
 
 
 @pytest.mark.parametrize("family", sorted(REWARD_FAMILIES))
@@ -45,7 +48,7 @@ def test_every_family_has_a_space_around_the_seed_values(family):
         if key in defaults:
             assert rng.low <= defaults[key] <= rng.high, key
             assert not rng.log or rng.low > 0
-    assert {"entropy_coeff", "reward_scale"} <= set(space.search)
+    assert "entropy_coeff" in space.search and "reward_scale" not in space.search
     searched_or_fixed = set(space.search) | set(space.fixed)
     assert set(REWARD_FAMILIES[family].costs) <= searched_or_fixed, "every cost of the family is searched"
 
