@@ -142,3 +142,15 @@ def test_probes_and_sampled_draws_stay_finite(sample):
         params = {k: float(rng.uniform(r.low, r.high)) for k, r in space.search.items() if k in BREAKEVEN_NAMES}
         costs = space.trial_config().with_params(params).env.reward.params
         assert all(np.isfinite(v) and v >= 0 for v in costs.values())
+
+
+def test_inversion_in_carried_mode_prices_position_changes(sample):
+    env = _env("adaptive", mode="carried", trending_hold_cost=0.0, wrong_penalty=0.0)
+    targets = {"LOW_VOL": 0.55, "TRENDING": 0.52, "HIGH_VOL": 0.57, "CRISIS": 0.585}
+    cfg = PreflightConfig(holding_bars=10.0)
+    costs = invert_breakeven(sample, env, targets, cfg)
+    realised = breakeven_of(sample, _apply(env, costs), cfg)
+    assert all(realised[r] == pytest.approx(p, abs=1e-9) for r, p in targets.items())
+    # Spread over 10 bars, an entry plus an exit cost 5x what a per_bar trade pays every bar for the same p*.
+    per_bar = invert_breakeven(sample, _env("adaptive", trending_hold_cost=0.0, wrong_penalty=0.0), targets)
+    assert costs["base_trade_cost"] == pytest.approx(5 * per_bar["base_trade_cost"], rel=1e-9)

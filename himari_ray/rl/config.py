@@ -16,7 +16,7 @@ from himari_ray.env.preflight import (
     PreflightConfig,
 )
 from himari_ray.env.rewards import RewardConfig
-from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, carried_horizon
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
 from himari_ray.types import REGIME_NAMES
 
@@ -146,13 +146,19 @@ class TrialConfig(BaseModel):
             {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
         )
         env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
+        train_cfg = TrainConfig.model_validate({**self.train.model_dump(), **train})
+        preflight_cfg = self.preflight
+        if env.position_mode == "carried":
+            # gamma 0 (per_bar's myopia) would never repay an entry over the bars a position is held.
+            if train_cfg.gamma == 0.0:
+                train_cfg = train_cfg.model_copy(update={"gamma": CARRIED_GAMMA})
+            if preflight_cfg.holding_bars is None:
+                preflight_cfg = preflight_cfg.model_copy(update={"holding_bars": carried_horizon(train_cfg.gamma)})
         if targets:
-            costs = invert_breakeven(load_dataset(env.data), env, targets, self.preflight)
+            costs = invert_breakeven(load_dataset(env.data), env, targets, preflight_cfg)
             reward = RewardConfig.model_validate({**reward.model_dump(), "params": {**reward.params, **costs}})
             env = env.model_copy(update={"reward": reward})
-        return self.model_copy(
-            update={"env": env, "train": TrainConfig.model_validate({**self.train.model_dump(), **train})}
-        )
+        return self.model_copy(update={"env": env, "train": train_cfg, "preflight": preflight_cfg})
 
 
 def build_ppo_config(trial: TrialConfig) -> PPOConfig:
