@@ -54,7 +54,14 @@ def test_every_family_has_a_space_around_the_seed_values(family):
 
 
 def write_space(tmp_path, **changes):
+    """The smoke space in the pnl_cost family's native costs (what these schema tests are written against)."""
     raw = yaml.safe_load(bundled_spaces()["smoke"].read_text())
+    raw.pop("coordinates", None)
+    raw.update(family="pnl_cost", fixed={"reward_scale": 100.0})
+    raw["search"] = {
+        "trade_cost": {"low": 0.0005, "high": 0.05, "log": True},
+        "entropy_coeff": {"low": 0.001, "high": 0.05, "log": True},
+    }
     for dotted, value in changes.items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -115,7 +122,7 @@ def suggestions(seed: int, n: int = 14) -> list[dict]:
         tid = f"t{i}"
         cfg = searcher.suggest(tid)
         out.append(cfg)
-        score = abs(cfg["trade_cost"] - 0.05) * 100 + cfg["entropy_coeff"]
+        score = abs(cfg["breakeven_LOW_VOL"] - 0.505) * 1000 + cfg["entropy_coeff"]
         searcher.on_trial_complete(tid, {"band_distance": score, "training_iteration": 1})
     return out
 

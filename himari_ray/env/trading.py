@@ -40,7 +40,7 @@ CARRIED_GAMMA = 0.95
 
 def carried_horizon(gamma: float) -> float:
     """Bars a carried position is credited over: 1 / (1 - gamma), at least 1."""
-    return 1.0 / max(1.0 - gamma, 1e-6) if gamma < 1.0 else float("inf")
+    return round(1.0 / max(1.0 - gamma, 1e-6), 6) if gamma < 1.0 else float("inf")
 
 
 def greedy_carried_actions(logits: np.ndarray) -> np.ndarray:
