@@ -31,7 +31,12 @@ class TrainConfig(BaseModel):
     minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
     num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
-    gamma: float = Field(0.0, ge=0, le=1, description="Discount; per_bar actions do not move the state, so 0.")
+    gamma: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Discount; per_bar actions do not move the state, so 0 (carried trials left at 0 use CARRIED_GAMMA).",
+    )
     lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
     clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
