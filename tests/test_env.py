@@ -181,3 +181,104 @@ def test_split_too_short_is_an_error():
     tiny = DataSpec(source="synthetic", n_bars=1000, seed=0)
     with pytest.raises(ValueError, match="context_len"):
         HimariTradingEnv(EnvConfig(data=tiny, split="val", context_len=500))
+
+
+# --------------------------------------------------------------------------------------------------------
+# Carried mode (issue 8): the policy sees its position; evaluation follows the policy's own path
+# --------------------------------------------------------------------------------------------------------
+
+
+def test_observation_holds_the_position_in_carried_mode_only(small_dataset):
+    """Carried rewards depend on the previous action, so the observation carries it; per_bar rewards do not,
+    and there it is always 0 (each decision stays a contextual bandit)."""
+    for mode in ("per_bar", "carried"):
+        env = HimariTradingEnv(cfg(position_mode=mode), small_dataset)
+        assert env.observation_space["position"].n == 3
+        obs, _ = env.reset(options={"start_bar": 40})
+        assert obs["position"] == 0
+        seen = []
+        for a in (1, 1, 2, 0, 2):
+            obs, *_ = env.step(a)
+            seen.append(obs["position"])
+            assert env.observation_space.contains(obs)
+        assert seen == ([1, 1, 2, 0, 2] if mode == "carried" else [0] * 5)
+        obs, _ = env.reset(options={"start_bar": 40})
+        assert obs["position"] == 0  # every episode starts flat
+
+
+def test_carried_reward_is_a_function_of_the_observation(small_dataset):
+    """Markov: two visits to bar t with the same observed position earn the same reward for the same action,
+    whatever path led there; with different positions they differ by the trade cost."""
+    c = cfg(position_mode="carried", reward=RewardConfig(family="pnl_cost", params={"trade_cost": 0.05}))
+    env = HimariTradingEnv(c, small_dataset)
+    rewards = {}
+    for path in ([1, 1], [2, 1], [0, 0], [2, 2]):
+        obs, _ = env.reset(options={"start_bar": 40})
+        for a in path:
+            obs, *_ = env.step(a)
+        rewards.setdefault(obs["position"], set()).add(round(env.step(1)[1], 12))
+    assert all(len(v) == 1 for v in rewards.values())
+    assert rewards[1].pop() - rewards[0].pop() == pytest.approx(0.05)
+
+
+def test_greedy_carried_actions_follow_the_policys_path():
+    # Position p prefers action (p + 1) % 3 at even bars and stays put at odd bars.
+    n = 6
+    logits = np.zeros((n, 3, 3))
+    for t in range(n):
+        for p in range(3):
+            logits[t, p, (p + 1) % 3 if t % 2 == 0 else p] = 1.0
+    from himari_ray.env.trading import greedy_carried_actions
+
+    np.testing.assert_array_equal(greedy_carried_actions(logits), [1, 1, 2, 2, 0, 0])
+    with pytest.raises(ValueError, match="shape"):
+        greedy_carried_actions(np.zeros((n, 3)))
+
+
+def test_module_sees_the_position_and_carried_evaluation_matches_the_env(small_dataset):
+    """The RLModule built from the env's observation space embeds the position (its output depends on it), and
+    the batched greedy evaluator's carried actions are exactly those of stepping the env with the argmax."""
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from himari_ray.rl.config import EvalConfig
+    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
+
+    c = cfg(position_mode="carried", episode_len=None)
+    env = HimariTradingEnv(c, small_dataset)
+    torch.manual_seed(0)
+    module = RLModuleSpec(
+        module_class=RegimeTransformerModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config=MODEL_PRESETS["tiny"].to_model_config(),
+    ).build()
+    assert module.position_embedding is not None
+    with torch.no_grad():  # make the position matter a lot, so a wrong path shows
+        module.position_embedding.weight.mul_(20.0)
+    module.eval()
+
+    def act(obs) -> int:
+        batch = {k: torch.as_tensor(np.array(v))[None] for k, v in obs.items()}
+        with torch.no_grad():
+            return int(module.forward_inference({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS].argmax())
+
+    obs, _ = env.reset(options={"start_bar": env.first_bar})
+    stepped, positions = [], []
+    for _ in range(env.episode_len):
+        a = act(obs)
+        positions.append(obs["position"])
+        stepped.append(a)
+        obs, *_ = env.step(a)
+    assert len(set(positions)) > 1
+    flat = {**obs, "position": 0}
+    moved = {**obs, "position": 1 if obs["position"] != 1 else 2}
+    batch = {k: torch.as_tensor(np.asarray([flat[k], moved[k]])) for k in obs}
+    out = module.forward_inference({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
+    assert not torch.allclose(out[0], out[1])
+
+    evaluator = GreedyEvaluator(c, EvalConfig(), split="val", dataset=small_dataset)
+    tradable = env.arrays.tradable[env.first_bar : env.last_bar + 1]
+    np.testing.assert_array_equal(evaluator.actions(module), np.asarray(stepped)[tradable])

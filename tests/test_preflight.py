@@ -177,3 +177,37 @@ def test_search_skips_collapse_prone_suggestions_without_training(tmp_path):
             assert [r["iteration"] for r in reports] == [1, 2] and reports[-1]["env_steps_sampled"] > 0
     assert "skipped" in kinds and "trained" in kinds
     assert "skipped" in proc.stdout.split("status")[-1]  # the final table carries the verdict
+
+
+def test_carried_mode_prices_entries_and_exits_over_the_holding_period():
+    """Issue 8: in carried mode only position changes pay, so a position is priced as held (no cost) plus one
+    entry and one exit spread over `holding_bars`, not as entered from flat on every bar."""
+    returns = np.array([0.0, 0.01, -0.02, 0.01, -0.01, 0.03])
+    ds = tiny_dataset(returns, np.array([0, 0, 0, 3, 3, 3]))
+    reward = RewardConfig(family="pnl_cost", params={"trade_cost": 0.5, "reward_scale": 100.0})
+    carried = EnvConfig(data=LESSON_SPEC, context_len=1, position_mode="carried", reward=reward)
+    for k in (1.0, 4.0, 20.0):
+        low = preflight(ds, carried, PreflightConfig(holding_bars=k))[0]
+        # held: +-|r|*100 (mean 4/3); entry 0.5 + exit 0.5 spread over k bars
+        assert low.hold == 0.0
+        assert low.oracle == pytest.approx(4 / 3 - 1.0 / k) and low.wrong == pytest.approx(-4 / 3 - 1.0 / k)
+        assert low.breakeven_skill == pytest.approx((4 / 3 + 1.0 / k) / (8 / 3))
+    # Entered from flat every bar (per_bar) the same cost is paid once per bar: 0.5 instead of 1/k.
+    per_bar = preflight(ds, carried.model_copy(update={"position_mode": "per_bar"}))[0]
+    assert per_bar.breakeven_skill == pytest.approx((4 / 3 + 0.5) / (8 / 3))
+    # Default horizon: the discount horizon of CARRIED_GAMMA (20 bars).
+    assert preflight(ds, carried)[0].breakeven_skill == pytest.approx((4 / 3 + 1 / 20) / (8 / 3))
+
+
+def test_carried_trials_discount_and_preflight_over_the_same_horizon():
+    from himari_ray.env.trading import CARRIED_GAMMA
+    from himari_ray.rl.config import TrainConfig, TrialConfig
+
+    base = TrialConfig(env=EnvConfig(data=LESSON_SPEC))
+    assert base.with_params({}).train.gamma == 0.0  # per_bar: a contextual bandit
+    carried = base.with_params({"position_mode": "carried"})
+    assert carried.train.gamma == CARRIED_GAMMA == 0.95
+    assert carried.preflight.holding_bars == pytest.approx(20.0)
+    explicit = TrialConfig(env=EnvConfig(data=LESSON_SPEC), train=TrainConfig(gamma=0.9))
+    chosen = explicit.with_params({"position_mode": "carried"})
+    assert chosen.train.gamma == 0.9 and chosen.preflight.holding_bars == pytest.approx(10.0)

@@ -202,3 +202,58 @@ def test_every_seed_session_names_real_parameters():
     for name, (family, params) in SEED_SESSIONS.items():
         RewardConfig(family=family, params=params)  # raises on an unknown or negative parameter
         assert set(params) <= set(REWARD_FAMILIES[family].defaults), name
+
+
+@pytest.mark.parametrize(
+    ("family", "reason"),
+    [
+        ("adaptive", "multiplies every term of adaptive and PPO standardises advantages"),
+        ("variance_normalized", "multiplies every term of variance_normalized"),
+        ("pnl_cost", "scales only the PnL of pnl_cost"),
+    ],
+)
+def test_reward_scale_is_refused_in_search_but_allowed_fixed(tmp_path, family, reason):
+    """Issue 8: every searched name acts. reward_scale times every term leaves PPO's standardised advantages,
+    hence the policy gradient, unchanged; it is refused in `search:` with the reason, and stays a fixed value."""
+    import yaml
+
+    from himari_ray.search.space import bundled_spaces, load_space
+    from himari_ray.types import UserInputError
+
+    raw = yaml.safe_load(bundled_spaces()[family].read_text())
+    raw["fixed"] = {k: v for k, v in (raw.get("fixed") or {}).items() if k != "reward_scale"}
+    raw["search"]["reward_scale"] = {"low": 0.3, "high": 3.0, "log": True}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserInputError, match=f"search.reward_scale: not searchable: it {reason}"):
+        load_space(str(path))
+    del raw["search"]["reward_scale"]
+    raw["fixed"]["reward_scale"] = 2.0
+    path.write_text(yaml.safe_dump(raw))
+    assert load_space(str(path))[0].trial_config().env.reward.resolved_params["reward_scale"] == 2.0
+
+
+def test_reward_scale_on_every_term_leaves_standardised_advantages_unchanged():
+    """Why it cannot act: with gamma 0 an advantage is reward minus baseline; PPO standardises advantages per
+    batch, so a constant factor on every term (and on a critic that learned the scaled reward) cancels."""
+    rng = np.random.default_rng(0)
+    n = 512
+    inp = RewardInputs(
+        position=rng.choice([-1, 0, 1], n).astype(np.int8),
+        is_trade=rng.random(n) < 0.5,
+        next_return=rng.normal(0, 0.01, n),
+        regime=rng.integers(0, 4, n),
+        sigma=np.full(n, 0.01),
+        expected_abs_z=0.8,
+    )
+    baseline = rng.normal(0, 0.1, n)
+
+    def standardised(scale: float) -> np.ndarray:
+        reward = sum(compute_terms("adaptive", inp, {"reward_scale": scale}).values())
+        adv = reward - scale * baseline
+        return (adv - adv.mean()) / adv.std()
+
+    np.testing.assert_allclose(standardised(3.0), standardised(1.0), atol=1e-12)
+    # A PnL-only scale (pnl_cost) does change them: it moves the costs' weight against the PnL.
+    pnl = [sum(compute_terms("pnl_cost", inp, {"reward_scale": s}).values()) for s in (50.0, 200.0)]
+    assert not np.allclose((pnl[0] - pnl[0].mean()) / pnl[0].std(), (pnl[1] - pnl[1].mean()) / pnl[1].std())

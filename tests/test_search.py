@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from himari_ray.env.coordinates import BREAKEVEN_NAMES
 from himari_ray.env.rewards import REWARD_FAMILIES
 from himari_ray.search.sampling import make_searcher
 from himari_ray.search.space import bundled_spaces, load_space
@@ -17,7 +18,9 @@ def test_bundled_spaces_validate(name):
     assert path.name == f"{name}.yaml"
     trial = space.trial_config()
     fam = REWARD_FAMILIES[space.family]
-    assert set(space.search) <= set(fam.defaults) | {"entropy_coeff", "lr", "gamma", "lambda_", "clip_param"}
+    coordinates = set(BREAKEVEN_NAMES) if space.coordinates == "breakeven" else set()
+    allowed = set(fam.defaults) | {"entropy_coeff", "lr", "gamma", "lambda_", "clip_param"} | coordinates
+    assert set(space.search) <= allowed - {"reward_scale"}  # reward_scale cannot act (issue 8)
     assert trial.env.reward.family == space.family
 
 
@@ -33,7 +36,7 @@ def test_adaptive_space_brackets_the_seed_session_18_values():
         "wrong_penalty",
     ):
         assert space.search[key].low < seed[key] < space.search[key].high, key
-    assert "entropy_coeff" in space.search and "reward_scale" in space.search
+    assert "entropy_coeff" in space.search and "reward_scale" not in space.search
 
 
 @pytest.mark.parametrize("family", sorted(REWARD_FAMILIES))
@@ -45,13 +48,20 @@ def test_every_family_has_a_space_around_the_seed_values(family):
         if key in defaults:
             assert rng.low <= defaults[key] <= rng.high, key
             assert not rng.log or rng.low > 0
-    assert {"entropy_coeff", "reward_scale"} <= set(space.search)
+    assert "entropy_coeff" in space.search and "reward_scale" not in space.search
     searched_or_fixed = set(space.search) | set(space.fixed)
     assert set(REWARD_FAMILIES[family].costs) <= searched_or_fixed, "every cost of the family is searched"
 
 
 def write_space(tmp_path, **changes):
+    """The smoke space in the pnl_cost family's native costs (what these schema tests are written against)."""
     raw = yaml.safe_load(bundled_spaces()["smoke"].read_text())
+    raw.pop("coordinates", None)
+    raw.update(family="pnl_cost", fixed={"reward_scale": 100.0})
+    raw["search"] = {
+        "trade_cost": {"low": 0.0005, "high": 0.05, "log": True},
+        "entropy_coeff": {"low": 0.001, "high": 0.05, "log": True},
+    }
     for dotted, value in changes.items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -112,7 +122,7 @@ def suggestions(seed: int, n: int = 14) -> list[dict]:
         tid = f"t{i}"
         cfg = searcher.suggest(tid)
         out.append(cfg)
-        score = abs(cfg["trade_cost"] - 0.05) * 100 + cfg["entropy_coeff"]
+        score = abs(cfg["breakeven_LOW_VOL"] - 0.505) * 1000 + cfg["entropy_coeff"]
         searcher.on_trial_complete(tid, {"band_distance": score, "training_iteration": 1})
     return out
 

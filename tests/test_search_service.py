@@ -241,19 +241,15 @@ def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_to
 def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path, kind):
     """PBT restarts a trial from another trial's checkpoint with mutated values, and Ray has lost such
     mutations before. Every report records what actually acts in the learner (lr, entropy coefficient) and in
-    every env copy (reward scale); before and after each exploit it must equal the trial's config."""
+    every env copy (a reward cost); before and after each exploit it must equal the trial's config."""
     space = tmp_path / "pbt.yaml"
     text = (
         (SPACES / "e2e.yaml").read_text().replace("name: e2e", "name: pbt").replace("iterations: 2,", "iterations: 4,")
     )
-    text = text.replace("fixed: {reward_scale: 100.0}", "fixed: {}")
-    text = text.replace(
-        "search:\n",
-        "search:\n  reward_scale: {low: 10.0, high: 300.0, log: true}\n  lr: {low: 0.0001, high: 0.01, log: true}\n",
-    )
+    text = text.replace("search:\n", "search:\n  lr: {low: 0.0001, high: 0.01, log: true}\n")
     text = text.replace(
         "scheduler: {grace_period: 2}",
-        "scheduler: {kind: KIND, perturbation_interval: 1, synch: true, quantile_fraction: 0.5, mutate: [entropy_coeff, lr, reward_scale]}",
+        "scheduler: {kind: KIND, perturbation_interval: 1, synch: true, quantile_fraction: 0.5, mutate: [entropy_coeff, lr, trade_cost]}",
     )
     text = text.replace("KIND", kind).replace("collapse: {warmup: 2}", "collapse: {warmup: 9}")  # keep all of them
     space.write_text(text)
@@ -265,7 +261,7 @@ def test_pbt_mutations_reach_the_learner_and_the_env_runners(tmp_path, kind):
     for trial_dir in (out / "tune").glob("trial_*"):
         rows = reports(trial_dir)
         for r in rows:
-            for key in ("entropy_coeff", "lr", "reward_scale"):
+            for key in ("entropy_coeff", "lr", "trade_cost"):
                 assert r[f"applied_{key}"] == pytest.approx(r["config"][key], rel=1e-9), (
                     trial_dir.name,
                     key,

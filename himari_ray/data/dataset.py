@@ -25,7 +25,7 @@ from himari_ray import __version__
 from himari_ray.data.denoise import KalmanConfig, denoise_features
 from himari_ray.data.features import FEATURE_NAMES, LONGEST_LOOKBACK, compute_features
 from himari_ray.data.ohlcv import OHLCV_COLUMNS, ImportReport, read_ohlcv
-from himari_ray.data.regime import RegimeDetectorConfig, detect_regimes, regime_shares, warmup_bars
+from himari_ray.data.regime import RegimeDetectorConfig, detect_regimes_real_bars, regime_shares, warmup_bars
 from himari_ray.data.seedpickle import read_seed_pickle
 from himari_ray.data.store import load_dataset_dir
 from himari_ray.data.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
@@ -123,7 +123,9 @@ def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[st
     feats = compute_features(bars[list(OHLCV_COLUMNS)])
     close = bars["close"].to_numpy(np.float64)
     returns = np.r_[0.0, close[1:] / close[:-1] - 1.0]
-    regimes = detect_regimes(returns, settings.detector)
+    real = bars["real"].to_numpy(bool)
+    # The detector counts real bars, as the seed did: flat filled bars would dilute its windows after an outage.
+    regimes = detect_regimes_real_bars(returns, real, settings.detector)
     warmup = max(LONGEST_LOOKBACK, regimes.warmup)
     n = len(bars) - warmup
     if n < MIN_BARS_AFTER_WARMUP:
@@ -131,7 +133,6 @@ def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[st
             f"{source['file']}: {len(bars)} bars; needs at least {warmup + MIN_BARS_AFTER_WARMUP} "
             f"(longest lookback {warmup} + {MIN_BARS_AFTER_WARMUP})"
         )
-    real = bars["real"].to_numpy(bool)
     # A decision at t earns returns[t+1]: only when bar t and bar t+1 are both real bars, one hour apart.
     tradable = real & np.r_[real[1:], False]
     keep = slice(warmup, None)

@@ -3,9 +3,11 @@
 Row t of every output is computed from `returns[:t+1]` only, so labels can be attached to a bar before the
 policy acts on it without leaking the future. Indicators, with r the hourly returns (defaults in brackets):
 
-* vol[t]            std (ddof=1) of the last `vol_window` [24] returns * sqrt(8760) (annualised).
+* vol[t]            population std (ddof=0, as the seed's `np.std`) of the last `vol_window` [24] returns
+                    * sqrt(8760) (annualised).
 * vol_pct[t]        share of the last `pct_window` [168] vol values (including vol[t]) strictly below vol[t].
 * trend_strength[t] over the last `trend_window` [48] returns: |sum r| / (std(r) * sqrt(trend_window))
+                    (std with ddof=0, as the seed: with ddof=1 values just above 0.3 / 0.6 fall below)
                     * consistency, where consistency is the share of those returns with the sign of their sum;
                     capped at 1, and 0 when std(r) is 0.
 * vol_trend[t]      mean vol of the last `vol_trend_recent` [12] bars / mean vol of the older part of the
@@ -26,6 +28,10 @@ Confidence is 0.5 + 0.45 * min(1, margin), where margin is the smallest scaled d
 a threshold it was compared with on the way to its leaf (see `regime_confidence`). Optional hysteresis
 (`min_dwell`) keeps the previous output until a new raw decision has held for `min_dwell` consecutive bars;
 it only looks back, so it stays causal (at the price of a `min_dwell - 1` bar lag on switches).
+
+On an hourly grid with filled bars (exchange outages), `detect_regimes_real_bars` runs the detector over the
+real bars only, as the seed did (its windows skip missing hours): flat filled bars inside the windows would
+read a +6% move after an outage as LOW_VOL. A filled bar carries the label of the last real bar before it.
 
 The first `warmup_bars(cfg)` rows (190 for the defaults, plus any leading NaN returns such as the one from
 `pct_change`) have undefined indicators; they are labelled LOW_VOL with confidence 0.5 and callers drop them.
@@ -135,7 +141,7 @@ def _trailing(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def rolling_vol(returns: np.ndarray, window: int) -> np.ndarray:
-    """Annualised std (ddof=1) of the last `window` returns; NaN for the first window - 1 rows.
+    """Annualised population std (ddof=0) of the last `window` returns; NaN for the first window - 1 rows.
 
     Computed per window (two-pass) rather than with an online update, so each row is exact and depends only on
     its own window.
@@ -143,7 +149,7 @@ def rolling_vol(returns: np.ndarray, window: int) -> np.ndarray:
     r = np.asarray(returns, dtype=np.float64)
     out = np.full(len(r), np.nan)
     if len(r) >= window:
-        out[window - 1 :] = _trailing(r, window).std(axis=1, ddof=1) * np.sqrt(BARS_PER_YEAR)
+        out[window - 1 :] = _trailing(r, window).std(axis=1, ddof=0) * np.sqrt(BARS_PER_YEAR)
     return out
 
 
@@ -169,7 +175,7 @@ def trend_strength(returns: np.ndarray, window: int) -> np.ndarray:
         return out
     w = _trailing(r, window)
     total = w.sum(axis=1)
-    std = w.std(axis=1, ddof=1)
+    std = w.std(axis=1, ddof=0)
     direction = np.sign(total)
     consistency = (np.sign(w) == direction[:, None]).mean(axis=1)
     flat = std < _STD_FLOOR
@@ -364,6 +370,38 @@ def detect_regimes(returns: np.ndarray, cfg: RegimeDetectorConfig | None = None)
         vol_pct=indicators[1],
         trend_strength=indicators[2],
         vol_trend=indicators[3],
+    )
+
+
+def detect_regimes_real_bars(
+    returns: np.ndarray, real: np.ndarray, cfg: RegimeDetectorConfig | None = None
+) -> RegimeResult:
+    """`detect_regimes` over the real bars of an hourly grid; filled bars take no part in any window.
+
+    `returns[t]` is close[t] / close[t-1] - 1 on the grid. A filled bar repeats the previous close, so at a real
+    bar the grid return is already the return since the previous *real* bar: the real bars' returns are
+    `returns[real]`. Every output row of a filled bar is that of the last real bar at or before it (known at
+    bar t, so still causal); `warmup` is the first grid row whose real-bar prefix is past the warm-up.
+    """
+    r = np.asarray(returns, dtype=np.float64)
+    real = np.asarray(real, dtype=bool)
+    if real.shape != r.shape:
+        raise ValueError(f"real must match returns' shape {r.shape}, got {real.shape}")
+    if len(r) and not real[0]:
+        raise ValueError("the first bar of the grid must be a real bar")
+    idx = np.flatnonzero(real)
+    res = detect_regimes(r[idx], cfg)
+    # Grid row -> position of the last real bar at or before it.
+    last_real = np.cumsum(real) - 1
+    warmup = int(idx[res.warmup]) if res.warmup < len(idx) else len(r)
+    return RegimeResult(
+        regime_ids=res.regime_ids[last_real],
+        confidences=res.confidences[last_real],
+        warmup=warmup,
+        vol=res.vol[last_real],
+        vol_pct=res.vol_pct[last_real],
+        trend_strength=res.trend_strength[last_real],
+        vol_trend=res.vol_trend[last_real],
     )
 
 

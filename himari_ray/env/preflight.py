@@ -1,8 +1,11 @@
 """Reward-landscape preflight: which regimes a reward configuration makes HOLD- or trade-dominant,
 computed from the data and the reward formula alone, before any training.
 
-For every decision bar of a split (entering from flat, as in `per_bar` mode) the env's own reward table
-gives the reward of HOLD, of a trade in the right direction (the oracle) and of a trade in the wrong one.
+For every decision bar of a split the env's own reward table gives the reward of HOLD, of a trade in the right
+direction (the oracle) and of a trade in the wrong one. In `per_bar` mode every LONG/SHORT bar pays its cost,
+so a trade is priced as entered from flat. In `carried` mode only position changes pay: a position is priced
+as held (no cost) plus one entry and one exit spread over the bars it is held, `holding_bars` (by default the
+trial's discount horizon 1 / (1 - gamma)); HOLD is priced as staying flat.
 A trade that is right with probability p earns p*oracle + (1-p)*wrong, so the *break-even skill*
 
     p* = (hold - wrong) / (oracle - wrong)
@@ -32,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from himari_ray.env.rewards import decision_sigma
-from himari_ray.env.trading import EnvConfig, reward_table
+from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, carried_horizon, reward_table
 from himari_ray.types import Dataset, Regime
 
 HOLD_DOMINANT = "HOLD-dominant"
@@ -49,6 +52,11 @@ class PreflightConfig(BaseModel):
     skill_low: float = Field(0.5, ge=0.5, le=1.0, description="Skill a policy is sure to have (coin flip).")
     skill_high: float = Field(0.60, ge=0.5, le=1.0, description="Skill no honest policy exceeds on traded bars.")
     enabled: bool = Field(True, description="Skip (do not train) configurations that contradict a target band.")
+    holding_bars: float | None = Field(
+        None,
+        ge=1,
+        description="carried mode: bars a position is held (entry and exit spread over them); None: 1/(1-gamma).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> PreflightConfig:
@@ -99,11 +107,23 @@ def verdict(p_star: float, cfg: PreflightConfig) -> str:
 def preflight(dataset: Dataset, env: EnvConfig, cfg: PreflightConfig = DEFAULT) -> list[RegimePreflight]:
     """Per regime (in Regime order) expected rewards of HOLD / coin flip / oracle trades on `cfg.split`."""
     arrays = dataset.split(cfg.split)
-    table = sum(reward_table(arrays, dataset.train.returns, env).values())[:, 0, :]  # prev = HOLD
+    full = sum(reward_table(arrays, dataset.train.returns, env).values())  # (n, previous action, action)
     nxt = arrays.returns[1:]
     up = nxt >= 0
-    oracle = np.where(up, table[:, 1], table[:, 2])
-    wrong = np.where(up, table[:, 2], table[:, 1])
+    if env.position_mode == "carried":
+        # Held positions pay nothing; one entry (from flat) and one exit (to flat) per holding period.
+        k = cfg.holding_bars or carried_horizon(CARRIED_GAMMA)
+        entry = ((full[:, 0, 1] - full[:, 1, 1]) + (full[:, 0, 2] - full[:, 2, 2])) / 2
+        exit_ = ((full[:, 1, 0] - full[:, 0, 0]) + (full[:, 2, 0] - full[:, 0, 0])) / 2
+        round_trip = (entry + exit_) / k
+        hold = full[:, 0, 0]
+        oracle = np.where(up, full[:, 1, 1], full[:, 2, 2]) + round_trip
+        wrong = np.where(up, full[:, 2, 2], full[:, 1, 1]) + round_trip
+    else:
+        table = full[:, 0, :]  # per_bar: the previous action changes nothing
+        hold = table[:, 0]
+        oracle = np.where(up, table[:, 1], table[:, 2])
+        wrong = np.where(up, table[:, 2], table[:, 1])
     z = np.abs(nxt / decision_sigma(arrays.returns, dataset.train.returns, env.reward)[:-1])
     ok = arrays.tradable[:-1]
     regimes = arrays.regime_ids[:-1]
@@ -114,7 +134,7 @@ def preflight(dataset: Dataset, env: EnvConfig, cfg: PreflightConfig = DEFAULT) 
         if n == 0:
             out.append(RegimePreflight(r.name, 0, *([float("nan")] * 6), CONTESTED))
             continue
-        h, o, w = float(table[m, 0].mean()), float(oracle[m].mean()), float(wrong[m].mean())
+        h, o, w = float(hold[m].mean()), float(oracle[m].mean()), float(wrong[m].mean())
         p = breakeven_skill(h, o, w)
         out.append(RegimePreflight(r.name, n, h, (o + w) / 2, o, w, float(z[m].mean()), p, verdict(p, cfg)))
     return out

@@ -308,6 +308,29 @@ SEED_SESSIONS: dict[str, tuple[str, dict[str, float]]] = {
 }
 
 
+#: Families whose `reward_scale` multiplies every term (the others scale the PnL term only).
+SCALES_EVERY_TERM = ("variance_normalized", "adaptive")
+
+
+def searched_scale_problem(family: str) -> str:
+    """Why `reward_scale` is not a searchable name (issue 8: every searched name must act on the policy).
+
+    PPO (RLlib) standardises advantages per train batch, so multiplying every reward term by one constant
+    leaves the policy gradient unchanged: it only rescales the critic's targets (and so the value loss's
+    weight in the shared encoder and how often `vf_clip_param` bites). Where it scales the PnL alone, only the
+    ratio of each cost to it reaches the policy, and the costs are searched already.
+    """
+    if family in SCALES_EVERY_TERM:
+        return (
+            f"not searchable: it multiplies every term of {family} and PPO standardises advantages per batch, "
+            "so it cannot change the policy (fix it in `fixed:` if the critic's scale matters)"
+        )
+    return (
+        f"not searchable: it scales only the PnL of {family}, so only each cost's ratio to it reaches the "
+        "policy; search the costs and fix reward_scale"
+    )
+
+
 def param_problem(family: str, key: str, value: float) -> str | None:
     """Why `value` is not acceptable for parameter `key` of `family` (None when it is)."""
     if family not in REWARD_FAMILIES:

@@ -26,9 +26,40 @@ class EnvConfig(BaseModel):
         512, ge=1, description="Decisions per episode (random start); None runs the whole split once."
     )
     position_mode: Literal["per_bar", "carried"] = Field(
-        "per_bar", description="per_bar: every LONG/SHORT bar pays the cost; carried: only changes pay."
+        "per_bar",
+        description="per_bar: every LONG/SHORT bar pays the cost; carried: only changes pay, the policy sees its position.",
     )
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward family and parameters.")
+
+
+#: Discount of a `carried` trial whose space leaves gamma at per_bar's 0: an entry's cost is repaid over the bars
+#: the position is held, so a myopic (gamma 0) policy under-values every trade. 0.95 credits about 20 hours
+#: ahead (1 / (1 - gamma)), a day of hourly bars; the preflight prices carried trades over the same horizon.
+CARRIED_GAMMA = 0.95
+
+
+def carried_horizon(gamma: float) -> float:
+    """Bars a carried position is credited over: 1 / (1 - gamma), at least 1."""
+    return round(1.0 / max(1.0 - gamma, 1e-6), 6) if gamma < 1.0 else float("inf")
+
+
+def greedy_carried_actions(logits: np.ndarray) -> np.ndarray:
+    """Greedy actions of a carried-mode policy along its own path.
+
+    `logits[t, p]` are the policy's action logits at decision t when its position (previous action id) is p, for
+    every p; the path starts flat (p = 0, as an episode does) and each argmax becomes the next position. One
+    cheap sequential pass after the batched forward passes, so evaluation stays batched.
+    """
+    logits = np.asarray(logits)
+    if logits.ndim != 3 or logits.shape[1:] != (N_ACTIONS, N_ACTIONS):
+        raise ValueError(f"logits must have shape (n, {N_ACTIONS}, {N_ACTIONS}), got {logits.shape}")
+    best = logits.argmax(axis=2)  # (n, position): the greedy action from each position
+    out = np.empty(len(best), dtype=np.int64)
+    pos = 0
+    for t in range(len(best)):
+        pos = int(best[t, pos])
+        out[t] = pos
+    return out
 
 
 def decision_windows(features: np.ndarray, context_len: int) -> np.ndarray:
@@ -73,8 +104,10 @@ class HimariTradingEnv(gym.Env):
     """Trade one split of a dataset bar by bar: HOLD (flat), LONG or SHORT.
 
     ## Spaces
-    - observation: `Dict(window=Box(-clip, clip, (C, F), float32), regime=Discrete(4))` where `window` holds the
-      train-scaled features of bars t-C+1 .. t and `regime` the regime id at bar t. Nothing after bar t.
+    - observation: `Dict(window=Box(-clip, clip, (C, F), float32), regime=Discrete(4), position=Discrete(3))` where
+      `window` holds the train-scaled features of bars t-C+1 .. t, `regime` the regime id at bar t and `position`
+      the previous action id (0 at an episode's start) in `carried` mode, where the reward depends on it, and
+      always 0 in `per_bar` mode, where it does not (each decision stays a contextual bandit). Nothing after t.
     - action: `Discrete(3)`: 0 HOLD (position 0), 1 LONG (+1), 2 SHORT (-1).
 
     ## Reward
@@ -85,6 +118,8 @@ class HimariTradingEnv(gym.Env):
     |---|---|
     | per_bar | p[t] != 0 (every LONG/SHORT bar is a trade, as in the seed) |
     | carried | p[t] != p[t-1] (only position changes pay; the episode starts flat) |
+    In `carried` mode the state includes the position, so trials discount (`CARRIED_GAMMA` when the space
+    leaves gamma at 0) and the preflight spreads entry and exit costs over the discount horizon.
     All terms are precomputed for the split on construction; `step` only looks them up. Where bar t or t+1
     lies in an exchange outage (`tradable[t]` False) every term is 0: the move across a gap is never earned
     as if it were one hour.
@@ -130,6 +165,7 @@ class HimariTradingEnv(gym.Env):
             {
                 "window": gym.spaces.Box(-clip, clip, shape=(c, ds.n_features), dtype=np.float32),
                 "regime": gym.spaces.Discrete(N_REGIMES),
+                "position": gym.spaces.Discrete(N_ACTIONS),
             }
         )
         self.action_space = gym.spaces.Discrete(N_ACTIONS)
@@ -139,7 +175,8 @@ class HimariTradingEnv(gym.Env):
 
     def _obs(self) -> dict[str, Any]:
         t = self._t
-        return {"window": self._windows[t - self.first_bar], "regime": int(self._regimes[t])}
+        position = self._prev_action if self.config.position_mode == "carried" else 0
+        return {"window": self._windows[t - self.first_bar], "regime": int(self._regimes[t]), "position": position}
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)

@@ -9,12 +9,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from himari_ray.data.dataset import load_dataset
+from himari_ray.env.coordinates import invert_breakeven, split_coordinates
 from himari_ray.env.metrics import DEFAULT_HOLD_BANDS
 from himari_ray.env.preflight import (
     PreflightConfig,
 )
 from himari_ray.env.rewards import RewardConfig
-from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, carried_horizon
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
 from himari_ray.types import REGIME_NAMES
 
@@ -29,7 +31,12 @@ class TrainConfig(BaseModel):
     minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
     num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
     lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
-    gamma: float = Field(0.0, ge=0, le=1, description="Discount; per_bar actions do not move the state, so 0.")
+    gamma: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Discount; per_bar actions do not move the state, so 0 (carried trials left at 0 use CARRIED_GAMMA).",
+    )
     lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
     clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
@@ -131,7 +138,11 @@ class TrialConfig(BaseModel):
 
     def with_params(self, params: Mapping[str, Any]) -> TrialConfig:
         """Overlay searched values: PPO settings go to `train`, environment settings to `env` (and its reward
-        config), everything else to the reward's params. Every value is validated where it lands."""
+        config), everything else to the reward's params. Every value is validated where it lands.
+
+        Break-even coordinates (`breakeven_<REGIME>`, env/coordinates.py) are inverted last, on the split the
+        preflight reads and with every other value already in place, into the family's per-regime costs."""
+        targets, params = split_coordinates(params)
         train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
         env_fields = {k: v for k, v in params.items() if k in ENV_PARAMS and k not in REWARD_FIELDS}
         reward_fields = {k: v for k, v in params.items() if k in REWARD_FIELDS}
@@ -140,9 +151,19 @@ class TrialConfig(BaseModel):
             {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
         )
         env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
-        return self.model_copy(
-            update={"env": env, "train": TrainConfig.model_validate({**self.train.model_dump(), **train})}
-        )
+        train_cfg = TrainConfig.model_validate({**self.train.model_dump(), **train})
+        preflight_cfg = self.preflight
+        if env.position_mode == "carried":
+            # gamma 0 (per_bar's myopia) would never repay an entry over the bars a position is held.
+            if train_cfg.gamma == 0.0:
+                train_cfg = train_cfg.model_copy(update={"gamma": CARRIED_GAMMA})
+            if preflight_cfg.holding_bars is None:
+                preflight_cfg = preflight_cfg.model_copy(update={"holding_bars": carried_horizon(train_cfg.gamma)})
+        if targets:
+            costs = invert_breakeven(load_dataset(env.data), env, targets, preflight_cfg)
+            reward = RewardConfig.model_validate({**reward.model_dump(), "params": {**reward.params, **costs}})
+            env = env.model_copy(update={"reward": reward})
+        return self.model_copy(update={"env": env, "train": train_cfg, "preflight": preflight_cfg})
 
 
 def build_ppo_config(trial: TrialConfig) -> PPOConfig:

@@ -14,7 +14,7 @@ from himari_ray.env.metrics import action_shares, band_distance, trading_metrics
 from himari_ray.env.preflight import (
     RegimePreflight,
 )
-from himari_ray.env.trading import EnvConfig, decision_windows
+from himari_ray.env.trading import EnvConfig, decision_windows, greedy_carried_actions
 from himari_ray.rl.config import EvalConfig
 from himari_ray.types import REGIME_NAMES, Dataset
 
@@ -45,31 +45,45 @@ class GreedyEvaluator:
         arrays = ds.split(split)
         c, n = env.context_len, len(arrays)
         self.cfg = cfg
-        # Bars around exchange outages are skipped: no position is held across a gap.
-        bars = np.flatnonzero(arrays.tradable[c - 1 : n - 1]) + (c - 1)
+        self.carried = env.position_mode == "carried"
+        # Bars around exchange outages are not scored: no position is held across a gap. In carried mode the
+        # policy still decides there (as in the env), since its position carries into the next scored bar.
+        tradable = arrays.tradable[c - 1 : n - 1]
+        bars = np.arange(c - 1, n - 1) if self.carried else np.flatnonzero(tradable) + (c - 1)
+        self.scored = tradable if self.carried else np.ones(len(bars), dtype=bool)
         self.windows = decision_windows(ds.scaler.transform(arrays.features), c)
         self.window_index = bars - (c - 1)
         # Copies: small, and torch wants writable arrays.
-        self.regimes = arrays.regime_ids[bars].copy()
-        self.next_returns = arrays.returns[bars + 1].copy()
+        self.decision_regimes = arrays.regime_ids[bars].copy()
+        self.regimes = self.decision_regimes[self.scored]
+        self.next_returns = arrays.returns[bars + 1][self.scored].copy()
+
+    def _logits(self, module: RLModule, position: int) -> np.ndarray:
+        """(n, 3) action logits at every decision bar with the policy's position set to `position`."""
+        out = []
+        for lo in range(0, len(self.decision_regimes), self.cfg.batch_size):
+            hi = lo + self.cfg.batch_size
+            regimes = torch.from_numpy(self.decision_regimes[lo:hi])
+            obs = {
+                "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]),
+                "regime": regimes,
+                "position": torch.full_like(regimes, position),
+            }
+            out.append(module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS].cpu().numpy())
+        return np.concatenate(out)
 
     def actions(self, module: RLModule) -> np.ndarray:
+        """Greedy actions at the scored bars; in carried mode along the policy's own path of positions."""
         was_training = module.training
         module.eval()
-        out = []
         try:
             with torch.no_grad():
-                for lo in range(0, len(self.regimes), self.cfg.batch_size):
-                    hi = lo + self.cfg.batch_size
-                    obs = {
-                        "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]),
-                        "regime": torch.from_numpy(self.regimes[lo:hi]),
-                    }
-                    logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
-                    out.append(logits.argmax(dim=-1).cpu().numpy())
+                if not self.carried:
+                    return self._logits(module, 0).argmax(axis=-1)
+                logits = np.stack([self._logits(module, p) for p in range(3)], axis=1)
         finally:
             module.train(was_training)
-        return np.concatenate(out)
+        return greedy_carried_actions(logits)[self.scored]
 
     def __call__(self, module: RLModule) -> dict[str, float]:
         """Flat metrics: `<action>_pct_<regime>`, `band_distance`, `val_<trading metric>`, `leak_alarm`,

@@ -44,7 +44,8 @@ class RegimeTransformerModule(TorchRLModule, ValueFunctionAPI):
     """Feature projection F->d plus regime embedding and learned positions -> TransformerEncoder ->
     concat(last token, mean over tokens) -> actor (2d->h->3) and critic (2d->h->1).
 
-    Expects observations `{"window": (B, C, F) float, "regime": (B,) int}`.
+    Expects observations `{"window": (B, C, F) float, "regime": (B,) int}` and, when the observation space has
+    it, `"position": (B,) int` (the previous action in `carried` mode), embedded like the regime.
     """
 
     @override(TorchRLModule)
@@ -57,6 +58,9 @@ class RegimeTransformerModule(TorchRLModule, ValueFunctionAPI):
 
         self.feature_proj = nn.Linear(n_features, d)
         self.regime_embedding = nn.Embedding(n_regimes, d)
+        # Carried mode's reward depends on the position held; the policy must see it (issue 8).
+        position_space = self.observation_space.spaces.get("position")
+        self.position_embedding = nn.Embedding(position_space.n, d) if position_space is not None else None
         self.positional = nn.Parameter(torch.zeros(context_len, d))
         nn.init.normal_(self.positional, std=0.02)
         layer = nn.TransformerEncoderLayer(
@@ -81,6 +85,8 @@ class RegimeTransformerModule(TorchRLModule, ValueFunctionAPI):
         window = obs["window"].float()
         regime = obs["regime"].long().reshape(-1)
         h = self.feature_proj(window) + self.positional + self.regime_embedding(regime)[:, None, :]
+        if self.position_embedding is not None:
+            h = h + self.position_embedding(obs["position"].long().reshape(-1))[:, None, :]
         h = self.encoder(h)
         return torch.cat([h[:, -1], h.mean(dim=1)], dim=-1)
 

@@ -10,8 +10,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from himari_ray.data.dataset import DataSpec, load_dataset
+from himari_ray.env.coordinates import BREAKEVEN_NAMES, BREAKEVEN_PREFIX, COORDINATE_PARAMS, coordinate_problem
 from himari_ray.env.preflight import PreflightConfig
-from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem
+from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem, searched_scale_problem
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
@@ -122,7 +123,7 @@ class SchedulerSettings(BaseModel):
         0.25, gt=0, le=0.5, description="PBT: share of the population that exploits the top (0.5 for tiny ones)."
     )
     mutate: list[str] = Field(
-        default_factory=list, description="PBT: searched parameters it mutates (e.g. entropy_coeff, lr, reward_scale)."
+        default_factory=list, description="PBT: searched parameters it mutates (e.g. entropy_coeff, lr, a cost)."
     )
 
 
@@ -155,6 +156,11 @@ class SearchSpace(BaseModel):
     family: str = Field(description="Reward family (see himari_ray.rewards.REWARD_FAMILIES).")
     fixed: dict[str, float] = Field(default_factory=dict, description="Reward parameters held fixed.")
     search: dict[str, ParamRange] = Field(description="Searched parameters: reward parameters or PPO settings.")
+    coordinates: Literal["native", "breakeven"] = Field(
+        "native",
+        description="breakeven: search breakeven_<REGIME> (the p* each regime's cost implies) instead of the "
+        "family's per-regime costs, inverted at trial time (himari_ray/env/coordinates.py).",
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="Dataset.")
     env: EnvSettings = Field(default_factory=EnvSettings, description="Environment.")
     model: Literal["production", "tiny"] | ModelConfig = Field("tiny", description="Preset name or sizes.")
@@ -182,6 +188,12 @@ class SearchSpace(BaseModel):
             )
         fam = REWARD_FAMILIES[self.family]
         allowed = sorted(fam.defaults) + list(TRAIN_PARAMS) + list(ENV_PARAMS)
+        if self.coordinates == "breakeven":
+            allowed += list(BREAKEVEN_NAMES)
+            _check_breakeven(self)
+        elif any(k.startswith(BREAKEVEN_PREFIX) for k in self.search):
+            key = next(k for k in self.search if k.startswith(BREAKEVEN_PREFIX))
+            raise ValueError(f"search.{key}: break-even coordinates need `coordinates: breakeven`")
         population = self.scheduler.kind in ("pbt", "pb2")
         for key, value in self.fixed.items():
             problem = param_problem(self.family, key, value)
@@ -190,6 +202,8 @@ class SearchSpace(BaseModel):
         for key, rng in self.search.items():
             if key not in allowed:
                 raise ValueError(f"search.{key}: unknown parameter for family {self.family}; expected one of {allowed}")
+            if key == "reward_scale":
+                raise ValueError(f"search.reward_scale: {searched_scale_problem(self.family)}")
             if key in self.fixed:
                 raise ValueError(f"search.{key}: also set in fixed; a parameter is either searched or fixed")
             if rng.low is not None:
@@ -268,6 +282,26 @@ class SearchSpace(BaseModel):
             preflight=self.preflight,
             robust=self.robust,
         )
+
+
+def _check_breakeven(space: SearchSpace) -> None:
+    """`coordinates: breakeven`: a family with per-regime costs, every regime's p* searched inside (0, 1), and
+    the costs the coordinates set neither searched nor fixed."""
+    problem = coordinate_problem(space.family)
+    if problem:
+        raise ValueError(f"coordinates: {problem}")
+    for name in BREAKEVEN_NAMES:
+        rng = space.search.get(name)
+        if rng is None:
+            raise ValueError(f"search.{name}: missing; coordinates: breakeven searches every regime's p*")
+        if rng.choices is not None or rng.integer or not (rng.low > 0.0 and rng.high < 1.0):
+            raise ValueError(
+                f"search.{name}: a break-even skill is a range inside (0, 1), e.g. {{low: 0.51, high: 0.59}}"
+            )
+    for regime, param in COORDINATE_PARAMS[space.family].items():
+        for where in ("search", "fixed"):
+            if param in getattr(space, where):
+                raise ValueError(f"{where}.{param}: set by coordinates: breakeven (from breakeven_{regime})")
 
 
 def bundled_spaces() -> dict[str, Path]:
