@@ -219,8 +219,8 @@ def test_output_into_a_closed_pipe_exits_quietly(tmp_path):
         ("name: a\nname: b\n", ("duplicate key 'name'",)),
         (None, ("not a text (UTF-8) file",)),
         ("REPLACE reward_scale: 100.0|reward_scale: .nan", ("fixed.reward_scale", "finite")),
-        ("REPLACE trade_cost: {low: 0.0005|trade_cost: {low: -.inf", ("search.trade_cost",)),
-        ("REPLACE name: smoke|name: " + "x" * 300, ("name", "at most 64")),
+        ("REPLACE trade_cost: {low: 0.005|trade_cost: {low: -.inf", ("search.trade_cost",)),
+        ("REPLACE name: e2e|name: " + "x" * 300, ("name", "at most 64")),
     ],
 )
 def test_space_files_that_would_mislead_are_refused(capsys, in_tmp, text, needles):
@@ -229,9 +229,9 @@ def test_space_files_that_would_mislead_are_refused(capsys, in_tmp, text, needle
         path.write_bytes(bytes(range(256)) * 4)
     elif text.startswith("REPLACE "):
         old, new = text.removeprefix("REPLACE ").split("|")
-        smoke = bundled_spaces()["smoke"].read_text()
-        assert old in smoke
-        path.write_text(smoke.replace(old, new))
+        base = (REPO / "tests" / "spaces" / "e2e.yaml").read_text()
+        assert old in base
+        path.write_text(base.replace(old, new))
     else:
         path.write_text(text)
     before = sorted(p.name for p in in_tmp.iterdir())
