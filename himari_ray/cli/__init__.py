@@ -12,10 +12,14 @@ import sys
 
 from himari_ray.cli import data, policy, results, search
 from himari_ray.cli.common import Parser
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, shorten
 
 #: Command groups in the order `--help` lists them.
 COMMAND_MODULES = (search, results, data, policy)
+
+
+#: Most characters of an error line.
+ERROR_LIMIT = 500
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One readable line whatever the message quotes (each message caps its own quotes; this is the net).
+        print(f"error: {shorten(str(exc), ERROR_LIMIT)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
