@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import gymnasium as gym
@@ -191,6 +192,23 @@ def test_act_cli_writes_one_row_per_bar_and_refuses_an_existing_out(tmp_path, ba
     assert out.read_bytes() == before
 
 
+def test_act_reads_any_layout_data_import_reads(tmp_path, bars_file, shared):
+    """The same bars as freqtrade's .feather and .json candles: the same actions as from the CSV."""
+    pytest.importorskip("pyarrow")
+    bundle = load_bundle(shared[3])
+    csv = pd.read_csv(bars_file)
+    times = pd.to_datetime(csv.pop("timestamp"), utc=True)
+    feather = tmp_path / "BTC_USDT-1h.feather"
+    csv.assign(date=times)[["date", "open", "high", "low", "close", "volume"]].to_feather(feather)
+    candles = tmp_path / "BTC_USDT-1h.json"
+    ms = times.astype("int64") // 10**6
+    candles.write_text(json.dumps([[int(t), *map(float, r)] for t, r in zip(ms, csv.values, strict=True)]))
+    reference, _ = act_on_bars(bundle, bars_file)
+    for path in (feather, candles):
+        frame, _ = act_on_bars(bundle, path)
+        pd.testing.assert_frame_equal(frame, reference)
+
+
 def test_act_refuses_bars_shorter_than_the_context_and_bars_with_other_columns(tmp_path, bars_file, shared, capsys):
     bundle_dir = shared[3]
     short = tmp_path / "short.csv"
@@ -260,20 +278,28 @@ def test_export_refuses_a_policy_trained_on_features_act_cannot_compute(tmp_path
 def real_search(tmp_path_factory, bars_file) -> tuple[Path, Path]:
     """`data import` of the real bars, then a real one-trial search (2 PPO iterations) on that dataset."""
     root = tmp_path_factory.mktemp("search")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
+    # A private Ray temp dir: a bare ray.init() joins the cluster a `ray start` on this machine last recorded
+    # there (another test's, or a user's); short, because Ray's socket paths must stay under 108 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
     cli = [sys.executable, "-m", "himari_ray"]
     data, out = root / "data", root / "out"
-    proc = subprocess.run([*cli, "data", "import", str(bars_file), "--out", str(data)], capture_output=True, env=env)
-    assert proc.returncode == 0, proc.stderr
     space = REPO / "tests" / "spaces" / "e2e.yaml"
-    proc = subprocess.run(
-        [*cli, "search", str(space), "--trials", "1", "--out", str(out), "--data", str(data)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    try:
+        proc = subprocess.run(
+            [*cli, "data", "import", str(bars_file), "--out", str(data)], capture_output=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        proc = subprocess.run(
+            [*cli, "search", str(space), "--trials", "1", "--out", str(out), "--data", str(data)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     return out, data
 
 

@@ -186,6 +186,18 @@ def test_freqtrade_feather_candles(tmp_path):
     assert report.layout == "feather"
 
 
+def test_feather_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    path = tmp_path / "BTC_USDT-1h.feather"
+    path.write_bytes(b"ARROW1")
+
+    def no_pyarrow(*args, **kwargs):  # what pandas raises when pyarrow is not installed
+        raise ImportError("Missing optional dependency 'pyarrow'.  Use pip or conda to install pyarrow.")
+
+    monkeypatch.setattr(pd, "read_feather", no_pyarrow)
+    with pytest.raises(UserInputError, match=r"reading Feather needs pyarrow \(pip install pyarrow\)$"):
+        read_ohlcv(path)
+
+
 @pytest.mark.parametrize("name", ["BTC_USDT-1h.json", "BTC_USDT-1h.json.gz"])
 def test_freqtrade_json_candles(tmp_path, name):
     path = tmp_path / name
