@@ -57,6 +57,8 @@ def run_act(args: argparse.Namespace) -> int:
 
     if args.out is not None and args.out.exists():
         raise UserInputError(f"{args.out}: already exists; choose a new --out (nothing is overwritten)")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise UserInputError(f"{args.out}: no such directory {args.out.parent}")
     bundle = load_bundle(args.bundle, args.sha256)
     frame, skipped = act_on_bars(bundle, args.bars)
     write_actions(frame, args.out)

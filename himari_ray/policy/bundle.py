@@ -126,6 +126,9 @@ def write_bundle(
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         digest = sha256_file(tmp / MANIFEST_FILE)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from the people it is shipped to
         os.rename(tmp, out)  # atomic on one filesystem: readers see all of it or nothing
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
