@@ -154,3 +154,20 @@ def search_storage_url(out: str | Path, manifest: dict[str, Any]) -> str | None:
 def trial_number(experiment_tag: str) -> int:
     """Tune's per-search trial counter, the prefix of a trial's experiment tag (`<n>_<params>`)."""
     return int(experiment_tag.split("_", 1)[0])
+
+
+#: Most characters of user data one error message quotes: a whole file squeezed into one line helps nobody.
+QUOTE_LIMIT = 80
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` on one line (whitespace runs become one space), cut to `limit` characters with how long it was."""
+    flat = " ".join(str(text).split())
+    if len(flat) <= limit:
+        return flat
+    return f"{flat[: max(limit - 1, 1)]}… ({len(flat)} characters)"
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """`repr(value)` for an error message, cut like `shorten`: user data quoted in a `UserInputError`."""
+    return shorten(repr(value), limit)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -157,3 +160,114 @@ def test_non_hourly_and_too_short_files(tmp_path):
         read_ohlcv(write(tmp_path, bars(), "short.csv"), min_bars=500)
     with pytest.raises(UserInputError, match="no such file"):
         read_ohlcv(tmp_path / "nope.csv")
+
+
+def freqtrade_frame(n: int = 6) -> pd.DataFrame:
+    """freqtrade's own candle DataFrame: `date` as UTC datetimes (ns), then the five OHLCV columns."""
+    return bars(n).rename(columns={"ts": "date"}).assign(date=lambda f: f.date.astype("datetime64[ns, UTC]"))
+
+
+def freqtrade_json_rows(n: int = 6) -> list[list[float]]:
+    """What freqtrade's jsondatahandler writes (`orient="values"`): [ms_timestamp, open, high, low, close, volume]."""
+    f = freqtrade_frame(n)
+    ms = f.date.astype("int64") // 10**6
+    return [
+        [int(t), *map(float, row)]
+        for t, row in zip(ms, f[["open", "high", "low", "close", "volume"]].values, strict=True)
+    ]
+
+
+def test_freqtrade_feather_candles(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "BTC_USDT-1h.feather"
+    freqtrade_frame().to_feather(path)
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)  # ns datetimes read as times, not as a number of unknown unit
+    assert report.layout == "feather"
+
+
+def test_feather_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
+    path = tmp_path / "BTC_USDT-1h.feather"
+    path.write_bytes(b"ARROW1")
+
+    def no_pyarrow(*args, **kwargs):  # what pandas raises when pyarrow is not installed
+        raise ImportError("Missing optional dependency 'pyarrow'.  Use pip or conda to install pyarrow.")
+
+    monkeypatch.setattr(pd, "read_feather", no_pyarrow)
+    with pytest.raises(UserInputError, match=r"reading Feather needs pyarrow \(pip install pyarrow\)$"):
+        read_ohlcv(path)
+
+
+@pytest.mark.parametrize("name", ["BTC_USDT-1h.json", "BTC_USDT-1h.json.gz"])
+def test_freqtrade_json_candles(tmp_path, name):
+    path = tmp_path / name
+    text = json.dumps(freqtrade_json_rows())
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    frame, report = read_ohlcv(path)
+    assert_regular(frame, 6)
+    assert report.layout == "freqtrade-json"
+
+
+def test_freqtrade_json_and_csv_import_to_the_same_dataset(tmp_path):
+    """The real sample as freqtrade JSON and as CSV: one dataset, bar for bar."""
+    from himari_ray.data.dataset import import_ohlcv, sample_path
+
+    csv = pd.read_csv(sample_path(), nrows=700)
+    csv_path = tmp_path / "bars.csv"
+    csv.to_csv(csv_path, index=False)
+    ms = pd.to_datetime(csv.timestamp, utc=True).astype("int64") // 10**6
+    rows = [
+        [int(t), *map(float, r)]
+        for t, r in zip(ms, csv[["open", "high", "low", "close", "volume"]].values, strict=True)
+    ]
+    json_path = tmp_path / "bars.json"
+    json_path.write_text(json.dumps(rows))
+    a, b = import_ohlcv(csv_path), import_ohlcv(json_path)
+    np.testing.assert_array_equal(a.train.features, b.train.features)
+    np.testing.assert_array_equal(a.val.timestamps, b.val.timestamps)
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("[[1614556800000, 1, 2", "not valid JSON"),
+        ('{"a": 1}', "a list of [ms_timestamp, open, high, low, close, volume] rows"),
+        ("[[1614556800000, 1.0, 2.0, 0.5, 1.5]]", "row 0: expected [ms_timestamp"),
+        ('[[1614556800000, 1.0, 2.0, 0.5, "x", 3.0]]', "column close: non-numeric or missing value 'x'"),
+    ],
+)
+def test_bad_freqtrade_json_is_one_line(tmp_path, content, needle):
+    path = tmp_path / "BTC_USDT-1h.json"
+    path.write_text(content)
+    with pytest.raises(UserInputError) as err:
+        read_ohlcv(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and needle in msg and "\n" not in msg
+
+
+def test_long_user_data_in_an_error_is_cut_to_one_readable_line(tmp_path):
+    """A freqtrade JSON saved as .csv was read as one enormous header: the error quoted all of it."""
+    path = tmp_path / "candles.csv"
+    path.write_text(json.dumps(freqtrade_json_rows(200)))
+    with pytest.raises(UserInputError) as err:
+        read_ohlcv(path)
+    msg = str(err.value)
+    assert "missing column(s)" in msg and "characters)" in msg
+    assert len(msg) < len(str(path)) + 200 and "\n" not in msg
+    bad_value = "x" * 5000 + "\nsecond line"
+    path = tmp_path / "bad.csv"
+    bars().rename(columns={"ts": "timestamp"}).assign(close=["1", bad_value, "1", "1", "1", "1"]).to_csv(
+        path, index=False
+    )
+    with pytest.raises(UserInputError) as err:
+        read_ohlcv(path)
+    msg = str(err.value)
+    assert "non-numeric or missing value 'xxx" in msg and len(msg) < len(str(path)) + 200 and "\n" not in msg
+
+
+def test_quote_and_shorten():
+    from himari_ray.types import QUOTE_LIMIT, quote, shorten
+
+    assert quote("abc") == "'abc'" and shorten("a\n  b") == "a b"
+    long = quote("y" * 1000)
+    assert long.startswith("'yyy") and long.endswith("… (1002 characters)") and len(long) < QUOTE_LIMIT + 25

@@ -12,12 +12,12 @@ import errno
 import os
 import sys
 
-from himari_ray.cli import data, results, search
+from himari_ray.cli import data, policy, results, search
 from himari_ray.cli.common import Parser
 from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, results, data)
+COMMAND_MODULES = (search, results, data, policy)
 
 
 def build_parser() -> argparse.ArgumentParser:

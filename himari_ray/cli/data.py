@@ -15,7 +15,10 @@ MIN_SYNTH_BARS = 1000
 def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("data", help="Build and inspect datasets.")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=Parser)
-    imp = dsub.add_parser("import", help="OHLCV CSV/Parquet (freqtrade, Binance, CryptoDataDownload) or seed pickle.")
+    imp = dsub.add_parser(
+        "import",
+        help="OHLCV CSV/Parquet, freqtrade .json/.feather, Binance klines, CryptoDataDownload, or the seed pickle.",
+    )
     imp.add_argument("file", type=Path)
     imp.add_argument("--out", type=new_path("--out"), required=True, help="New dataset directory.")
     imp.add_argument("--train-frac", type=float, default=0.6)

@@ -117,40 +117,59 @@ def _assemble(
     return Dataset(**splits, feature_names=names, scaler=FeatureScaler.fit(splits["train"].features), metadata=meta)
 
 
-def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[str, Any]) -> Dataset:
-    """Features, regimes, warm-up, denoising, splits and train-only scaling from regular hourly bars
-    (columns open, high, low, close, volume, real; see `read_ohlcv`)."""
+def causal_columns(bars: pd.DataFrame, detector: RegimeDetectorConfig) -> tuple[dict[str, np.ndarray], int]:
+    """Per-bar inputs of every bar after the warm-up, each from bars <= t: raw (not yet denoised) float64
+    features, regime ids and confidences, close, returns, times, `tradable` and `real`; and the warm-up length.
+
+    The one computation behind both a dataset (`build_from_bars`) and an exported policy acting on new bars
+    (`himari_ray.policy.act`), so a policy sees at inference exactly what it saw in training.
+    """
     feats = compute_features(bars[list(OHLCV_COLUMNS)])
     close = bars["close"].to_numpy(np.float64)
     returns = np.r_[0.0, close[1:] / close[:-1] - 1.0]
     real = bars["real"].to_numpy(bool)
     # The detector counts real bars, as the seed did: flat filled bars would dilute its windows after an outage.
-    regimes = detect_regimes_real_bars(returns, real, settings.detector)
+    regimes = detect_regimes_real_bars(returns, real, detector)
     warmup = max(LONGEST_LOOKBACK, regimes.warmup)
-    n = len(bars) - warmup
-    if n < MIN_BARS_AFTER_WARMUP:
-        raise UserInputError(
-            f"{source['file']}: {len(bars)} bars; needs at least {warmup + MIN_BARS_AFTER_WARMUP} "
-            f"(longest lookback {warmup} + {MIN_BARS_AFTER_WARMUP})"
-        )
     # A decision at t earns returns[t+1]: only when bar t and bar t+1 are both real bars, one hour apart.
     tradable = real & np.r_[real[1:], False]
     keep = slice(warmup, None)
-    features = feats.to_numpy(np.float64)[keep]
-    n_train = settings.bounds(n)["train"][1]
-    features = denoise_features(features, n_train, settings.denoise)
-    bad = ~np.isfinite(features).all(axis=0)
-    if bad.any():
-        raise UserInputError(f"{source['file']}: feature {FEATURE_NAMES[int(np.argmax(bad))]} is not finite")
     columns = {
-        "features": features.astype(np.float32),
+        "features": feats.to_numpy(np.float64)[keep],
         "regime_ids": regimes.regime_ids[keep].astype(np.int64),
         "regime_confidences": regimes.confidences[keep].astype(np.float32),
         "prices": close[keep],
         "returns": returns[keep],
         "timestamps": bars.index.asi8[keep].astype(np.int64),
         "tradable": tradable[keep],
+        "real": real[keep],
     }
+    return columns, warmup
+
+
+def finite_features(features: np.ndarray, file: str) -> np.ndarray:
+    """float32 features, or a one-line error naming the first feature that is not finite."""
+    bad = ~np.isfinite(features).all(axis=0)
+    if bad.any():
+        raise UserInputError(f"{file}: feature {FEATURE_NAMES[int(np.argmax(bad))]} is not finite")
+    return features.astype(np.float32)
+
+
+def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[str, Any]) -> Dataset:
+    """Features, regimes, warm-up, denoising, splits and train-only scaling from regular hourly bars
+    (columns open, high, low, close, volume, real; see `read_ohlcv`)."""
+    columns, warmup = causal_columns(bars, settings.detector)
+    n = len(bars) - warmup
+    if n < MIN_BARS_AFTER_WARMUP:
+        raise UserInputError(
+            f"{source['file']}: {len(bars)} bars; needs at least {warmup + MIN_BARS_AFTER_WARMUP} "
+            f"(longest lookback {warmup} + {MIN_BARS_AFTER_WARMUP})"
+        )
+    del columns["real"]  # `tradable` carries it into the dataset
+    n_train = settings.bounds(n)["train"][1]
+    columns["features"] = finite_features(
+        denoise_features(columns["features"], n_train, settings.denoise), source["file"]
+    )
     metadata = {"source": source, "settings": settings.model_dump(), "warmup_bars": warmup}
     return _assemble(columns, FEATURE_NAMES, settings.bounds(n), metadata)
 

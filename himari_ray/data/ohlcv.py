@@ -1,7 +1,9 @@
 """OHLCV import: the common exchange-export layouts, validated, on a regular hourly UTC grid.
 
 Layouts recognised from the file itself:
-- freqtrade / generic CSV or Parquet: a header with `date` or `timestamp` and open, high, low, close, volume;
+- freqtrade / generic CSV, Parquet or Feather: a header with `date` or `timestamp` and open, high, low, close,
+  volume (freqtrade's `.feather` candles: `date, open, high, low, close, volume`, dates as UTC datetimes);
+- freqtrade's `.json` (or `.json.gz`) candles: a list of `[ms_timestamp, open, high, low, close, volume]` rows;
 - Binance klines: no header, 12 columns, open time in ms (or µs, as Binance writes since 2025);
 - CryptoDataDownload: a URL line first, then `unix,date,symbol,open,high,low,close,Volume <BASE>,...`,
   newest first.
@@ -17,13 +19,14 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, quote, shorten
 
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -78,17 +81,49 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _first_line(exc: Exception) -> str:
+    return shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _read_columnar(path: Path, kind: str) -> pd.DataFrame:
+    """Parquet or Feather through pyarrow, which pandas needs for both (optional: `pip install pyarrow`)."""
+    reader = pd.read_parquet if kind == "parquet" else pd.read_feather
+    try:
+        frame = reader(path)
+    except ImportError:
+        raise UserInputError(f"{path}: reading {kind.title()} needs pyarrow (pip install pyarrow)") from None
+    except Exception as exc:  # pyarrow raises many types for a damaged file
+        raise UserInputError(f"{path}: cannot read {kind.title()} ({_first_line(exc)})") from None
+    if isinstance(frame.index, pd.DatetimeIndex) and not any(c in frame.columns for c in _TIME_COLUMNS):
+        frame = frame.reset_index(names="date")
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    return frame
+
+
+def _read_freqtrade_json(path: Path) -> pd.DataFrame:
+    """freqtrade's JSON candles (`orient="values"`): `[[ms_timestamp, open, high, low, close, volume], ...]`."""
+    try:
+        rows = json.loads(_read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    expected = "[ms_timestamp, open, high, low, close, volume]"
+    if not isinstance(rows, list) or not rows:
+        raise UserInputError(f"{path}: expected freqtrade's JSON candles, a list of {expected} rows; got {quote(rows)}")
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r, list) or len(r) != len(OHLCV_COLUMNS) + 1), None)
+    if bad is not None:
+        raise UserInputError(f"{path}: row {bad}: expected {expected}, got {quote(rows[bad])}")
+    return pd.DataFrame(rows, columns=["date", *OHLCV_COLUMNS], dtype=object)
+
+
 def _read_raw(path: Path) -> tuple[pd.DataFrame, str]:
     """The file as a frame with lower-case column names, and the layout it was recognised as."""
+    name = path.name.lower()
     if path.suffix.lower() in (".parquet", ".pq"):
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as exc:  # pyarrow raises many types for a damaged file
-            raise UserInputError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from None
-        if isinstance(frame.index, pd.DatetimeIndex) and not any(c in frame.columns for c in _TIME_COLUMNS):
-            frame = frame.reset_index(names="date")
-        frame.columns = [str(c).strip().lower() for c in frame.columns]
-        return frame, "parquet"
+        return _read_columnar(path, "parquet"), "parquet"
+    if path.suffix.lower() in (".feather", ".ftr"):
+        return _read_columnar(path, "feather"), "feather"
+    if name.endswith((".json", ".json.gz")):
+        return _read_freqtrade_json(path), "freqtrade-json"
     text = _read_text(path)
     lines = text.splitlines()
     if not lines:
@@ -122,6 +157,8 @@ def _parse_time(path: Path, frame: pd.DataFrame) -> pd.Series:
     if col is None:
         raise UserInputError(f"{path}: missing timestamp column (one of {', '.join(_TIME_COLUMNS)})")
     raw = frame[col]
+    if pd.api.types.is_datetime64_any_dtype(raw):  # Parquet/Feather datetimes (naive ones are taken as UTC)
+        return pd.to_datetime(raw, utc=True)
     numeric = pd.to_numeric(raw, errors="coerce")
     try:
         if numeric.notna().all():
@@ -134,7 +171,7 @@ def _parse_time(path: Path, frame: pd.DataFrame) -> pd.Series:
     except (ValueError, TypeError, OverflowError):
         bad = raw[pd.to_datetime(raw, utc=True, errors="coerce", format="mixed").isna()]
         example = bad.iloc[0] if len(bad) else raw.iloc[0]
-        raise UserInputError(f"{path}: column {col}: unparsable timestamp {example!r}") from None
+        raise UserInputError(f"{path}: column {col}: unparsable timestamp {quote(example)}") from None
     if ts.isna().any():
         row = int(np.flatnonzero(ts.isna().to_numpy())[0])
         raise UserInputError(f"{path}: column {col}: missing timestamp at row {row}")
@@ -155,7 +192,7 @@ def read_ohlcv(path: str | Path, min_bars: int = 1) -> tuple[pd.DataFrame, Impor
     missing = [c for c in OHLCV_COLUMNS if c not in frame.columns]
     if missing:
         raise UserInputError(
-            f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, frame.columns))})"
+            f"{path}: missing column(s) {', '.join(missing)} (found: {shorten(', '.join(map(str, frame.columns)))})"
         )
     ts = _parse_time(path, frame)
     values = {}
@@ -165,7 +202,7 @@ def read_ohlcv(path: str | Path, min_bars: int = 1) -> tuple[pd.DataFrame, Impor
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise UserInputError(
-                f"{path}: column {col}: non-numeric or missing value {frame[col].iloc[row]!r} at row {row}"
+                f"{path}: column {col}: non-numeric or missing value {quote(frame[col].iloc[row])} at row {row}"
             )
         values[col] = num.to_numpy(dtype=np.float64)
     # pandas 3 infers a resolution per parse (s, ms, us...): fix ns so integer arithmetic on times is uniform.

@@ -1,0 +1,101 @@
+"""`himari-ray act`: an exported policy's action for every bar of a raw OHLCV file.
+
+The bars go through the same functions that built the training dataset (`read_ohlcv`, then
+`causal_columns` for features and regimes, `denoise_features`, the train-split scaler from the bundle), so
+the policy sees at bar t exactly what it would have seen in training: nothing after bar t.
+
+A bar gets an action once the features and regimes have warmed up (`warmup_bars`) and a full context of
+`context_len` bars exists; earlier bars are listed without one. Filled bars (hours missing from the file,
+`real` False) get an action too, computed like every other, but no exchange traded then: act on real bars.
+The denoiser, when the training dataset used it, starts at the first bar after the warm-up, so its first
+~50 outputs depend on where the file starts; give it history enough before the bars you trade.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from himari_ray.data.dataset import causal_columns, finite_features
+from himari_ray.data.denoise import denoise_features
+from himari_ray.data.ohlcv import read_ohlcv
+from himari_ray.env.trading import decision_windows
+from himari_ray.policy.bundle import Bundle
+from himari_ray.types import UserInputError
+
+#: Columns of `act`'s output, in order.
+OUTPUT_COLUMNS = ("timestamp", "close", "real", "regime", "action", "p_hold", "p_long", "p_short")
+
+
+def min_bars(bundle: Bundle) -> int:
+    """Bars a file needs for one action: the warm-up plus a full context."""
+    return bundle.spec.warmup_bars + bundle.spec.context_len
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def act_on_bars(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, int]:
+    """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
+
+    `action` is the greedy (argmax) action; `p_*` the policy's probabilities (softmax of its logits).
+    """
+    spec = bundle.spec
+    path = Path(bars_path)
+    bars, _ = read_ohlcv(path)
+    n_real, need = int(bars["real"].sum()), min_bars(bundle)
+    if n_real < need:
+        raise UserInputError(
+            f"{path}: {n_real} bars; this policy needs at least {need} for one action "
+            f"(warm-up {spec.warmup_bars} + context {spec.context_len})"
+        )
+    columns, warmup = causal_columns(bars, spec.detector)
+    # The denoiser's q and r are multiples of each feature's variance over the rows given; its output depends
+    # on q / r alone (himari_ray.data.denoise), so these rows reproduce the training dataset's filter.
+    raw = denoise_features(columns["features"], len(columns["features"]), spec.denoise)
+    features = finite_features(raw, str(path))
+    c = spec.context_len
+    windows = decision_windows(bundle.scaler.transform(features), c)
+    regimes = columns["regime_ids"][c - 1 :]
+    logits = bundle.logits(windows, regimes)
+    probs = softmax(logits)
+    actions = logits.argmax(axis=-1)
+
+    n = len(bars)
+    skipped = warmup + c - 1  # bars before the first decision bar
+    frame = pd.DataFrame(
+        {
+            "timestamp": bars.index.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "close": bars["close"].to_numpy(),
+            "real": bars["real"].to_numpy(),
+        }
+    )
+    regime_col = np.full(n, "", dtype=object)
+    regime_col[warmup:] = np.asarray(spec.regimes, dtype=object)[columns["regime_ids"]]
+    action_col = np.full(n, "", dtype=object)
+    action_col[skipped:] = np.asarray(spec.actions, dtype=object)[actions]
+    frame["regime"] = regime_col
+    frame["action"] = action_col
+    for i, name in enumerate(("p_hold", "p_long", "p_short")):
+        col = np.full(n, np.nan)
+        col[skipped:] = probs[:, i]
+        frame[name] = col
+    return frame, skipped
+
+
+def write_actions(frame: pd.DataFrame, out: Path | None) -> None:
+    """CSV to `out` (written to a temporary sibling, then renamed: never a half-written file) or stdout."""
+    if out is None:
+        print(frame.to_csv(index=False, float_format="%.10g"), end="")
+        return
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        frame.to_csv(tmp, index=False, float_format="%.10g")
+        tmp.rename(out)
+    finally:
+        tmp.unlink(missing_ok=True)

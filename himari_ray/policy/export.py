@@ -1,0 +1,261 @@
+"""`himari-ray export`: a trial's trained module and its feature pipeline, out of a search, into a bundle.
+
+Which trial: `--trial N`, or by default the best by band distance (the order of `trials_table`) among trials
+that have a checkpoint. Which checkpoint: the trial's latest, member 0 (a robust trial trains one module per
+seed and fold; member 0 is the first seed on the first fold). The module is RLlib's RLModule loaded with
+`RLModule.from_checkpoint` from the user's own search directory; what leaves it is TorchScript (and ONNX),
+never a pickle. The exported module is checked against the RLModule on every validation window before the
+bundle is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray.rllib.core.columns import Columns
+from ray.rllib.core.rl_module.rl_module import RLModule
+from torch import nn
+
+from himari_ray import __version__
+from himari_ray.data.dataset import load_dataset
+from himari_ray.data.features import FEATURE_NAMES, LONGEST_LOOKBACK
+from himari_ray.data.regime import RegimeDetectorConfig, warmup_bars
+from himari_ray.env.trading import decision_windows
+from himari_ray.policy.bundle import (
+    ONNX_FILE,
+    TORCHSCRIPT_FILE,
+    PolicySpec,
+    check_new_bundle_path,
+    write_bundle,
+)
+from himari_ray.report.analysis import trials_table
+from himari_ray.rl.config import TrialConfig
+from himari_ray.types import Dataset, UserInputError, quote
+
+#: Where an RLlib Algorithm checkpoint keeps the module (Ray 2.60, single-agent, one local learner).
+MODULE_IN_CHECKPOINT = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+class PolicyNet(nn.Module):
+    """The RLModule's inference pass as a plain function of tensors, which TorchScript and ONNX can hold."""
+
+    def __init__(self, module: RLModule):
+        super().__init__()
+        self.module = module
+
+    def forward(self, window: torch.Tensor, regime: torch.Tensor) -> torch.Tensor:
+        return self.module.forward_inference({Columns.OBS: {"window": window, "regime": regime}})[
+            Columns.ACTION_DIST_INPUTS
+        ]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Libraries' warnings on the way (RLlib's deprecation notices, the ONNX exporter's) are not the user's
+    business here: a command prints one result or one error line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+@dataclass(frozen=True)
+class TrialCheckpoint:
+    """One trial of a search, located on disk."""
+
+    number: int
+    trial_dir: Path
+    checkpoint: Path
+    iteration: int | None
+    config: TrialConfig
+
+
+def _trial_dirs(search_dir: Path) -> dict[int, Path]:
+    dirs = {}
+    for d in sorted((search_dir / "tune").glob("trial_*")):
+        try:
+            dirs[int(d.name.split("_")[1])] = d  # trial_<n:04d>_<id>, see search.driver.trial_dirname
+        except (IndexError, ValueError):
+            continue
+    return dirs
+
+
+def _latest_checkpoint(trial_dir: Path) -> Path | None:
+    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / "member_0" / MODULE_IN_CHECKPOINT).is_dir())
+    return ckpts[-1] if ckpts else None
+
+
+def _trial_config(trial_dir: Path) -> TrialConfig:
+    path = trial_dir / "params.json"
+    try:
+        config = json.loads(path.read_text())
+        params = {k: v for k, v in config.items() if k != "trial"}
+        return TrialConfig.model_validate(config["trial"]).with_params(params)
+    except FileNotFoundError:
+        raise UserInputError(f"{path}: missing; cannot tell how the trial was configured") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserInputError(f"{path}: not a trial config ({quote(str(exc))})") from None
+
+
+def find_trial(search_dir: Path, trial: int | None) -> TrialCheckpoint:
+    """The trial to export (`trial`, or the best by band distance with a checkpoint) and its latest checkpoint."""
+    search_dir = Path(search_dir)
+    if not (search_dir / "search.json").is_file():
+        raise UserInputError(f"{search_dir}: not a himari-ray search directory (no search.json)")
+    dirs = _trial_dirs(search_dir)
+    if trial is None:
+        table = trials_table(search_dir)
+        if table.empty:
+            raise UserInputError(f"{search_dir}: no trial has reported yet; nothing to export")
+        order = table.sort_values("band_distance", kind="stable")["trial"].tolist()
+        with_ckpt = [int(n) for n in order if int(n) in dirs and _latest_checkpoint(dirs[int(n)]) is not None]
+        if not with_ckpt:
+            raise UserInputError(f"{search_dir}: no trial has a checkpoint (all skipped by the preflight?)")
+        trial = with_ckpt[0]
+    if trial not in dirs:
+        known = ", ".join(map(str, sorted(dirs))) or "none"
+        raise UserInputError(f"--trial {trial}: no such trial in {search_dir} (trials: {quote(known)})")
+    ckpt = _latest_checkpoint(dirs[trial])
+    if ckpt is None:
+        raise UserInputError(
+            f"--trial {trial}: {dirs[trial]} has no checkpoint (skipped by the preflight or stopped before one)"
+        )
+    state = ckpt / "himari_trial_state.json"
+    iteration = json.loads(state.read_text())["iteration"] if state.is_file() else None
+    return TrialCheckpoint(trial, dirs[trial], ckpt, iteration, _trial_config(dirs[trial]))
+
+
+def feedable_from_bars(ds: Dataset, where: str) -> RegimeDetectorConfig:
+    """The detector settings of a dataset built from OHLCV bars; refuses one whose features `act` cannot compute."""
+    settings = ds.metadata.get("settings")
+    if tuple(ds.feature_names) != FEATURE_NAMES or not isinstance(settings, dict) or "detector" not in settings:
+        kind = ds.metadata.get("source", {}).get("kind", "unknown")
+        raise UserInputError(
+            f"{where}: trained on {kind} features, not ones computed from OHLCV bars, so `act` could not feed it; "
+            "train on bars (data source sample, or a dataset from `himari-ray data import`)"
+        )
+    return RegimeDetectorConfig.model_validate(settings["detector"])
+
+
+def _example_inputs(ds: Dataset, context_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every validation window and its regime, as the evaluator sees them (scaled with the train statistics)."""
+    val = ds.val
+    windows = decision_windows(ds.scaler.transform(val.features), context_len)
+    return np.ascontiguousarray(windows), val.regime_ids[context_len - 1 :].astype(np.int64)
+
+
+def module_logits(module: nn.Module, windows: np.ndarray, regimes: np.ndarray, batch: int = 4096) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for lo in range(0, len(regimes), batch):
+            out.append(module(torch.from_numpy(windows[lo : lo + batch]), torch.from_numpy(regimes[lo : lo + batch])))
+    return torch.cat(out).numpy()
+
+
+def to_torchscript(module: RLModule, windows: np.ndarray, regimes: np.ndarray) -> torch.jit.ScriptModule:
+    """Trace the inference pass (eval mode: no dropout) on real windows; the batch size stays free."""
+    module.eval()
+    net = PolicyNet(module).eval()
+    example = (torch.from_numpy(windows[:2]), torch.from_numpy(regimes[:2]))
+    with warnings.catch_warnings(), torch.no_grad():
+        # torch 2.13 marks jit.trace deprecated; TorchScript stays the one format that loads without pickle.
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(net, example, check_trace=False)
+
+
+def write_onnx(module: RLModule, windows: np.ndarray, regimes: np.ndarray, path: Path) -> None:
+    net = PolicyNet(module).eval()
+    batch = torch.export.Dim("batch", min=1)
+    example = (torch.from_numpy(windows[:2]), torch.from_numpy(regimes[:2]))
+    # The exporter narrates every stage on stdout; `act` and `export` keep stdout for their results.
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad(), _quiet():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            example,
+            str(path),
+            dynamo=True,
+            input_names=["window", "regime"],
+            output_names=["logits"],
+            dynamic_shapes={"window": {0: batch}, "regime": {0: batch}},
+            external_data=False,  # one self-contained file: the bundle is small
+        )
+
+
+def export_module(
+    module: RLModule,
+    ds: Dataset,
+    config: TrialConfig,
+    out: Path,
+    provenance: dict[str, Any],
+    space_text: str = "",
+    onnx: bool | None = None,
+) -> tuple[str, int]:
+    """Write a bundle for `module`, trained on `ds` under `config`. Returns the manifest's SHA-256 and the
+    number of validation windows on which the exported module was checked against `module`."""
+    check_new_bundle_path(out)
+    detector = feedable_from_bars(ds, provenance.get("search_dir") or str(out))
+    settings = ds.metadata["settings"]
+    c = config.env.context_len
+    windows, regimes = _example_inputs(ds, c)
+    scripted = to_torchscript(module, windows, regimes)
+    expected = module_logits(PolicyNet(module).eval(), windows, regimes).argmax(-1)
+    got = module_logits(scripted, windows, regimes).argmax(-1)
+    if not np.array_equal(expected, got):  # a tracing bug must never ship
+        raise RuntimeError(f"exported module disagrees with the RLModule on {int((expected != got).sum())} windows")
+    with_onnx = find_spec("onnx") is not None if onnx is None else onnx
+    spec = PolicySpec(
+        created_by=f"himari-ray {__version__}",
+        feature_names=tuple(ds.feature_names),
+        context_len=c,
+        scaler_clip=ds.scaler.clip,
+        detector=detector,
+        denoise=settings["denoise"],
+        warmup_bars=max(LONGEST_LOOKBACK, warmup_bars(detector)),
+        trial_config=config.model_dump(mode="json"),
+        dataset={k: ds.metadata[k] for k in ("source", "splits", "warmup_bars") if k in ds.metadata},
+        files={"torchscript": TORCHSCRIPT_FILE, **({"onnx": ONNX_FILE} if with_onnx else {})},
+        **provenance,
+    )
+
+    def write(d: Path) -> None:
+        scripted.save(str(d / TORCHSCRIPT_FILE))
+        if with_onnx:
+            write_onnx(module, windows, regimes, d / ONNX_FILE)
+
+    return write_bundle(out, spec, ds.scaler, write, space_text), len(regimes)
+
+
+def export_search(search_dir: Path, trial: int | None, out: Path) -> tuple[TrialCheckpoint, str, int]:
+    """`himari-ray export`: the chosen trial's latest checkpoint (member 0) as a bundle at `out`."""
+    search_dir, out = Path(search_dir), Path(out)
+    check_new_bundle_path(out)
+    found = find_trial(search_dir, trial)
+    member = found.config.members()[0]
+    ds = load_dataset(member.env.data)
+    feedable_from_bars(ds, f"trial {found.number}")  # before loading Ray's checkpoint: refuse early
+    with _quiet():  # a deprecation notice from inside RLlib's own loader
+        module = RLModule.from_checkpoint(str(found.checkpoint / "member_0" / MODULE_IN_CHECKPOINT))
+    manifest = json.loads((search_dir / "search.json").read_text())
+    space = search_dir / "space.yaml"
+    provenance = {
+        "trial": found.number,
+        "iteration": found.iteration,
+        "member": 0,
+        "search_dir": str(search_dir.resolve()),
+        "search": manifest,
+    }
+    digest, n = export_module(module, ds, member, out, provenance, space.read_text() if space.is_file() else "")
+    return found, digest, n
