@@ -10,6 +10,7 @@ from typing import Any
 
 from himari_ray.data.dataset import DataSpec
 from himari_ray.search.callbacks import collapse_stopper, report_printer
+from himari_ray.search.resources import check_fits_cluster, trial_bundles, trial_config
 from himari_ray.search.sampling import (
     OBJECTIVE,
     make_searcher,
@@ -45,13 +46,7 @@ def _trainable(space: SearchSpace):
 
     from himari_ray.rl.trainable import train_trial
 
-    members = max(space.robust.folds, 1) * space.robust.seeds  # each member keeps its own env runners
-    runners = space.train.num_env_runners * members
-    bundles = [{"CPU": space.resources.cpus_per_trial, "GPU": space.resources.gpus_per_trial}] + [
-        {"CPU": 1.0}
-        for _ in range(runners)  # one bundle per remote env runner
-    ]
-    return tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles))
+    return tune.with_resources(train_trial, tune.PlacementGroupFactory(trial_bundles(space)))
 
 
 def _start_ray(address: str | None) -> None:
@@ -104,9 +99,11 @@ def run_search(
     if storage_url is not None:  # an external study: refuse before touching it or the disk
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+    trial_cfg = trial_config(space)
+    _start_ray(address)
+    check_fits_cluster(space)  # a trial that can never be placed fails now, not by waiting forever
     out.mkdir(parents=True, exist_ok=True)
     (out / "space.yaml").write_text(space_path.read_text())
-    trial_cfg = space.trial_config()
     iterations = trial_cfg.train.iterations
     # What `analyze` and `--resume` need, from files alone.
     manifest = {
@@ -125,7 +122,6 @@ def run_search(
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
     pbt = space.scheduler.kind in ("pbt", "pb2")
     storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
-    _start_ray(address)
 
     param_space: dict[str, Any] = {"trial": trial_cfg.model_dump(mode="json")}
     if pbt:
@@ -202,6 +198,7 @@ def resume_search(out: Path, address: str | None = None) -> Path:
         raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
     storage = open_storage(manifest["storage"]) if manifest["storage"] else None
     _start_ray(address)
+    check_fits_cluster(space)
     tuner = tune.Tuner.restore(
         str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
     )
