@@ -16,6 +16,7 @@ from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig, HimariTradingEnv
 from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
 from himari_ray.rl.fast_runner import EnvTables, FastEnvRunner, gather_observations
+from himari_ray.rl.trainable import timed_train
 
 SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
 
@@ -133,16 +134,18 @@ def test_gather_matches_the_env_observation(small_dataset):
 
 
 def test_fast_path_trains_a_ppo_iteration(local_ray):
-    """On CPU, a real PPO iteration with the fast runner: samples counted, episodes end, weights move."""
+    """On CPU, a real PPO iteration with the fast runner: samples counted, episodes end, weights move, and
+    the per-report statistics the trainable adds are there."""
     algo = build_ppo_config(trial("carried", env_runner="fast")).build_algo()
     try:
         before = {k: v.clone() for k, v in algo.get_module().state_dict().items()}
-        result = algo.train()
+        result, perf = timed_train(algo)
         runners = result["env_runners"]
         assert runners["num_env_steps_sampled_lifetime"] >= 256
         assert np.isfinite(runners["episode_return_mean"])
-        stats = result["learners"]["default_policy"]
-        assert np.isfinite(stats["policy_loss"]) and stats["entropy"] > 0
+        assert perf["env_steps_per_s"] > 0 and perf["learner_samples_per_s"] > 0 and perf["host_peak_rss_gb"] > 0
+        assert np.isfinite(perf["policy_loss"]) and perf["entropy"] > 0 and perf["kl"] >= 0
+        assert np.isfinite(perf["vf_explained_var"])
         after = algo.get_module().state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before)
     finally:

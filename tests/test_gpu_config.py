@@ -75,3 +75,74 @@ def test_production_search_on_two_cpus_refuses_in_one_line(two_cpu_ray, tmp_path
     # The smoke space (1 CPU, no GPU) fits the same cluster.
     smoke, _ = load_space("smoke")
     check_fits_cluster(smoke)
+
+
+def _module(**overrides):
+    import gymnasium as gym
+    import numpy as np
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
+
+    obs = gym.spaces.Dict({"window": gym.spaces.Box(-10, 10, (12, 5), np.float32), "regime": gym.spaces.Discrete(4)})
+    cfg = {**MODEL_PRESETS["tiny"].to_model_config(), **overrides}
+    spec = RLModuleSpec(
+        module_class=RegimeTransformerModule,
+        observation_space=obs,
+        action_space=gym.spaces.Discrete(3),
+        model_config=cfg,
+    )
+    return spec.build()
+
+
+def _batch(n: int):
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    g = torch.Generator().manual_seed(0)
+    return {
+        Columns.OBS: {"window": torch.randn(n, 12, 5, generator=g), "regime": torch.randint(0, 4, (n,), generator=g)}
+    }
+
+
+def test_sampling_and_loss_see_the_same_function_even_with_dropout():
+    """PPO's ratio is exactly 1 before any update: the loss (train mode) and sampling (eval mode) agree."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    module = _module(dropout=0.5)
+    x = _batch(64)
+    sampled = module.forward_exploration(x)[Columns.ACTION_DIST_INPUTS]
+    out = module.forward_train(x)
+    assert module.training
+    torch.testing.assert_close(out[Columns.ACTION_DIST_INPUTS], sampled, rtol=0, atol=1e-6)
+    assert out[Columns.ACTION_DIST_INPUTS].requires_grad  # still trainable
+
+
+def test_value_targets_run_without_a_graph_in_chunks():
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from himari_ray.rl.model import VALUE_CHUNK
+
+    module = _module()
+    x = _batch(2 * VALUE_CHUNK + 37)
+    targets = module.compute_values(x)  # what RLlib's GAE connector calls, with autograd on
+    assert not targets.requires_grad and targets.shape == (2 * VALUE_CHUNK + 37,)
+    emb = module.forward_train(x)[Columns.EMBEDDINGS]
+    in_loss = module.compute_values(x, embeddings=emb)
+    assert in_loss.requires_grad
+    torch.testing.assert_close(targets, in_loss.detach(), rtol=0, atol=1e-5)
+
+
+def test_bf16_setting_changes_nothing_on_cpu():
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from himari_ray.rl.model import PRECISION_KEY
+
+    fp32, bf16 = _module(), _module(**{PRECISION_KEY: "bf16"})
+    bf16.load_state_dict(fp32.state_dict())
+    x = _batch(8)
+    a, b = fp32.forward_inference(x), bf16.forward_inference(x)
+    torch.testing.assert_close(a[Columns.ACTION_DIST_INPUTS], b[Columns.ACTION_DIST_INPUTS], rtol=0, atol=0)
