@@ -328,7 +328,9 @@ def main() -> None:
         bench_env(env_cfg, 50_000)
     if "module" not in args.skip:
         bench_module(trial, device, reps=20 if prod else 100)
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(
+        address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR"
+    )
     try:
         rates = {}
         if "plain" not in args.skip:

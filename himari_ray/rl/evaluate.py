@@ -57,13 +57,15 @@ class GreedyEvaluator:
         was_training = module.training
         module.eval()
         out = []
+        # The fast runner keeps its module on the trial's GPU share; a parameterless stand-in stays on CPU.
+        device = next(module.parameters(), torch.zeros(0)).device
         try:
             with torch.no_grad():
                 for lo in range(0, len(self.regimes), self.cfg.batch_size):
                     hi = lo + self.cfg.batch_size
                     obs = {
-                        "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]),
-                        "regime": torch.from_numpy(self.regimes[lo:hi]),
+                        "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]).to(device),
+                        "regime": torch.from_numpy(self.regimes[lo:hi]).to(device),
                     }
                     logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
                     out.append(logits.argmax(dim=-1).cpu().numpy())

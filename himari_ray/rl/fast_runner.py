@@ -117,6 +117,10 @@ class FastEnvRunner(SingleAgentEnvRunner):
             self._device = get_device(config, config.num_gpus_per_learner)
             if self.module is not None:
                 self.module.to(self._device)
+            # The plain loop (episode sampling) must hand the module tensors on the same device.
+            self._env_to_module = self.config.build_env_to_module_connector(
+                env=self.env, spaces=self.spaces, device=self._device
+            )
         self._lanes: _Lanes | None = None
         self._tables: EnvTables | None = None
         self._device_obs: ObsArrays | None = None
