@@ -133,6 +133,21 @@ def bench_module(trial, device, reps: int) -> None:
     sync(device)
     rate = (reps // 4) * t.train_batch_size / (time.perf_counter() - t0)
     emit("module_infer_samples_per_s", rate, f"module alone, inference, batch {t.train_batch_size}: {rate:,.0f}/s")
+    if t.precision == "bf16":  # (on CPU autocast is off: the figures are then 0)
+        # What bf16 changes: the same weights and windows through the fp32 and the bf16 forward.
+        with torch.no_grad():
+            low = torch.log_softmax(module.forward_inference(x)[Columns.ACTION_DIST_INPUTS], -1)
+            module._bf16 = False
+            high = torch.log_softmax(module.forward_inference(x)[Columns.ACTION_DIST_INPUTS], -1)
+            module._bf16 = True
+        kl = float((high.exp() * (high - low)).sum(-1).mean())
+        ratio_out = float(((low - high).exp() - 1).abs().gt(0.2).float().mean())  # pi_bf16/pi_fp32, every action
+        emit(
+            "bf16_vs_fp32",
+            {"kl": kl, "max_abs_logp_diff": float((low - high).abs().max()), "share_ratio_outside_clip": ratio_out},
+            f"bf16 vs fp32 forward, same weights: KL {kl:.2e}, max |d logp| {float((low - high).abs().max()):.2e}, "
+            f"share of ratios outside [0.8, 1.2] {ratio_out:.4f}",
+        )
 
 
 def bench_rllib(trial, iterations: int, label: str, device) -> float:
@@ -186,9 +201,11 @@ def reference_ppo(trial, iterations: int, device) -> float:
     end = bar + env.episode_len - 1
     prev = np.zeros(n, dtype=np.int64)
 
-    def encode(bars: torch.Tensor, prevs: torch.Tensor):
+    compiled = torch.compile(module._encode) if t.compile else module._encode
+
+    def encode(bars: torch.Tensor, prevs: torch.Tensor, train: bool = False):
         batch = {Columns.OBS: gather_observations(dev_obs, bars, prevs)}
-        emb = module._encode(batch)
+        emb = (compiled if train else module._encode)(batch)  # as RLlib: only the learner's forward is compiled
         return module._head(module.actor, emb), module._head(module.critic, emb).squeeze(-1)
 
     def iteration() -> None:
@@ -239,7 +256,7 @@ def reference_ppo(trial, iterations: int, device) -> float:
             perm = torch.randperm(total, device=device)
             for i in range(0, total, t.minibatch_size):
                 mb = perm[i : i + t.minibatch_size]
-                logits, v = encode(bars_t[mb], prevs_t[mb])
+                logits, v = encode(bars_t[mb], prevs_t[mb], train=True)
                 dist = torch.distributions.Categorical(logits=logits)
                 ratio = torch.exp(dist.log_prob(acts[mb]) - old_lp[mb])
                 surr = torch.min(adv[mb] * ratio, adv[mb] * ratio.clamp(1 - t.clip_param, 1 + t.clip_param))
@@ -282,6 +299,7 @@ def main() -> None:
     p.add_argument("--envs", type=int, default=None, help="Env copies per runner. Default: 16 (tiny), 64 (production).")
     p.add_argument("--plain-envs", type=int, default=4, help="Env copies for the plain runner (its default).")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the learner's forward (RLlib and reference).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU).")
     p.add_argument("--skip", nargs="*", default=[], choices=["env", "module", "plain", "fast", "reference"])
     p.add_argument("--json", help="Also write the figures to this JSON file.")
@@ -307,6 +325,7 @@ def main() -> None:
         num_envs_per_env_runner=args.envs or (64 if prod else 16),
         num_gpus_per_learner=1.0 if device.type == "cuda" else 0.0,
         precision=args.precision,
+        compile=args.compile,
     )
     trial = TrialConfig(env=env_cfg, model=MODEL_PRESETS[args.preset], train=train)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
@@ -318,10 +337,17 @@ def main() -> None:
     )
     emit(
         "settings",
-        {"preset": args.preset, **train.model_dump(), "context_len": env_cfg.context_len, "data": args.data},
+        {
+            "preset": args.preset,
+            **train.model_dump(exclude={"iterations", "checkpoint_every"}),
+            "bench_iterations": args.iterations,
+            "context_len": env_cfg.context_len,
+            "data": args.data,
+        },
         f"settings: {args.preset} preset, data {args.data}, context_len {env_cfg.context_len}, batch "
         f"{train.train_batch_size}, minibatch {train.minibatch_size}, epochs {train.num_epochs}, envs "
-        f"{train.num_envs_per_env_runner} (plain: {args.plain_envs}), {args.precision}, device {device}, "
+        f"{train.num_envs_per_env_runner} (plain: {args.plain_envs}), {args.precision}"
+        f"{' + torch.compile' if args.compile else ''}, device {device}, "
         f"iterations {args.iterations} (+1 warm-up), torch threads {args.threads}",
     )
     if "env" not in args.skip:

@@ -64,7 +64,8 @@ def gather_observations(arrays: ObsArrays, bars: Any, prev_actions: Any) -> dict
         if isinstance(bars, torch.Tensor)
         else np.arange(arrays.context_len)
     )
-    return {"window": arrays.features[(bars - arrays.first_bar)[:, None] + steps], "regime": arrays.regimes[bars]}
+    # Keys in the order of the env's Dict space (sorted), as RLlib's own runner batches them.
+    return {"regime": arrays.regimes[bars], "window": arrays.features[(bars - arrays.first_bar)[:, None] + steps]}
 
 
 @dataclass(frozen=True)
