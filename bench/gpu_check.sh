@@ -57,12 +57,12 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.
 EOF
 
 stage "production benchmark, fp32: env, module, RLlib plain vs fast runner, pure-torch reference"
-limited 110 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
-  --threads 4 --json "$out/bench_fp32.json"
+limited 100 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
+  --threads "$(nproc)" --json "$out/bench_fp32.json"
 
 stage "production benchmark, bf16 autocast + torch.compile: module (bf16 vs fp32), fast runner, reference"
-limited 90 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
-  --threads 4 --precision bf16 --compile --skip env plain --json "$out/bench_bf16_compile.json"
+limited 120 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
+  --threads "$(nproc)" --precision bf16 --compile --skip env plain --json "$out/bench_bf16_compile.json"
 
 stage "4-trial production search sharing the GPU (pnl_cost, 3 iterations, preflight off)"
 space=$work/gpu_check.yaml
@@ -72,7 +72,7 @@ echo "preflight: {enabled: false}" >> "$space"
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -l 1 \
   > "$out/nvidia_smi.csv" 2>/dev/null &
 smi=$!
-limited 130 python3 -m himari_ray search "$space" --trials 4 --out "$work/search" | tail -25
+limited 120 python3 -m himari_ray search "$space" --trials 4 --out "$work/search" | tail -25
 kill "$smi" 2>/dev/null
 
 stage "search figures"
