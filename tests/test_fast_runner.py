@@ -133,7 +133,17 @@ def test_gather_matches_the_env_observation(small_dataset):
         assert obs["regime"][i] == tobs["regime"][i] == want["regime"]
 
 
-def test_fast_path_trains_a_ppo_iteration(local_ray):
+@pytest.fixture(scope="module")
+def own_ray():
+    """A new local Ray (address="local": never join a cluster another process left on this machine)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_fast_path_trains_a_ppo_iteration(own_ray):
     """On CPU, a real PPO iteration with the fast runner: samples counted, episodes end, weights move, and
     the per-report statistics the trainable adds are there."""
     algo = build_ppo_config(trial("carried", env_runner="fast")).build_algo()

@@ -191,6 +191,10 @@ class FastEnvRunner(SingleAgentEnvRunner):
         dist_cls = (
             self.module.get_exploration_action_dist_cls() if explore else self.module.get_inference_action_dist_cls()
         )
+        # What RLlib's forward_exploration/_inference do, minus switching every module to eval and back on
+        # each call (28% of the tiny preset's sampling time): eval once, then the same no-grad forward.
+        self.module.eval()
+        forward = self.module._forward_exploration if explore else self.module._forward_inference
         for s in range(n_steps):
             bars[s], prevs[s] = lanes.bar, lanes.prev
             obs = gather_observations(
@@ -198,8 +202,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
                 torch.as_tensor(lanes.bar, device=self._device),
                 torch.as_tensor(lanes.prev, device=self._device),
             )
-            forward = self.module.forward_exploration if explore else self.module.forward_inference
-            out = forward({Columns.OBS: obs})
+            with torch.no_grad():
+                out = forward({Columns.OBS: obs})
             logits = out[Columns.ACTION_DIST_INPUTS]
             dist = dist_cls.from_logits(logits)
             act = self._pick_actions(dist, explore)
