@@ -25,7 +25,7 @@ def trial(position_mode: str = "per_bar", **train) -> TrialConfig:
     env = EnvConfig(
         data=SPEC,
         context_len=16,
-        episode_len=40,
+        episode_len=24,
         position_mode=position_mode,
         # A cost that depends on the previous action in carried mode: rewards then test the carried state.
         reward=RewardConfig(family="pnl_cost", params={"trade_cost": 0.05}),
@@ -79,7 +79,7 @@ def test_fast_runner_matches_plain_runner(position_mode):
     fast = ReplayRunner(config=cfg)
     fast.module.set_state(plain.module.get_state())
     try:
-        plain_chunks = [e for _ in range(3) for e in plain.sample(num_timesteps=150, explore=True)]
+        plain_chunks = [e for _ in range(2) for e in plain.sample(num_timesteps=100, explore=True)]
         # Every action the plain runner took, keyed by (episode start, decision bar): infos carry the bars.
         replay, starts = {}, {}
         for c in sorted(plain_chunks, key=lambda c: c.t_started):
@@ -89,7 +89,7 @@ def test_fast_runner_matches_plain_runner(position_mode):
             for info, a in zip(infos[1:], c.get_actions(), strict=True):
                 replay[(starts[c.id_], int(info["bar"]))] = int(a)
         fast.replay = replay
-        fast_chunks = [e for _ in range(3) for e in fast.sample(num_timesteps=150, explore=True)]
+        fast_chunks = [e for _ in range(2) for e in fast.sample(num_timesteps=100, explore=True)]
     finally:
         plain.stop()
         fast.stop()
@@ -97,10 +97,10 @@ def test_fast_runner_matches_plain_runner(position_mode):
     env = HimariTradingEnv(cfg.env_config)
     got = by_episode(fast_chunks, lambda c: int(np.flatnonzero(windows_equal(env, c))[0]) + env.first_bar)
     complete = [s for s in ref if ref[s]["done"][-1] and s in got and got[s]["done"][-1]]
-    assert len(complete) >= 8, (sorted(ref), sorted(got))  # 4 copies x 450 steps / 40 per episode, minus resets
+    assert len(complete) >= 8, (sorted(ref), sorted(got))  # 4 copies x 200 steps / 24 per episode, minus resets
     for s in complete:
         r, g = ref[s], got[s]
-        assert len(r["actions"]) == len(g["actions"]) == 40, s  # boundaries: same length, truncated, not terminated
+        assert len(r["actions"]) == len(g["actions"]) == 24, s  # boundaries: same length, truncated, not terminated
         assert g["truncated"] and r["truncated"] and not g["terminated"] and not r["terminated"]
         np.testing.assert_array_equal(g["actions"], r["actions"])
         np.testing.assert_array_equal(g["window"], r["window"])
