@@ -150,34 +150,39 @@ def bench_module(trial, device, reps: int) -> None:
         )
 
 
-def bench_rllib(trial, iterations: int, label: str, device) -> float:
-    from himari_ray.rl.config import build_ppo_config
-    from himari_ray.rl.trainable import timed_train
+class RllibRun:
+    """RLlib PPO built from the trial; `step()` is one timed `algo.train()` (sampling and learning)."""
 
-    algo = build_ppo_config(trial).build_algo()
-    try:
-        first, _ = timed_train(algo)  # warm-up: the first iteration pays for lazy initialisation
-        steps0 = first["env_runners"]["num_env_steps_sampled_lifetime"]
-        reset_gpu_peak(device)
+    def __init__(self, trial, label: str):
+        from himari_ray.rl.config import build_ppo_config
+
+        self.label, self.trial = label, trial
+        self.algo = build_ppo_config(trial).build_algo()
+        self.step()  # warm-up: the first iteration pays for lazy initialisation (and compilation)
+
+    def step(self) -> tuple[int, float]:
+        from himari_ray.rl.trainable import timed_train
+
         t0 = time.perf_counter()
-        for _ in range(iterations):
-            result, perf = timed_train(algo)
+        result, self.perf = timed_train(self.algo)
         wall = time.perf_counter() - t0
-        rate = (result["env_runners"]["num_env_steps_sampled_lifetime"] - steps0) / wall
-        emit(
-            f"rllib_{label}_env_steps_per_s",
-            rate,
-            f"RLlib PPO, {label} runner, {trial.train.num_envs_per_env_runner} envs: {rate:,.0f} env steps/s "
+        total = int(result["env_runners"]["num_env_steps_sampled_lifetime"])
+        steps, self._total = total - getattr(self, "_total", 0), total
+        return steps, wall
+
+    def describe(self, rate: float, wall: float, iterations: int, gpu_gb: float) -> str:
+        perf = self.perf
+        return (
+            f"RLlib PPO, {self.label} runner, {self.trial.train.num_envs_per_env_runner} envs: {rate:,.0f} env steps/s "
             f"({wall / iterations:.2f} s/iteration; sampling {perf['sample_s']:.2f} s, learning {perf['learn_s']:.2f} s; "
-            f"learner {perf['learner_samples_per_s']:,.0f} samples/s; peak GPU {gpu_peak_gb(device):.2f} GB, "
-            f"host RSS {peak_rss_gb():.2f} GB; KL {perf['kl']:.4f})",
+            f"learner {perf['learner_samples_per_s']:,.0f} samples/s; peak GPU {gpu_gb:.2f} GB; KL {perf['kl']:.4f})"
         )
-        return rate
-    finally:
-        algo.stop()
+
+    def close(self) -> None:
+        self.algo.stop()
 
 
-def reference_ppo(trial, iterations: int, device) -> float:
+def reference_ppo(trial, device):
     """Pure-torch PPO, the practical limit: N lanes stepped in lockstep over the env's tables with one batched
     forward per step (actor and critic from one encoding), GAE(gamma, lambda) with bootstrap at truncation,
     then `num_epochs` passes of shuffled minibatches of RLlib's PPO loss: clipped surrogate, KL penalty
@@ -268,21 +273,27 @@ def reference_ppo(trial, iterations: int, device) -> float:
                 opt.step()
 
     iteration()  # warm-up
-    reset_gpu_peak(device)
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iterations):
-        iteration()
-    sync(device)
-    wall = time.perf_counter() - t0
-    rate = steps * n * iterations / wall
-    emit(
-        "reference_env_steps_per_s",
-        rate,
-        f"pure-torch PPO reference, {n} lanes: {rate:,.0f} env steps/s ({wall / iterations:.2f} s/iteration; "
-        f"peak GPU {gpu_peak_gb(device):.2f} GB)",
-    )
-    return rate
+
+    class ReferenceRun:
+        label = "reference"
+
+        def step(self) -> tuple[int, float]:
+            sync(device)
+            t0 = time.perf_counter()
+            iteration()
+            sync(device)
+            return steps * n, time.perf_counter() - t0
+
+        def describe(self, rate: float, wall: float, iterations: int, gpu_gb: float) -> str:
+            return (
+                f"pure-torch PPO reference, {n} lanes: {rate:,.0f} env steps/s ({wall / iterations:.2f} s/iteration; "
+                f"peak GPU {gpu_gb:.2f} GB)"
+            )
+
+        def close(self) -> None:
+            pass
+
+    return ReferenceRun()
 
 
 def main() -> None:
@@ -358,14 +369,30 @@ def main() -> None:
         address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="ERROR"
     )
     try:
-        rates = {}
+        runs = {}
         if "plain" not in args.skip:
             plain = train.model_copy(update={"env_runner": "plain", "num_envs_per_env_runner": args.plain_envs})
-            rates["plain"] = bench_rllib(trial.model_copy(update={"train": plain}), args.iterations, "plain", device)
+            runs["plain"] = RllibRun(trial.model_copy(update={"train": plain}), "plain")
         if "fast" not in args.skip:
-            rates["fast"] = bench_rllib(trial, args.iterations, "fast", device)
+            runs["fast"] = RllibRun(trial, "fast")
         if "reference" not in args.skip:
-            rates["reference"] = reference_ppo(trial, args.iterations, device)
+            runs["reference"] = reference_ppo(trial, device)
+        # Interleaved iteration by iteration: on a shared machine every run sees the same contention.
+        totals = {k: [0, 0.0, 0.0] for k in runs}  # steps, seconds, peak GPU GB
+        for _ in range(args.iterations):
+            for name, run in runs.items():
+                reset_gpu_peak(device)
+                steps, seconds = run.step()
+                totals[name][0] += steps
+                totals[name][1] += seconds
+                totals[name][2] = max(totals[name][2], gpu_peak_gb(device)) if device.type == "cuda" else float("nan")
+        rates = {}
+        for name, run in runs.items():
+            steps, seconds, gpu_gb = totals[name]
+            rates[name] = steps / seconds
+            emit(f"{name}_env_steps_per_s", rates[name], run.describe(rates[name], seconds, args.iterations, gpu_gb))
+            RESULTS[f"{name}_peak_gpu_gb"] = gpu_gb
+            run.close()
         if "fast" in rates and "reference" in rates:
             ratio = rates["fast"] / rates["reference"]
             emit("ratio_fast_to_reference", ratio, f"RLlib fast path / pure-torch reference: {ratio:.2f}x")
