@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,7 @@ from himari_ray.env.trading import EnvConfig, HimariTradingEnv
 from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
 from himari_ray.rl.fast_runner import EnvTables, FastEnvRunner, gather_observations
 from himari_ray.rl.trainable import timed_train
+from himari_ray.types import N_ACTIONS
 
 SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
 
@@ -59,8 +61,8 @@ def by_episode(chunks: list, start_bar_of) -> dict[int, dict[str, np.ndarray]]:
         start = start_bar_of(parts[0])
         assert start not in out, "two episodes start at the same bar: pick another seed"
         out[start] = {
-            "window": np.concatenate([o["window"][:-1] for o in obs] + [obs[-1]["window"][-1:]]),
-            "regime": np.concatenate([o["regime"][:-1] for o in obs] + [obs[-1]["regime"][-1:]]),
+            # Every observation key (a chunk's last observation is the next chunk's first).
+            **{f"obs_{k}": np.concatenate([o[k][:-1] for o in obs] + [obs[-1][k][-1:]]) for k in obs[0]},
             "actions": np.concatenate([p.get_actions() for p in parts]),
             "rewards": np.concatenate([p.get_rewards() for p in parts]),
             "logp": np.concatenate([p.get_extra_model_outputs(Columns.ACTION_LOGP) for p in parts]),
@@ -72,9 +74,27 @@ def by_episode(chunks: list, start_bar_of) -> dict[int, dict[str, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize("position_mode", ["per_bar", "carried"])
-def test_fast_runner_matches_plain_runner(position_mode):
-    cfg = build_ppo_config(trial(position_mode))
+class PositionEnv(HimariTradingEnv):
+    """The env with the `position` observation key announced for carried mode (Discrete(3), the previous
+    action id; always 0 in per_bar): the fast runner must gather it the same way once the env has it."""
+
+    def __init__(self, config=None, dataset=None):
+        super().__init__(config, dataset)
+        self.observation_space = gym.spaces.Dict(
+            {**self.observation_space.spaces, "position": gym.spaces.Discrete(N_ACTIONS)}
+        )
+
+    def _obs(self):
+        carried = self.config.position_mode == "carried"
+        return {**super()._obs(), "position": self._prev_action if carried else 0}
+
+
+@pytest.mark.parametrize(
+    ("position_mode", "env_cls"),
+    [("per_bar", HimariTradingEnv), ("carried", HimariTradingEnv), ("carried", PositionEnv), ("per_bar", PositionEnv)],
+)
+def test_fast_runner_matches_plain_runner(position_mode, env_cls):
+    cfg = build_ppo_config(trial(position_mode)).environment(env_cls)
     plain = SingleAgentEnvRunner(config=cfg)
     fast = ReplayRunner(config=cfg)
     fast.module.set_state(plain.module.get_state())
@@ -103,8 +123,11 @@ def test_fast_runner_matches_plain_runner(position_mode):
         assert len(r["actions"]) == len(g["actions"]) == 24, s  # boundaries: same length, truncated, not terminated
         assert g["truncated"] and r["truncated"] and not g["terminated"] and not r["terminated"]
         np.testing.assert_array_equal(g["actions"], r["actions"])
-        np.testing.assert_array_equal(g["window"], r["window"])
-        np.testing.assert_array_equal(g["regime"], r["regime"])
+        obs_keys = sorted(k for k in r if k.startswith("obs_"))
+        assert obs_keys == sorted(k for k in g if k.startswith("obs_")) and "obs_window" in obs_keys
+        assert ("obs_position" in obs_keys) == (env_cls is PositionEnv)
+        for k in obs_keys:
+            np.testing.assert_array_equal(g[k], r[k], err_msg=k)
         np.testing.assert_array_equal(g["rewards"], r["rewards"])
         np.testing.assert_allclose(g["dist_inputs"], r["dist_inputs"], atol=1e-6)
         np.testing.assert_allclose(g["logp"], r["logp"], atol=1e-6)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ class ObsArrays:
     regimes: Any  # (n_bars,) int64, indexed by bar
     first_bar: int
     context_len: int
+    position: Literal["none", "per_bar", "carried"] = "none"  # whether (and how) obs carry a "position" key
 
     def to(self, device: torch.device) -> ObsArrays:
         return ObsArrays(
@@ -51,21 +52,24 @@ class ObsArrays:
             torch.as_tensor(self.regimes, device=device),
             self.first_bar,
             self.context_len,
+            self.position,
         )
 
 
 def gather_observations(arrays: ObsArrays, bars: Any, prev_actions: Any) -> dict[str, Any]:
     """THE observation function of the fast path: the env's `_obs()` for many (bar, previous action) pairs
-    at once, on numpy arrays or torch tensors alike. `prev_actions` is unused while the env's observation
-    has no previous-position key; when it gets one, it is added here (and to `ObsArrays` if it needs a table).
-    """
-    steps = (
-        torch.arange(arrays.context_len, device=bars.device)
-        if isinstance(bars, torch.Tensor)
-        else np.arange(arrays.context_len)
-    )
+    at once, on numpy arrays or torch tensors alike. Where the env's observation has a `position` key (the
+    previous action id in `carried` mode, always 0 in `per_bar`), it comes from `prev_actions`."""
+    torch_in = isinstance(bars, torch.Tensor)
+    steps = torch.arange(arrays.context_len, device=bars.device) if torch_in else np.arange(arrays.context_len)
+    out = {}
+    if arrays.position != "none":
+        prev = prev_actions if arrays.position == "carried" else prev_actions * 0
+        out["position"] = prev.long() if torch_in else prev.astype(np.int64)
     # Keys in the order of the env's Dict space (sorted), as RLlib's own runner batches them.
-    return {"regime": arrays.regimes[bars], "window": arrays.features[(bars - arrays.first_bar)[:, None] + steps]}
+    out["regime"] = arrays.regimes[bars]
+    out["window"] = arrays.features[(bars - arrays.first_bar)[:, None] + steps]
+    return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,7 @@ class EnvTables:
             np.array(env._regimes, dtype=np.int64),  # a writable copy: torch refuses read-only arrays
             env.first_bar,
             env.config.context_len,
+            env.config.position_mode if "position" in env.observation_space.spaces else "none",
         )
         return cls(obs=obs, reward=np.asarray(env._reward))
 
