@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from himari_ray.data.dataset import load_dataset
 from himari_ray.env.coordinates import invert_breakeven, split_coordinates
@@ -17,7 +18,8 @@ from himari_ray.env.preflight import (
 )
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, carried_horizon
-from himari_ray.rl.model import MODEL_PRESETS, ModelConfig, RegimeTransformerModule
+from himari_ray.rl.fast_runner import FastEnvRunner
+from himari_ray.rl.model import MODEL_PRESETS, PRECISION_KEY, ModelConfig, RegimeTransformerModule
 from himari_ray.types import REGIME_NAMES
 
 
@@ -44,7 +46,23 @@ class TrainConfig(BaseModel):
     num_envs_per_env_runner: int = Field(
         4, ge=1, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
     )
-    num_gpus_per_learner: float = Field(0.0, ge=0, description="GPU share of the (local) learner.")
+    num_gpus_per_learner: float = Field(
+        0.0, ge=0, description="GPU share of the (local) learner; a search sets it to resources.gpus_per_trial."
+    )
+    num_gpus_per_env_runner: float = Field(
+        0.0, ge=0, description="GPU share of each remote env runner (the local runner uses the learner's GPU)."
+    )
+    env_runner: Literal["fast", "plain"] = Field(
+        "fast",
+        description="fast: all env copies step in lockstep, one batched forward per step (rl/fast_runner.py); "
+        "plain: RLlib's SingleAgentEnvRunner.",
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast the module's forward passes to bfloat16 on CUDA (no effect on CPU)."
+    )
+    compile: bool = Field(
+        False, description="torch.compile the learner's forward_train (inductor): faster updates after a warm-up."
+    )
     seed: int = Field(0, ge=0, description="Seed of RLlib, torch and the env copies.")
     checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the last).")
 
@@ -167,21 +185,26 @@ class TrialConfig(BaseModel):
 
 
 def build_ppo_config(trial: TrialConfig) -> PPOConfig:
-    """The single place where himari-ray's typed configs become RLlib settings."""
+    """The single place where himari-ray's typed configs become RLlib settings. The trial's GPU share
+    (`num_gpus_per_learner`) is where its learner trains; remote env runners get their own share."""
     t = trial.train
+    runner_cls = FastEnvRunner if t.env_runner == "fast" else SingleAgentEnvRunner
     return (
         PPOConfig()
         .environment(HimariTradingEnv, env_config=trial.env.model_dump(mode="json"))
-        .framework("torch")
+        .framework("torch", torch_compile_learner=t.compile)
         .env_runners(
             num_env_runners=t.num_env_runners,
             num_envs_per_env_runner=t.num_envs_per_env_runner,
             rollout_fragment_length="auto",
+            env_runner_cls=runner_cls,
+            num_gpus_per_env_runner=t.num_gpus_per_env_runner,
         )
         .learners(num_learners=0, num_gpus_per_learner=t.num_gpus_per_learner)
         .rl_module(
             rl_module_spec=RLModuleSpec(
-                module_class=RegimeTransformerModule, model_config=trial.model.to_model_config()
+                module_class=RegimeTransformerModule,
+                model_config={**trial.model.to_model_config(), PRECISION_KEY: t.precision},
             )
         )
         .training(

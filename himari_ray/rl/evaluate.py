@@ -61,11 +61,13 @@ class GreedyEvaluator:
     def _logits(self, module: RLModule, position: int) -> np.ndarray:
         """(n, 3) action logits at every decision bar with the policy's position set to `position`."""
         out = []
+        # The fast runner keeps its module on the trial's GPU share; a parameterless stand-in stays on CPU.
+        device = next(module.parameters(), torch.zeros(0)).device
         for lo in range(0, len(self.decision_regimes), self.cfg.batch_size):
             hi = lo + self.cfg.batch_size
-            regimes = torch.from_numpy(self.decision_regimes[lo:hi])
+            regimes = torch.from_numpy(self.decision_regimes[lo:hi]).to(device)
             obs = {
-                "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]),
+                "window": torch.from_numpy(self.windows[self.window_index[lo:hi]]).to(device),
                 "regime": regimes,
                 "position": torch.full_like(regimes, position),
             }

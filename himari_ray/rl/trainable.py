@@ -5,7 +5,9 @@ reported and checkpointed; what each hyperparameter is where it acts.
 from __future__ import annotations
 
 import json
+import resource
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,33 @@ def applied_values(algo: Any) -> dict[str, float]:
     return out
 
 
+def timed_train(algo: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """One `algo.train()` and its per-report throughput, memory and PPO statistics (issue 11). Env steps/s
+    counts sampling and learning together; RLlib's sampling/learning timers are smoothed over iterations."""
+    steps0 = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+    t0 = time.perf_counter()
+    result = algo.train()
+    wall_s = time.perf_counter() - t0
+    steps = result[ENV_RUNNER_RESULTS][NUM_ENV_STEPS_SAMPLED_LIFETIME] - steps0
+    timers = result.get("timers", {})
+    learner = result.get("learners", {}).get(DEFAULT_MODULE_ID, {})
+    learn_s = float(timers.get("learner_update_timer", float("nan")))
+    trained = float(learner.get("num_module_steps_trained", float("nan")))
+    return result, {
+        "env_steps_per_s": steps / wall_s,
+        "learner_samples_per_s": trained / learn_s if learn_s > 0 else float("nan"),
+        "sample_s": float(timers.get("env_runner_sampling_timer", float("nan"))),
+        "learn_s": learn_s,
+        # The learner trains in this process: its CUDA peak is this process's (NaN without a GPU).
+        "gpu_peak_mem_gb": torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_initialized() else float("nan"),
+        "host_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # Linux reports KiB
+        "policy_loss": float(learner.get("policy_loss", float("nan"))),
+        "entropy": float(learner.get("entropy", float("nan"))),
+        "kl": float(learner.get("mean_kl_loss", float("nan"))),
+        "vf_explained_var": float(learner.get("vf_explained_var", float("nan"))),
+    }
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
 
@@ -94,8 +123,9 @@ def train_trial(config: dict[str, Any]) -> None:
         for it in range(start + 1, trial.train.iterations + 1):
             reports = []
             for algo, evaluator in zip(algos, evaluators, strict=True):
-                result = algo.train()
+                result, perf = timed_train(algo)
                 metrics = evaluator(algo.get_module())
+                metrics.update(perf)
                 runner = result[ENV_RUNNER_RESULTS]
                 # Absent until the first episode ends (long episodes, small batches).
                 metrics["episode_return_mean"] = float(runner.get(EPISODE_RETURN_MEAN, float("nan")))

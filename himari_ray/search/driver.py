@@ -14,6 +14,7 @@ from himari_ray.data.dataset import DataSpec
 from himari_ray.search.callbacks import collapse_stopper, report_printer
 from himari_ray.search.integrity import DirectorySigner, signing_callback, verify_directory
 from himari_ray.search.interrupt import GracefulInterrupt
+from himari_ray.search.resources import check_fits_cluster, trial_bundles, trial_config
 from himari_ray.search.sampling import (
     OBJECTIVE,
     make_searcher,
@@ -57,13 +58,7 @@ def _trainable(space: SearchSpace):
 
     from himari_ray.rl.trainable import train_trial
 
-    members = max(space.robust.folds, 1) * space.robust.seeds  # each member keeps its own env runners
-    runners = space.train.num_env_runners * members
-    bundles = [{"CPU": space.resources.cpus_per_trial, "GPU": space.resources.gpus_per_trial}] + [
-        {"CPU": 1.0}
-        for _ in range(runners)  # one bundle per remote env runner
-    ]
-    return tune.with_resources(train_trial, tune.PlacementGroupFactory(bundles))
+    return tune.with_resources(train_trial, tune.PlacementGroupFactory(trial_bundles(space)))
 
 
 def _start_ray(address: str | None) -> None:
@@ -123,10 +118,12 @@ def run_search(
     if storage_url is not None:  # an external study: refuse before touching it or the disk
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
-    check_buildable(space, space_path)  # last: it takes seconds
+    check_buildable(space, space_path)  # it takes seconds: after the cheap checks
+    trial_cfg = trial_config(space)
+    _start_ray(address)
+    check_fits_cluster(space)  # a trial that can never be placed fails now, not by waiting forever
     out.mkdir(parents=True, exist_ok=True)
     (out / "space.yaml").write_text(space_path.read_text())
-    trial_cfg = space.trial_config()
     iterations = trial_cfg.train.iterations
     # What `analyze` and `--resume` need, from files alone.
     manifest = {
@@ -149,7 +146,6 @@ def run_search(
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
     pbt = space.scheduler.kind in ("pbt", "pb2")
     storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
-    _start_ray(address)
 
     param_space: dict[str, Any] = {"trial": trial_cfg.model_dump(mode="json")}
     if pbt:
@@ -301,6 +297,7 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     if url:
         bind_resumed_searcher(url, owner)
     _start_ray(address)
+    check_fits_cluster(space)
     tuner = tune.Tuner.restore(
         str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
     )
