@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from himari_ray.types import UserInputError
@@ -82,5 +83,50 @@ def print_results(out: Path, fmt: str = "table", write_pareto: bool = False) -> 
 
 
 def print_table(out: Path, write_pareto: bool = False) -> int:
-    """The table a finished search prints; `analyze DIR` prints the same."""
-    return print_results(out, "table", write_pareto)
+    """What a finished search prints: the results as `analyze DIR` prints them, then where they are and
+    the commands that read them."""
+    from himari_ray.cli import build_parser
+    from himari_ray.report import load_search
+    from himari_ray.report.text import render
+
+    results = load_search(out)
+    print(render(results, "table"))
+    if write_pareto and not results.pareto.empty:
+        results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
+    best = int(results.best["trial"].iloc[0]) if not results.best.empty else None
+    storage = results.manifest.get("storage")
+    print("\n" + next_steps(out, command_names(build_parser()), best, storage))
+    return 0
+
+
+#: What to do after a search, in order: command, what it gives. Only commands this CLI has are printed.
+NEXT_STEPS = (
+    ("analyze", "{out}", "this table again; --format csv|json|markdown for programs and notes"),
+    ("report", "{out}", "one HTML file with figures ({out}/report.html)"),
+    ("confirm", "{out}", "score the chosen trial on the untouched test split"),
+    ("export", "{out} --trial {best} --out bundle", "the trained policy as a bundle that `act` runs on new bars"),
+)
+
+
+def command_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The subcommands a parser knows."""
+    return {
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    }
+
+
+def next_steps(out: Path, available: set[str], best: int | None = None, storage: str | None = None) -> str:
+    """Where a finished search's results are and the commands that read them."""
+    commands = []
+    for name, args, what in NEXT_STEPS:
+        if name in available:
+            arguments = args.format(out=out, best=best if best is not None else "N")
+            commands.append((f"himari-ray {name} {arguments}", what.format(out=out)))
+    if storage:  # never print a storage password
+        url = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", storage)
+        commands.append((f"optuna-dashboard {url}", "the Optuna study in a browser (pip install optuna-dashboard)"))
+    commands.append((f"tensorboard --logdir {out}/tune", "Tune's per-trial curves (pip install tensorboard)"))
+    width = max(len(c) for c, _ in commands)
+    lines = [f"results: {out} (space.yaml, search.json, study.db, tune/ with one directory per trial)", "next:"]
+    lines += [f"  {c:<{width}}  # {w}" for c, w in commands]
+    return "\n".join(lines)

@@ -80,6 +80,8 @@ def trials_frame(search: SearchRun) -> pd.DataFrame:
     ]  # a running trial without a report yet has nothing to rank
     table["_group"] = group
     table = table.sort_values(["_group", OBJECTIVE, "trial"], na_position="last").drop(columns="_group")
+    table[ITERATION] = table[ITERATION].astype("Int64")  # whole numbers; <NA> for a trial without a report
+    table["iterations"] = table["iterations"].astype("Int64")
     table["pareto"] = table["trial"].isin(pareto_front(table)["trial"])
     if table[BAND_DISTANCE_WORST].isna().all():  # a robust search's worst member; absent otherwise
         table = table.drop(columns=[BAND_DISTANCE_WORST, VAL_SHARPE_WORST])
@@ -118,7 +120,7 @@ def curves(search: SearchRun) -> pd.DataFrame:
         for report in run.reports:
             if value(report, PREFLIGHT_SKIPPED):
                 continue
-            row = {"trial": run.number, ITERATION: number(report, TRAINING_ITERATION)}
+            row = {"trial": run.number, ITERATION: int(number(report, TRAINING_ITERATION))}
             row.update({m: number(report, m) for m in CURVE_METRICS})
             row[TIME_TOTAL_S] = number(report, TIME_TOTAL_S)
             rows.append(row)

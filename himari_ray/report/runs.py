@@ -37,11 +37,11 @@ FINISHED, STOPPED, COLLAPSED, SKIPPED, CRASHED, RUNNING = (
 )
 STATUS_HELP = {
     FINISHED: "trained every iteration",
-    STOPPED: "stopped early by ASHA (a laggard at a rung)",
-    COLLAPSED: "stopped by the collapse stopper (overall HOLD% left its bounds)",
+    STOPPED: "cut short by ASHA as a laggard",
+    COLLAPSED: "cut short by the collapse stopper: overall HOLD% left its bounds",
     SKIPPED: "ruled out by the preflight, never trained",
-    CRASHED: "raised an error (see error.txt in its directory)",
-    RUNNING: "still training (or pending) when the files were read",
+    CRASHED: "raised an error, see error.txt in its directory",
+    RUNNING: "training or waiting when the files were read",
 }
 
 

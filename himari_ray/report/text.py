@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from himari_ray.report.results import SearchResults
-from himari_ray.report.runs import STATUS_HELP
+from himari_ray.report.runs import SKIPPED, STATUS_HELP
 from himari_ray.schema import (
     BAND_DISTANCE,
     BAND_DISTANCE_WORST,
@@ -44,7 +44,10 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
     drawdown in percent, a column only when something in it is worth reading."""
     t = results.trials
     out = pd.DataFrame({"trial": t["trial"], "status": t["status"]})
-    out["best it"] = [f"{_num(b, 0)}/{_num(n, 0)}" for b, n in zip(t[ITERATION], t["iterations"], strict=True)]
+    out["best it"] = [
+        "-" if s == SKIPPED or pd.isna(b) else f"{b}/{n}"
+        for s, b, n in zip(t["status"], t[ITERATION], t["iterations"], strict=True)
+    ]
     for name in results.manifest["searched"]:
         out[name] = [v if isinstance(v, str) else f"{v:.4g}" if not math.isnan(v) else "-" for v in t[name]]
     for regime in REGIME_NAMES:
@@ -98,7 +101,7 @@ def summary_lines(results: SearchResults) -> list[str]:
     m = results.manifest
     lines.append(
         f"{len(results.trials)} of {m.get('trials', '?')} trials: "
-        + ", ".join(f"{n} {s} ({STATUS_HELP[s]})" for s, n in counts.items())
+        + "; ".join(f"{n} {s} ({STATUS_HELP[s]})" for s, n in counts.items())
     )
     lines.extend(f"unreadable: {p}" for p in results.problems)
     return lines

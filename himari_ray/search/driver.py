@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from himari_ray import __version__
 from himari_ray.data.dataset import DataSpec
+from himari_ray.schema import TRAINING_ITERATION
 from himari_ray.search.callbacks import collapse_stopper, report_printer
 from himari_ray.search.sampling import (
     OBJECTIVE,
@@ -91,7 +94,7 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    from himari_ray.search.study import check_compatible, fail_running, open_storage
+    from himari_ray.search.study import check_compatible, command_line, describe_study, fail_running, open_storage
 
     check_out_dir(out)
     out = out.resolve()
@@ -121,6 +124,8 @@ def run_search(
         "robust": space.robust.model_dump(),
         "storage": url if space.scheduler.kind == "asha" else None,
         "data": space.data.model_dump(),
+        "targets": {k: list(v) for k, v in space.targets.items()},
+        "version": __version__,
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
     pbt = space.scheduler.kind in ("pbt", "pb2")
@@ -132,7 +137,7 @@ def run_search(
         param_space.update(tune_distributions(space))
         search_alg = tune.search.BasicVariantGenerator(random_state=seed)
         common = {
-            "time_attr": "training_iteration",
+            "time_attr": TRAINING_ITERATION,
             "metric": OBJECTIVE,
             "mode": "min",
             "perturbation_interval": space.scheduler.perturbation_interval,
@@ -150,10 +155,22 @@ def run_search(
             )
     else:
         search_alg = make_searcher(space, seed, storage, owner=str(out))
+        metric, _ = objective_spec(space)
+        describe_study(
+            storage,
+            space.name,
+            metric if isinstance(metric, list) else [metric],
+            {
+                "command": command_line(sys.argv),
+                "space_file": str(Path(space_path).resolve()),
+                "himari_ray_version": __version__,
+                "out": str(out),
+            },
+        )
         scheduler = ASHAScheduler(
             metric=OBJECTIVE,
             mode="min",
-            time_attr="training_iteration",
+            time_attr=TRAINING_ITERATION,
             max_t=iterations,
             grace_period=min(space.scheduler.grace_period, iterations),
             reduction_factor=space.scheduler.reduction_factor,
@@ -171,7 +188,7 @@ def run_search(
             name="tune",
             storage_path=str(out),
             stop=collapse_stopper(space.collapse),
-            callbacks=[report_printer()],
+            callbacks=[report_printer(total_trials=trials, iterations=iterations)],
             verbose=0,
             # PBT restores trials from other trials' older checkpoints: keep them all there.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
