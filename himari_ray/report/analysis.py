@@ -79,7 +79,10 @@ def trials_frame(search: SearchRun) -> pd.DataFrame:
         _GROUP.get(s, 0 if ok else 2) for s, ok in zip(table["status"], has_metrics, strict=True)
     ]  # a running trial without a report yet has nothing to rank
     table["_group"] = group
-    table = table.sort_values(["_group", OBJECTIVE, "trial"], na_position="last").drop(columns="_group")
+    # Sharpe again after the objective: its tie-break is clipped, so two losing policies can tie on it
+    table["_neg_sharpe"] = -table[VAL_SHARPE]
+    order = ["_group", OBJECTIVE, "_neg_sharpe", "trial"]
+    table = table.sort_values(order, na_position="last").drop(columns=["_group", "_neg_sharpe"])
     table[ITERATION] = table[ITERATION].astype("Int64")  # whole numbers; <NA> for a trial without a report
     table["iterations"] = table["iterations"].astype("Int64")
     table["pareto"] = table["trial"].isin(pareto_front(table)["trial"])
@@ -110,7 +113,7 @@ def best_trials(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
     if table.empty:
         return table
     trained = table[(table["status"] != SKIPPED) & table[OBJECTIVE].notna()]
-    return trained.sort_values([OBJECTIVE, "trial"]).head(n)
+    return trained.head(n)  # the table is ranked already
 
 
 def curves(search: SearchRun) -> pd.DataFrame:

@@ -65,9 +65,14 @@ def hold_vs_bands(results: SearchResults) -> bytes:
     for j, (_, row) in enumerate(best.iterrows()):
         xs = np.arange(len(REGIME_NAMES)) - 0.4 + width * (j + 0.5)
         ys = [row[hold_pct(r)] for r in REGIME_NAMES]
-        ax.bar(xs, ys, width=width * 0.92, color=colors[j], alpha=0.9, zorder=2, label=_label(row))
+        bars = ax.bar(xs, ys, width=width * 0.92, color=colors[j], alpha=0.9, zorder=2, label=_label(row))
+        ax.bar_label(bars, labels=[f"{y:.0f}" if not math.isnan(y) else "" for y in ys], fontsize=7, padding=1)
+    for i, regime in enumerate(REGIME_NAMES):
+        if best.empty or best[hold_pct(regime)].isna().all():
+            ax.text(i, 50, "no validation\nbars in this\nregime", ha="center", va="center", fontsize=8, color="0.4")
     ax.set_xticks(range(len(REGIME_NAMES)), ticks)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, 108)  # room for a label over a 100% bar
+    ax.set_yticks(range(0, 101, 20))
     ax.set_ylabel("HOLD share of validation decisions (%)")
     ax.set_title(f"HOLD share per regime: the {len(best)} best trials (best report) vs the target bands")
     ax.legend(
@@ -147,6 +152,10 @@ def learning_curves(results: SearchResults) -> bytes:
         c = curves[curves["trial"] == trial].sort_values(ITERATION)
         ax1.plot(c[ITERATION], c[BAND_DISTANCE], "o-", color=color, ms=3, label=f"trial {int(trial)}")
         ax2.plot(c[ITERATION], c[VAL_SHARPE], "o-", color=color, ms=3, label=f"trial {int(trial)}")
+        at = c[c[ITERATION] == best.loc[best["trial"] == trial, ITERATION].iloc[0]]  # its best report
+        ax1.plot(at[ITERATION], at[BAND_DISTANCE], "*", color=color, ms=12, mec="k")
+        ax2.plot(at[ITERATION], at[VAL_SHARPE], "*", color=color, ms=12, mec="k")
+    ax1.plot([], [], "*", color="gray", ms=12, mec="k", label="best report")
     ax1.set_title("Band distance per iteration (best trials)")
     ax1.set_ylabel("band distance (pp; lower is better)")
     ax2.set_title("Validation Sharpe per iteration (best trials)")

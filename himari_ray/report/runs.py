@@ -147,8 +147,8 @@ def trial_status(run: TrialRun, manifest: dict[str, Any], tune_status: str | Non
         return FINISHED
     if run.error or tune_status == "ERROR":
         return CRASHED
-    if tune_status in ("RUNNING", "PENDING", "PAUSED") and not search_over:
-        return RUNNING
+    if not search_over and tune_status in (None, "RUNNING", "PENDING", "PAUSED"):
+        return RUNNING  # Tune's state lags a few seconds: a trial it does not list yet has just started
     if last is None:
         return RUNNING if not search_over else CRASHED
     c = manifest["collapse"]

@@ -77,7 +77,9 @@ def _start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": a new instance of our own. Without an address Ray joins the last cluster anyone on this
+        # machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
 def run_search(
