@@ -173,7 +173,7 @@ def test_a_fully_corrupt_search_is_one_line_exit_2(real_search, tmp_path, capsys
         result.write_text("{not json\n{}\n")
     code = main(["analyze", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "result.json: line 1" in err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "result.json: lines 1, 2 are not JSON reports" in err
 
 
 def test_not_a_search_and_an_empty_search_are_one_line_exit_2(tmp_path, capsys):

@@ -55,8 +55,8 @@ class TrialRun:
     reports: list[dict[str, Any]]
     status: str = RUNNING
     error: str = ""
-    #: A report line that could not be read (the line number), when one was corrupt.
-    corrupt_line: int | None = None
+    #: Numbers of the lines of `result.json` that are not reports (skipped; the others stand).
+    corrupt_lines: list[int] = field(default_factory=list)
 
     @property
     def last(self) -> dict[str, Any] | None:
@@ -102,22 +102,25 @@ def load_manifest(out: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_reports(path: Path) -> tuple[list[dict[str, Any]], int | None, bool]:
-    """The reports of one `result.json` up to its first unreadable line, that line's number (None if every
-    line reads) and whether it is the last line (a report being written while a trial runs, not corruption)."""
+def read_reports(path: Path) -> tuple[list[dict[str, Any]], list[int], bool]:
+    """The readable reports of one `result.json`, the numbers of its unreadable lines (not JSON, or not a
+    Tune report), and whether the last line is one of them (a report being written while a trial runs)."""
     lines = path.read_text(errors="replace").splitlines()
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     reports: list[dict[str, Any]] = []
+    bad: list[int] = []
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             raw = json.loads(line)
-            if not isinstance(raw, dict):
-                raise ValueError("not an object")
+            if not isinstance(raw, dict) or TRAINING_ITERATION not in raw:
+                raise ValueError("not a report")
         except ValueError:
-            return reports, i + 1, not any(rest.strip() for rest in lines[i + 1 :])
+            bad.append(i + 1)
+            continue
         reports.append(read_report(raw))
-    return reports, None, False
+    return reports, bad, bool(bad) and bad[-1] == last + 1
 
 
 def tune_statuses(tune_dir: Path) -> tuple[dict[str, str], bool]:
@@ -183,21 +186,24 @@ def load_search_run(out: Path) -> SearchRun:
         result, trailing = trial_dir / "result.json", False
         if result.is_file():
             try:
-                run.reports, run.corrupt_line, trailing = read_reports(result)
+                run.reports, run.corrupt_lines, trailing = read_reports(result)
             except OSError as exc:
                 problems.append(f"{result}: unreadable ({exc.strerror})")
-            if trailing and statuses.get(run.trial_id) in ("RUNNING", "PENDING") and not state_over:
-                run.corrupt_line = None  # the report being written as we read; the earlier ones stand
+            if trailing and statuses.get(run.trial_id, "RUNNING") in ("RUNNING", "PENDING") and not state_over:
+                run.corrupt_lines.pop()  # the report being written as we read, not corruption
         if (trial_dir / "error.txt").is_file():
             run.error = _first_error_line(trial_dir / "error.txt")
         trials.append(run)
     finished = state_over and len(trials) >= int(manifest.get("trials", 0))
     for run in trials:
         run.status = trial_status(run, manifest, statuses.get(run.trial_id), finished)
-        if run.corrupt_line is not None:
+        if run.corrupt_lines:
+            n = len(run.corrupt_lines)
+            where = ("line " if n == 1 else "lines ") + ", ".join(map(str, run.corrupt_lines))
             problems.append(
-                f"{run.path / 'result.json'}: line {run.corrupt_line} is not a JSON report; "
-                f"trial {run.number} shows the {len(run.reports)} report(s) before it"
+                f"{run.path / 'result.json'}: {where} {'is not a JSON report' if n == 1 else 'are not JSON reports'}"
+                f" (skipped); "
+                f"trial {run.number} shows its {len(run.reports)} other report(s)"
             )
     return SearchRun(out=out, manifest=manifest, trials=trials, problems=problems, finished=finished)
 
