@@ -226,3 +226,17 @@ def test_the_study_names_its_metric_and_says_how_it_was_made_and_what_each_trial
             assert Path(ua["checkpoint"]).is_dir() and Path(ua["checkpoint"]).parent == trial_dir
             # every report is an intermediate value, the last one too (COMPLETE trials included)
             assert t.intermediate_values == pytest.approx({r["training_iteration"]: r["objective"] for r in reports})
+
+
+@pytest.mark.slow
+def test_a_crashed_trial_is_shown_as_crashed_with_its_error(real_search, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(real_search[0], out)
+    victim = sorted(d for d in (out / "tune").glob("trial_*") if len(raw_reports(d)) == 2)[0]
+    result = victim / "result.json"
+    result.write_text(result.read_text().splitlines()[0] + "\n")  # it died after its first report
+    (victim / "error.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory\n")
+    t = load_search(out).trials.set_index("trial")
+    row = t.loc[int(victim.name.split("_")[1])]
+    assert row["status"] == "crashed" and row["error"] == "RuntimeError: CUDA out of memory"
+    assert "crashed" in render(load_search(out)) and "CUDA out of memory" in render(load_search(out))
