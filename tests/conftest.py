@@ -27,6 +27,41 @@ def local_ray():
     """A local Ray for one test module, shut down by its own handle (never `ray stop`)."""
     import ray
 
+    # "local": our own instance, never the last `ray start` cluster on this machine (see search/driver.py)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
+
+
+REPORT_SPACE = "tests/spaces/report.yaml"
+
+
+@pytest.fixture(scope="session")
+def real_search(tmp_path_factory):
+    """One real, tiny search (6 trials: finished, stopped or collapsed, and preflight-skipped ones) through
+    the real CLI in its own process, shared by the analyze/report/study tests. While it runs, the results
+    are read once (`running`: what `analyze` sees mid-search). Returns (out dir, driver stdout, running)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from himari_ray.report import load_search
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("real_search") / "out"
+    env = {**os.environ, "PYTHONPATH": str(repo), "RAY_AUTH_MODE": "token"}
+    cmd = [sys.executable, "-m", "himari_ray", "search", str(repo / REPORT_SPACE), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    running = None
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        if running is None and any(p.stat().st_size for p in out.glob("tune/trial_*/result.json")):
+            try:
+                running = load_search(out).trials
+            except Exception:  # a half-created directory: try again on the next poll
+                running = None
+        time.sleep(0.3)
+    stdout, stderr = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+    assert proc.returncode == 0, stderr[-3000:]
+    return out, stdout, running

@@ -286,3 +286,57 @@ def test_an_unreachable_address_is_refused_in_seconds(capsys, in_tmp, address, n
                             "--address", address)  # fmt: skip
     assert_one_line_error(code, err, f"--address {address}", needle)
     assert not (in_tmp / "o").exists()
+
+
+def _subcommands(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield name, sub
+                yield from ((f"{name} {n}", s) for n, s in _subcommands(sub))
+
+
+def test_version(capsys):
+    from himari_ray import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"himari-ray {__version__}"
+
+
+def test_every_command_help_shows_its_defaults_and_an_example():
+    from himari_ray.cli import build_parser
+
+    commands = dict(_subcommands(build_parser()))
+    assert {"search", "preflight", "spaces", "analyze", "report", "data import"} <= set(commands)
+    for name, parser in commands.items():
+        text = parser.format_help()
+        assert "\nexample" in text and f"himari-ray {name.split()[0]}" in text, name
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, "==SUPPRESS==") and action.help:
+                assert f"--{action.dest.replace('_', '-')}" in text
+                assert "default" in (parser._get_formatter()._get_help_string(action) or ""), (name, action.dest)
+
+
+def test_spaces_lists_every_bundled_space_with_its_description(capsys):
+    code, out, _ = run_main(capsys, "spaces")
+    assert code == 0
+    for name, path in bundled_spaces().items():
+        description = yaml.safe_load(path.read_text())["description"]
+        assert any(line.startswith(name) and description in line for line in out.splitlines()), name
+
+
+def test_progress_eta_credits_trials_that_end_early():
+    from himari_ray.search.callbacks import Progress, format_duration, format_report
+
+    p = Progress(total_trials=4, iterations=2, start=0.0)
+    p.report(1, 1)
+    assert p.line(now=10.0) == "elapsed 10s  ETA 1m10s"  # 1 of 8 iterations in 10 s: 7 more
+    p.complete(1)  # stopped by ASHA after one iteration: its second is never run
+    p.report(2, 2)
+    assert p.line(now=20.0) == "elapsed 20s  ETA 20s"  # 4 of 8 in 20 s
+    assert format_duration(3725) == "1h02m" and format_duration(float("nan")) == "?"
+    line = format_report(3, {"training_iteration": 1, "band_distance": 5.0, "val_sharpe": 1.0}, of=8, progress="x")
+    assert line.startswith("trial   3/8  it   1") and line.endswith("  x") and "LOW_VOL=  nan" in line

@@ -146,8 +146,10 @@ def test_end_to_end_search_and_analyze(tmp_path):
     reports = [line for line in lines if line.startswith("trial ")]
     assert len(reports) == 4, proc.stdout  # 2 trials x 2 iterations, one line per report
     assert all("HOLD% LOW_VOL=" in line and "band" in line for line in reports)
+    end = next(i for i, line in enumerate(lines) if line.startswith("results: "))  # then the next commands
+    assert lines[end - 1] == "" and any(line.strip().startswith("himari-ray analyze") for line in lines[end:])
     table = lines[
-        lines.index(next(line for line in lines if line.lstrip().startswith("trial ") and "status" in line)) :
+        lines.index(next(line for line in lines if line.lstrip().startswith("trial ") and "status" in line)) : end - 1
     ]
     assert all(line.split()[0] in ("1", "2") for line in table[1:3])  # one row per trial
     assert table[3] == "" and table[4].startswith("Pareto front (band distance down, validation Sharpe up): trials")

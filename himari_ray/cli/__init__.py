@@ -1,7 +1,8 @@
-"""Command line: `himari-ray search`, `preflight`, `analyze`, `data import|inspect|synth`.
+"""Command line: `himari-ray search`, `preflight`, `spaces`, `analyze`, `report`, `data import|inspect|synth`.
 
-Each command group is a module with `register(subparsers)`; its parser sets `run`, the function that
-carries the command out. Bad input ends in one line on stderr naming the file (or flag) and key, exit code
+Each command group is a module with `register(subparsers)`; it adds its commands with
+`common.add_command` (help that shows defaults and an example) and sets `run`, the function that carries
+the command out. Bad input ends in one line on stderr naming the file (or flag) and key, exit code
 2, nothing written.
 """
 
@@ -12,16 +13,22 @@ import errno
 import os
 import sys
 
-from himari_ray.cli import data, policy, results, search
+from himari_ray import __version__
+from himari_ray.cli import data, policy, results, search, spaces
 from himari_ray.cli.common import Parser
 from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, results, data, policy)
+COMMAND_MODULES = (search, spaces, results, data, policy)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="himari-ray", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="himari-ray",
+        description=__doc__.splitlines()[0],
+        epilog="example:\n  himari-ray search            # the default (smoke) search, then: himari-ray analyze DIR",
+    )
+    parser.add_argument("--version", action="version", version=f"himari-ray {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMAND_MODULES:
         module.register(sub)

@@ -1,18 +1,37 @@
-"""What every command shares: the one-line-error parser, integer flags, the results table printer."""
+"""What every command shares: the one-line-error parser with defaults and an example in every `--help`
+(`add_command`), integer flags, the results printer."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, search_storage_url
 
 #: The space `search` and `preflight` use when none is named.
 DEFAULT_SPACE = "smoke"
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has one worth showing) and keeps the example epilog as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)".strip()
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one `UserInputError` line (argparse would print the usage too)."""
+    """argparse whose errors are one `UserInputError` line (argparse would print the usage too), and whose
+    help shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:
         raise UserInputError(f"{self.prog}: {message}")
@@ -21,6 +40,16 @@ class Parser(argparse.ArgumentParser):
 #: Hard upper bounds: a count or seed beyond these is a typo, not a plan (and a seed must fit numpy's 32 bits).
 MAX_COUNT = 100_000
 MAX_SEED = 2**32 - 1
+
+
+def add_command(
+    sub: argparse._SubParsersAction, name: str, help: str, example: str | list[str], **kwargs
+) -> argparse.ArgumentParser:
+    """A subcommand whose `--help` says what it does, each option's default, and one example (or several)
+    — every command module registers its commands through this."""
+    examples = [example] if isinstance(example, str) else example
+    epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(name, help=help, description=help, epilog=epilog, **kwargs)
 
 
 def int_at_least(flag: str, minimum: int, maximum: int = MAX_COUNT):
@@ -66,16 +95,63 @@ def quote(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def print_table(out: Path, write_pareto: bool = False) -> int:
-    from himari_ray.report.analysis import format_table, pareto_front, trials_table
+def print_results(out: Path, fmt: str = "table", write_pareto: bool = False) -> int:
+    """Print a search's results (`analyze`): trials table, Pareto front, best trials, importance."""
+    from himari_ray.report import load_search
+    from himari_ray.report.text import render
 
-    table = trials_table(out)
-    print(format_table(table))
-    front = pareto_front(table)
-    if not front.empty:
-        print(
-            f"\nPareto front (band distance down, validation Sharpe up): trials {', '.join(map(str, front['trial']))}"
-        )
-        if write_pareto:
-            front.to_csv(Path(out) / "pareto.csv", index=False)
+    results = load_search(out)
+    print(render(results, fmt))
+    if write_pareto and not results.pareto.empty:
+        results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
     return 0
+
+
+def print_table(out: Path, write_pareto: bool = False) -> int:
+    """What a finished search prints: the results as `analyze DIR` prints them, then where they are and
+    the commands that read them."""
+    from himari_ray.cli import build_parser
+    from himari_ray.report import load_search
+    from himari_ray.report.text import render
+
+    results = load_search(out)
+    print(render(results, "table"))
+    if write_pareto and not results.pareto.empty:
+        results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
+    best = int(results.best["trial"].iloc[0]) if not results.best.empty else None
+    storage = search_storage_url(out, results.manifest)
+    print("\n" + next_steps(out, command_names(build_parser()), best, storage))
+    return 0
+
+
+#: What to do after a search, in order: command, what it gives. Only commands this CLI has are printed.
+NEXT_STEPS = (
+    ("analyze", "{out}", "this table again; --format csv|json|markdown for programs and notes"),
+    ("report", "{out}", "one HTML file with figures ({out}/report.html)"),
+    ("confirm", "{out}", "score the chosen trial on the untouched test split"),
+    ("export", "{out} --trial {best} --out bundle", "the trained policy as a bundle that `act` runs on new bars"),
+)
+
+
+def command_names(parser: argparse.ArgumentParser) -> set[str]:
+    """The subcommands a parser knows."""
+    return {
+        name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices
+    }
+
+
+def next_steps(out: Path, available: set[str], best: int | None = None, storage: str | None = None) -> str:
+    """Where a finished search's results are and the commands that read them."""
+    commands = []
+    for name, args, what in NEXT_STEPS:
+        if name in available:
+            arguments = args.format(out=out, best=best if best is not None else "N")
+            commands.append((f"himari-ray {name} {arguments}", what.format(out=out)))
+    if storage:  # never print a storage password
+        url = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", storage)
+        commands.append((f"optuna-dashboard {url}", "the Optuna study in a browser (pip install optuna-dashboard)"))
+    commands.append((f"tensorboard --logdir {out}/tune", "Tune's per-trial curves (pip install tensorboard)"))
+    width = max(len(c) for c, _ in commands)
+    lines = [f"results: {out} (space.yaml, search.json, study.db, tune/ with one directory per trial)", "next:"]
+    lines += [f"  {c:<{width}}  # {w}" for c, w in commands]
+    return "\n".join(lines)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.cli.common import Parser, int_at_least, new_path, positive, seed
+from himari_ray.cli.common import Parser, add_command, int_at_least, new_path, positive, seed
 from himari_ray.types import UserInputError
 
 #: Fewer synthetic bars leave splits too short for any context window (the smoke space needs ~1000).
@@ -13,27 +13,44 @@ MIN_SYNTH_BARS = 1000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("data", help="Build and inspect datasets.")
+    d = add_command(sub, "data", "Build and inspect datasets.", "himari-ray data import btc.csv --out data/btc")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=Parser)
-    imp = dsub.add_parser(
+    imp = add_command(
+        dsub,
         "import",
-        help="OHLCV CSV/Parquet, freqtrade .json/.feather, Binance klines, CryptoDataDownload, or the seed pickle.",
+        "OHLCV CSV/Parquet, freqtrade .json/.feather, Binance klines, CryptoDataDownload, or the seed pickle.",
+        "himari-ray data import BTC_USDT-1h.csv --out data/btc --denoise",
     )
-    imp.add_argument("file", type=Path)
+    imp.add_argument("file", type=Path, help="OHLCV .csv/.parquet/.json/.feather or seed .pkl file.")
     imp.add_argument("--out", type=new_path("--out"), required=True, help="New dataset directory.")
-    imp.add_argument("--train-frac", type=float, default=0.6)
-    imp.add_argument("--val-frac", type=float, default=0.2)
+    imp.add_argument("--train-frac", type=float, default=0.6, help="Share of bars in the train split.")
+    imp.add_argument("--val-frac", type=float, default=0.2, help="Share of bars in the validation split.")
     imp.add_argument("--denoise", action="store_true", help="Apply the causal Kalman denoiser to the features.")
     imp.add_argument("--min-dwell", type=positive("--min-dwell"), default=1, help="Regime hysteresis in bars.")
     imp.add_argument(
         "--seed-features", choices=("raw", "denoised"), default="raw", help="Seed pickle: which feature array."
     )
-    ins = dsub.add_parser("inspect", help="Shapes, date ranges, regime shares, gaps, feature summary.")
-    ins.add_argument("dataset", type=Path)
-    syn = dsub.add_parser("synth", help="Write the seeded synthetic market as a dataset.")
-    syn.add_argument("--out", type=new_path("--out"), required=True)
-    syn.add_argument("--n-bars", type=int_at_least("--n-bars", MIN_SYNTH_BARS, 10_000_000), default=12_000)
-    syn.add_argument("--seed", type=seed(), default=0)
+    ins = add_command(
+        dsub,
+        "inspect",
+        "Shapes, date ranges, regime shares, gaps, feature summary.",
+        "himari-ray data inspect data/btc",
+    )
+    ins.add_argument("dataset", type=Path, help="A dataset directory.")
+    syn = add_command(
+        dsub,
+        "synth",
+        "Write the seeded synthetic market as a dataset.",
+        "himari-ray data synth --out data/synth --seed 1",
+    )
+    syn.add_argument("--out", type=new_path("--out"), required=True, help="New dataset directory.")
+    syn.add_argument(
+        "--n-bars",
+        type=int_at_least("--n-bars", MIN_SYNTH_BARS, 10_000_000),
+        default=12_000,
+        help="Hourly bars to generate.",
+    )
+    syn.add_argument("--seed", type=seed(), default=0, help="Seed of the synthetic market.")
     d.set_defaults(run=run_data)
 
 

@@ -6,29 +6,30 @@ import argparse
 import sys
 from pathlib import Path
 
-from himari_ray.cli.common import positive
+from himari_ray.cli.common import add_command, new_path, positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser(
+    e = add_command(
+        sub,
         "export",
-        help="Write a trial's policy and its feature pipeline as a bundle directory.",
-        description="Write a trial's policy (TorchScript, plus ONNX when onnx is installed), feature scaler, "
-        "feature names, context length, detector and denoiser settings and the search's config as a bundle "
-        "directory with a checksummed manifest. Example: himari-ray export runs/smoke-20260101-000000 --out policy",
+        "Write a trial's policy (TorchScript, plus ONNX when onnx is installed), feature scaler, feature names, "
+        "context length, detector and denoiser settings and the search's config as a bundle directory with a "
+        "checksummed manifest.",
+        "himari-ray export runs/smoke-20260101-000000 --out policy",
     )
     e.add_argument("dir", type=Path, help="A search output directory.")
     e.add_argument("--trial", type=positive("--trial"), help="Trial number (default: best by band distance).")
-    e.add_argument("--out", type=Path, required=True, help="New bundle directory (never overwritten).")
+    e.add_argument("--out", type=new_path("--out"), required=True, help="New bundle directory (never overwritten).")
     e.set_defaults(run=run_export)
 
-    a = sub.add_parser(
+    a = add_command(
+        sub,
         "act",
-        help="An exported policy's action and probabilities for every bar of an OHLCV file.",
-        description="Compute features and regimes from raw OHLCV bars (any layout `data import` reads) exactly "
-        "as training did, and write one row per bar: timestamp, close, real, regime, action, p_hold, p_long, "
-        "p_short (CSV). Bars before the first full context get no action. "
-        "Example: himari-ray act policy BTC_USDT-1h.feather --out actions.csv",
+        "Compute features and regimes from raw OHLCV bars (any layout `data import` reads) exactly as training "
+        "did, and write one row per bar: timestamp, close, real, regime, action, p_hold, p_long, p_short (CSV). "
+        "Bars before the first full context get no action.",
+        "himari-ray act policy BTC_USDT-1h.feather --out actions.csv",
     )
     a.add_argument("bundle", type=Path, help="A bundle directory written by `himari-ray export`.")
     a.add_argument("bars", type=Path, help="OHLCV file: CSV, Parquet, freqtrade .json/.feather, Binance klines.")

@@ -7,12 +7,21 @@ import os
 import secrets
 from pathlib import Path
 
-from himari_ray.cli.common import DEFAULT_SPACE, new_path, non_negative, positive, print_table, seed
+from himari_ray.cli.common import DEFAULT_SPACE, add_command, new_path, non_negative, positive, print_table, seed
 from himari_ray.types import UserInputError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("search", help="Search reward parameters with Ray Tune + Optuna.")
+    s = add_command(
+        sub,
+        "search",
+        "Search reward parameters with Ray Tune + Optuna.",
+        [
+            "himari-ray search",
+            "himari-ray search pnl_cost --trials 32 --out runs/pnl",
+            "himari-ray search --resume runs/pnl",
+        ],
+    )
     s.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
     s.add_argument("--trials", type=positive("--trials"), help="Number of trials (default: the space's budget).")
     s.add_argument(
@@ -24,7 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--address", help="Join this Ray cluster (token authentication) instead of starting one.")
     s.add_argument("--resume", type=Path, metavar="DIR", help="Continue the search in DIR after its driver died.")
 
-    p = sub.add_parser("preflight", help="Which regimes a space's rewards make HOLD- or trade-dominant (no training).")
+    p = add_command(
+        sub,
+        "preflight",
+        "Which regimes a space's rewards make HOLD- or trade-dominant (no training).",
+        "himari-ray preflight adaptive --sample 200",
+    )
     p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
     p.add_argument("--data", type=Path, help="Read this dataset directory instead of the space's data.")
     p.add_argument("--sample", type=non_negative("--sample"), default=0, help="Also classify N sampled configs.")

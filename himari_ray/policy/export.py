@@ -1,6 +1,6 @@
 """`himari-ray export`: a trial's trained module and its feature pipeline, out of a search, into a bundle.
 
-Which trial: `--trial N`, or by default the best by band distance (the order of `trials_table`) among trials
+Which trial: `--trial N`, or by default the best by band distance (the trials table of `himari_ray.report.load_search`) among trials
 that have a checkpoint. Which checkpoint: the trial's latest, member 0 (a robust trial trains one module per
 seed and fold; member 0 is the first seed on the first fold). The module is RLlib's RLModule loaded with
 `RLModule.from_checkpoint` from the user's own search directory; what leaves it is TorchScript (and ONNX),
@@ -38,7 +38,7 @@ from himari_ray.policy.bundle import (
     check_new_bundle_path,
     write_bundle,
 )
-from himari_ray.report.analysis import trials_table
+from himari_ray.report import load_search
 from himari_ray.rl.config import TrialConfig
 from himari_ray.types import Dataset, UserInputError, quote
 
@@ -116,7 +116,7 @@ def find_trial(search_dir: Path, trial: int | None) -> TrialCheckpoint:
         raise UserInputError(f"{search_dir}: not a himari-ray search directory (no search.json)")
     dirs = _trial_dirs(search_dir)
     if trial is None:
-        table = trials_table(search_dir)
+        table = load_search(search_dir).trials
         if table.empty:
             raise UserInputError(f"{search_dir}: no trial has reported yet; nothing to export")
         order = table.sort_values("band_distance", kind="stable")["trial"].tolist()

@@ -1,100 +1,94 @@
-"""Search results from disk: the per-trial table, without importing or starting Ray.
+"""Search results as tables (pandas), from a search directory's files alone: no Ray.
 
-Reads what a search writes: `search.json` (its manifest) and Tune's per-trial `result.json` files
-(one JSON object per report) under `tune/`.
+One row per trial, from its **best report** (lowest objective: the search's own ranking), with the
+iteration it came from; trials are numbered as Tune numbers them (from 1), the number in every trial
+directory, report line and figure. Column names are the report schema's keys (`himari_ray.schema`).
 """
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from himari_ray.types import REGIME_NAMES, UserInputError
+from himari_ray.report.runs import CRASHED, RUNNING, SKIPPED, SearchRun, searched_value
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    BAND_DISTANCE_WORST,
+    ITERATION,
+    LEAK_ALARM,
+    OBJECTIVE,
+    PREFLIGHT,
+    PREFLIGHT_SKIPPED,
+    PROFIT_OK,
+    TIME_TOTAL_S,
+    TRAINING_ITERATION,
+    VAL_BUY_AND_HOLD,
+    VAL_MAX_DRAWDOWN,
+    VAL_NET_RETURN,
+    VAL_SHARPE,
+    VAL_SHARPE_WORST,
+    VAL_TURNOVER,
+    action_pct,
+    hold_pct,
+    number,
+    value,
+)
+from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
-TABLE_METRICS = ("band_distance", "val_sharpe", "val_net_return", "val_max_drawdown", "val_turnover")
-
-
-def _read_reports(path: Path) -> list[dict[str, Any]]:
-    reports = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                reports.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a report being written while we read; the earlier ones stand
-    return reports
-
-
-def load_manifest(out: Path) -> dict[str, Any]:
-    path = Path(out) / "search.json"
-    if not path.is_file():
-        raise UserInputError(f"{out}: not a himari-ray search directory (no search.json)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{path}: not valid JSON ({exc.msg})") from None
-
-
-def trial_status(last: dict[str, Any], manifest: dict[str, Any]) -> str:
-    """skipped (preflight), complete, collapsed (stopper), or stopped (ASHA) - from the last report alone."""
-    if last["preflight_skipped"]:
-        return "skipped"
-    if last["training_iteration"] >= manifest["iterations"]:
-        return "complete"
-    c = manifest["collapse"]
-    hold = last["hold_pct_ALL"]
-    if last["training_iteration"] >= c["warmup"] and (hold > c["hold_high"] or hold < c["hold_low"]):
-        return "collapsed"
-    return "stopped"
+#: Trading metrics beside the shares, in table order (buy-and-hold next to the net return it compares with).
+TABLE_METRICS = (BAND_DISTANCE, VAL_NET_RETURN, VAL_BUY_AND_HOLD, VAL_SHARPE, VAL_MAX_DRAWDOWN, VAL_TURNOVER)
+#: Reported numbers a learning curve carries per iteration.
+CURVE_METRICS = (OBJECTIVE, BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN, *(hold_pct(r) for r in REGIME_NAMES))
+#: Rank groups: trained trials with metrics, then the preflight's skips, then trials without a usable report.
+_GROUP = {SKIPPED: 1, CRASHED: 2}
 
 
-def trials_table(out: Path) -> pd.DataFrame:
-    """One row per trial (its last report), sorted by band distance, then validation Sharpe (higher first)."""
-    out = Path(out)
-    manifest = load_manifest(out)
+def trials_frame(search: SearchRun) -> pd.DataFrame:
+    """One row per trial (best report), ranked: trained trials by objective, then skipped, then the rest."""
     rows = []
-    for result_file in sorted((out / "tune").glob("trial_*/result.json")):
-        reports = _read_reports(result_file)
-        if not reports:
-            continue
-        last = reports[-1]
+    for run in search.trials:
+        best = run.best
+        report = best if best is not None else {}
         row: dict[str, Any] = {
-            "trial": int(result_file.parent.name.split("_")[1]),  # trial_<n:04d>_<id>, see search
-            "status": trial_status(last, manifest),
-            "iter": last["training_iteration"],
+            "trial": run.number,
+            "status": run.status,
+            ITERATION: number(report, ITERATION),
+            "iterations": number(run.last or {}, TRAINING_ITERATION),
         }
-        for name in manifest["searched"]:
-            row[name] = last["config"].get(name, float("nan"))  # a conditional parameter may be off
+        for name in search.manifest["searched"]:
+            row[name] = searched_value(report, name) if report else math.nan
         for regime in REGIME_NAMES:
-            row[f"HOLD% {regime}"] = last[f"hold_pct_{regime}"]
-        for metric in TABLE_METRICS:
-            row[metric] = last[metric]
-        if "band_distance_worst" in last:  # a robust trial (several seeds or folds): its worst member too
-            row["band_worst"] = last["band_distance_worst"]
-            row["sharpe_worst"] = last["val_sharpe_worst"]
-        row["preflight"] = last["preflight"]
-        row["leak"] = "LEAK?" if last["leak_alarm"] else ""
-        row["profit_ok"] = last["profit_ok"]
+            for action in ACTION_NAMES:
+                row[action_pct(action, regime)] = number(report, action_pct(action, regime))
+        for metric in (*TABLE_METRICS, OBJECTIVE, BAND_DISTANCE_WORST, VAL_SHARPE_WORST):
+            row[metric] = number(report, metric)
+        row[PROFIT_OK] = bool(value(report, PROFIT_OK)) if report else False
+        row[LEAK_ALARM] = bool(value(report, LEAK_ALARM))
+        row[PREFLIGHT] = str(value(report, PREFLIGHT))
+        row["error"] = run.error
+        row["trial_dir"] = str(run.path)
         rows.append(row)
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
-    table["_neg_sharpe"] = -table["val_sharpe"]
-    table = table.sort_values(["band_distance", "_neg_sharpe", "trial"]).drop(columns="_neg_sharpe")
-    # Keep the table narrow: a column only when something in it is worth reading.
-    if not table["preflight"].astype(bool).any():
-        table = table.drop(columns="preflight")
-    if not table["leak"].astype(bool).any():
-        table = table.drop(columns="leak")
-    if manifest["objective"]["min_val_net_return"] is None:
-        table = table.drop(columns="profit_ok")
-    return table
+    has_metrics = np.isfinite(table[OBJECTIVE].to_numpy(dtype=float))
+    group = [
+        _GROUP.get(s, 0 if ok else 2) for s, ok in zip(table["status"], has_metrics, strict=True)
+    ]  # a running trial without a report yet has nothing to rank
+    table["_group"] = group
+    # Sharpe again after the objective: its tie-break is clipped, so two losing policies can tie on it
+    table["_neg_sharpe"] = -table[VAL_SHARPE]
+    order = ["_group", OBJECTIVE, "_neg_sharpe", "trial"]
+    table = table.sort_values(order, na_position="last").drop(columns=["_group", "_neg_sharpe"])
+    table[ITERATION] = table[ITERATION].astype("Int64")  # whole numbers; <NA> for a trial without a report
+    table["iterations"] = table["iterations"].astype("Int64")
+    table["pareto"] = table["trial"].isin(pareto_front(table)["trial"])
+    if table[BAND_DISTANCE_WORST].isna().all():  # a robust search's worst member; absent otherwise
+        table = table.drop(columns=[BAND_DISTANCE_WORST, VAL_SHARPE_WORST])
+    return table.reset_index(drop=True)
 
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
@@ -102,31 +96,46 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     distance (lower) and validation Sharpe (higher); sorted by band distance."""
     if table.empty:
         return table
-    ok = table[table["status"] != "skipped"]
-    if "profit_ok" in ok.columns:
-        ok = ok[ok["profit_ok"].astype(bool)]
-    band = ok["band_distance"].to_numpy()
-    sharpe = ok["val_sharpe"].to_numpy()
+    ok = table[(table["status"] != SKIPPED) & table[BAND_DISTANCE].notna() & table[VAL_SHARPE].notna()]
+    if PROFIT_OK in ok.columns:
+        ok = ok[ok[PROFIT_OK].astype(bool)]
+    band = ok[BAND_DISTANCE].to_numpy(dtype=float)
+    sharpe = ok[VAL_SHARPE].to_numpy(dtype=float)
     keep = [
         not np.any((band <= band[i]) & (sharpe >= sharpe[i]) & ((band < band[i]) | (sharpe > sharpe[i])))
         for i in range(len(ok))
     ]
-    return ok[keep].sort_values("band_distance")
+    return ok[keep].sort_values([BAND_DISTANCE, "trial"])
 
 
-def format_table(table: pd.DataFrame) -> str:
+def best_trials(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
+    """The n best trained trials by objective (band distance, Sharpe as tie-break, profit constraint)."""
     if table.empty:
-        return "no trial has reported yet"
+        return table
+    trained = table[(table["status"] != SKIPPED) & table[OBJECTIVE].notna()]
+    return trained.head(n)  # the table is ranked already
 
-    def pct(v: float) -> str:
-        return "nan" if math.isnan(v) else f"{v:.1f}"
 
-    def num(v: float) -> str:
-        return f"{v:.4g}"
+def curves(search: SearchRun) -> pd.DataFrame:
+    """Learning curves, long format: one row per (trial, iteration) with the curve metrics."""
+    rows = []
+    for run in search.trials:
+        for report in run.reports:
+            if value(report, PREFLIGHT_SKIPPED):
+                continue
+            row = {"trial": run.number, ITERATION: int(number(report, TRAINING_ITERATION))}
+            row.update({m: number(report, m) for m in CURVE_METRICS})
+            row[TIME_TOTAL_S] = number(report, TIME_TOTAL_S)
+            rows.append(row)
+    columns = ["trial", ITERATION, *CURVE_METRICS, TIME_TOTAL_S]
+    return pd.DataFrame(rows, columns=columns)
 
-    formatters = {
-        c: pct if c.startswith("HOLD%") or c in ("band_distance", "band_worst") else num
-        for c in table.columns
-        if table[c].dtype.kind == "f"
-    }
-    return table.to_string(index=False, formatters=formatters)
+
+def status_counts(table: pd.DataFrame) -> dict[str, int]:
+    if table.empty:
+        return {}
+    return {str(k): int(v) for k, v in table["status"].value_counts().items()}
+
+
+def is_running(table: pd.DataFrame) -> bool:
+    return not table.empty and bool((table["status"] == RUNNING).any())

@@ -16,6 +16,28 @@ from himari_ray.env.preflight import (
 )
 from himari_ray.env.trading import EnvConfig, decision_windows, greedy_carried_actions
 from himari_ray.rl.config import EvalConfig
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    BAND_DISTANCE_MEAN,
+    BAND_DISTANCE_WORST,
+    HOLD_PCT_ALL,
+    ITERATION,
+    LEAK_ALARM,
+    MEMBERS,
+    OBJECTIVE,
+    PREFLIGHT,
+    PREFLIGHT_SKIPPED,
+    PROFIT_OK,
+    VAL_MAX_DRAWDOWN,
+    VAL_NET_RETURN,
+    VAL_SHARPE,
+    VAL_SHARPE_MEAN,
+    VAL_SHARPE_WORST,
+    VAL_TURNOVER,
+    action_pct,
+    hold_pct,
+    val,
+)
 from himari_ray.types import REGIME_NAMES, Dataset
 
 #: Weight of validation Sharpe (clipped to +-5) in `objective`: a swing of at most 0.04 percentage points, below one bar's
@@ -95,40 +117,40 @@ class GreedyEvaluator:
         metrics: dict[str, float] = {}
         for regime, row in shares.items():
             for action in ("HOLD", "LONG", "SHORT"):
-                metrics[f"{action.lower()}_pct_{regime}"] = row[action]
-        metrics["band_distance"] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
+                metrics[action_pct(action, regime)] = row[action]
+        metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
         trading = trading_metrics(actions, self.next_returns, self.cfg.fee)
         for key, value in trading.items():
-            metrics[f"val_{key}"] = value
+            metrics[val(key)] = value
         n_traded = trading["traded_share"] * len(actions)
         # Honest features call the next hourly bar ~54% of the time; far more on traded bars means the
         # policy is reading the future somewhere upstream (ARCHITECTURE §2.2).
-        metrics["leak_alarm"] = bool(
+        metrics[LEAK_ALARM] = bool(
             n_traded >= self.cfg.leak_min_trades and trading["win_rate"] > self.cfg.leak_hit_rate
         )
         profit_ok = self.cfg.min_net_return is None or trading["net_return"] > self.cfg.min_net_return
-        metrics["profit_ok"] = bool(profit_ok)
-        metrics["objective"] = objective(metrics["band_distance"], trading["sharpe"], profit_ok)
+        metrics[PROFIT_OK] = bool(profit_ok)
+        metrics[OBJECTIVE] = objective(metrics[BAND_DISTANCE], trading["sharpe"], profit_ok)
         return metrics
 
 
 def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float) -> dict[str, float | str | bool]:
     """The one report of a configuration the preflight rules out: the HOLD% its verdicts force (NaN where
     contested), the penalty as its band distance, and the verdicts."""
-    report: dict[str, float | str | bool] = {"preflight": verdicts, "preflight_skipped": True}
+    report: dict[str, float | str | bool] = {PREFLIGHT: verdicts, PREFLIGHT_SKIPPED: True}
     for r in results:
         forced = r.forced_hold_pct
-        report[f"hold_pct_{r.regime}"] = float("nan") if forced is None else forced
-    report["hold_pct_ALL"] = float("nan")
-    report["band_distance"] = penalty
-    report["objective"] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
-    report["leak_alarm"] = False
-    report["profit_ok"] = False
-    report["val_sharpe"] = float("nan")
-    report["val_net_return"] = float("nan")
-    report["val_max_drawdown"] = float("nan")
-    report["val_turnover"] = float("nan")
-    report["iteration"] = 0
+        report[hold_pct(r.regime)] = float("nan") if forced is None else forced
+    report[HOLD_PCT_ALL] = float("nan")
+    report[BAND_DISTANCE] = penalty
+    report[OBJECTIVE] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
+    report[LEAK_ALARM] = False
+    report[PROFIT_OK] = False
+    report[VAL_SHARPE] = float("nan")
+    report[VAL_NET_RETURN] = float("nan")
+    report[VAL_MAX_DRAWDOWN] = float("nan")
+    report[VAL_TURNOVER] = float("nan")
+    report[ITERATION] = 0
     return report
 
 
@@ -144,14 +166,14 @@ def aggregate(members: list[dict[str, Any]], how: str) -> dict[str, Any]:
         if isinstance(value, int | float):
             column = np.array([m[key] for m in members], dtype=np.float64)
             out[key] = float(np.nanmean(column)) if np.isfinite(column).any() else float("nan")
-    bands = np.array([m["band_distance"] for m in members])
-    sharpes = np.nan_to_num(np.array([m["val_sharpe"] for m in members]), nan=-np.inf)
-    out["band_distance_mean"], out["band_distance_worst"] = float(bands.mean()), float(bands.max())
-    out["val_sharpe_mean"], out["val_sharpe_worst"] = out["val_sharpe"], float(sharpes.min())
+    bands = np.array([m[BAND_DISTANCE] for m in members])
+    sharpes = np.nan_to_num(np.array([m[VAL_SHARPE] for m in members]), nan=-np.inf)
+    out[BAND_DISTANCE_MEAN], out[BAND_DISTANCE_WORST] = float(bands.mean()), float(bands.max())
+    out[VAL_SHARPE_MEAN], out[VAL_SHARPE_WORST] = out[VAL_SHARPE], float(sharpes.min())
     if how == "worst":
-        out["band_distance"], out["val_sharpe"] = out["band_distance_worst"], out["val_sharpe_worst"]
-    out["leak_alarm"] = any(m["leak_alarm"] for m in members)  # one leaking member is enough to distrust all
-    out["profit_ok"] = all(m["profit_ok"] for m in members)
-    out["objective"] = objective(out["band_distance"], out["val_sharpe"], out["profit_ok"])
-    out["members"] = len(members)
+        out[BAND_DISTANCE], out[VAL_SHARPE] = out[BAND_DISTANCE_WORST], out[VAL_SHARPE_WORST]
+    out[LEAK_ALARM] = any(m[LEAK_ALARM] for m in members)  # one leaking member is enough to distrust all
+    out[PROFIT_OK] = all(m[PROFIT_OK] for m in members)
+    out[OBJECTIVE] = objective(out[BAND_DISTANCE], out[VAL_SHARPE], out[PROFIT_OK])
+    out[MEMBERS] = len(members)
     return out

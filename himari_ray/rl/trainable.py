@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
-from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, EPISODE_RETURN_MEAN, NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.metrics import EPISODE_RETURN_MEAN as RLLIB_EPISODE_RETURN_MEAN
 
 from himari_ray.data.dataset import load_dataset
 from himari_ray.env.preflight import (
@@ -24,6 +25,16 @@ from himari_ray.env.preflight import (
 )
 from himari_ray.rl.config import TrialConfig, build_ppo_config
 from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report
+from himari_ray.schema import (
+    APPLIED_ENTROPY_COEFF,
+    APPLIED_LR,
+    ENV_STEPS_SAMPLED,
+    EPISODE_RETURN_MEAN,
+    ITERATION,
+    PREFLIGHT,
+    PREFLIGHT_SKIPPED,
+    applied,
+)
 
 _STATE_FILE = "himari_trial_state.json"
 
@@ -48,12 +59,12 @@ def applied_values(algo: Any) -> dict[str, float]:
     runners = algo.env_runner_group.foreach_env_runner(_env_reward_params, local_env_runner=True)
     envs = [params for runner in runners for params in runner]
     out = {}
-    for key in ("lr", "entropy_coeff"):
+    for key, name in (("lr", APPLIED_LR), ("entropy_coeff", APPLIED_ENTROPY_COEFF)):
         values = {v[key] for v in learners}
-        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+        out[name] = values.pop() if len(values) == 1 else float("nan")
     for key in envs[0]:
         values = {e[key] for e in envs}
-        out[f"applied_{key}"] = values.pop() if len(values) == 1 else float("nan")
+        out[applied(key)] = values.pop() if len(values) == 1 else float("nan")
     return out
 
 
@@ -128,12 +139,12 @@ def train_trial(config: dict[str, Any]) -> None:
                 metrics.update(perf)
                 runner = result[ENV_RUNNER_RESULTS]
                 # Absent until the first episode ends (long episodes, small batches).
-                metrics["episode_return_mean"] = float(runner.get(EPISODE_RETURN_MEAN, float("nan")))
-                metrics["env_steps_sampled"] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
+                metrics[EPISODE_RETURN_MEAN] = float(runner.get(RLLIB_EPISODE_RETURN_MEAN, float("nan")))
+                metrics[ENV_STEPS_SAMPLED] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
                 metrics.update(applied_values(algo))
                 reports.append(metrics)
             metrics = aggregate(reports, trial.robust.aggregate)
-            metrics.update(preflight="", preflight_skipped=False, iteration=it)
+            metrics.update({PREFLIGHT: "", PREFLIGHT_SKIPPED: False, ITERATION: it})
             if it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
                 with tempfile.TemporaryDirectory() as d:
                     for i, algo in enumerate(algos):

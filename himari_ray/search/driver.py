@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from himari_ray import __version__
 from himari_ray.data.dataset import DataSpec
+from himari_ray.schema import TRAINING_ITERATION
 from himari_ray.search.callbacks import collapse_stopper, report_printer
 from himari_ray.search.integrity import DirectorySigner, signing_callback, verify_directory
 from himari_ray.search.interrupt import GracefulInterrupt
@@ -85,7 +88,8 @@ def _start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        # "local": always a fresh instance of our own, never a cluster another process left running here.
+        # "local": a new instance of our own. Without an address Ray joins the last cluster anyone on this
+        # machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone.
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
@@ -103,7 +107,7 @@ def run_search(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
-    from himari_ray.search.study import check_compatible, open_storage
+    from himari_ray.search.study import check_compatible, command_line, describe_study, open_storage
 
     check_out_dir(out)
     if address is not None:
@@ -142,6 +146,8 @@ def run_search(
         "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
         "search_id": uuid.uuid4().hex,
         "data": space.data.model_dump(),
+        "targets": {k: list(v) for k, v in space.targets.items()},
+        "version": __version__,
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
     pbt = space.scheduler.kind in ("pbt", "pb2")
@@ -152,7 +158,7 @@ def run_search(
         param_space.update(tune_distributions(space))
         search_alg = tune.search.BasicVariantGenerator(random_state=seed)
         common = {
-            "time_attr": "training_iteration",
+            "time_attr": TRAINING_ITERATION,
             "metric": OBJECTIVE,
             "mode": "min",
             "perturbation_interval": space.scheduler.perturbation_interval,
@@ -170,10 +176,22 @@ def run_search(
             )
     else:
         search_alg = make_searcher(space, seed, storage, owner=manifest["search_id"])
+        metric, _ = objective_spec(space)
+        describe_study(
+            storage,
+            space.name,
+            metric if isinstance(metric, list) else [metric],
+            {
+                "command": command_line(sys.argv),
+                "space_file": str(Path(space_path).resolve()),
+                "himari_ray_version": __version__,
+                "out": str(out),
+            },
+        )
         scheduler = ASHAScheduler(
             metric=OBJECTIVE,
             mode="min",
-            time_attr="training_iteration",
+            time_attr=TRAINING_ITERATION,
             max_t=iterations,
             grace_period=min(space.scheduler.grace_period, iterations),
             reduction_factor=space.scheduler.reduction_factor,
@@ -192,7 +210,11 @@ def run_search(
             name="tune",
             storage_path=str(out),
             stop=collapse_stopper(space.collapse),
-            callbacks=[report_printer(), signing_callback(out), interrupt.callback()],
+            callbacks=[
+                report_printer(total_trials=trials, iterations=iterations),
+                signing_callback(out),
+                interrupt.callback(),
+            ],
             verbose=0,
             # PBT restores trials from other trials' older checkpoints: keep them all there.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
@@ -304,5 +326,6 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     interrupt = GracefulInterrupt(str(out))
     # The restored run config holds the first driver's callbacks (bound to its process and, for a moved
     # directory, its old path): this process's own replace them. Ray 2.60 has no public hook for this.
-    tuner._local_tuner._run_config.callbacks = [report_printer(), signing_callback(out), interrupt.callback()]
+    printer = report_printer(total_trials=int(manifest.get("trials", 0)), iterations=int(manifest.get("iterations", 0)))
+    tuner._local_tuner._run_config.callbacks = [printer, signing_callback(out), interrupt.callback()]
     return _fit(tuner, interrupt, out, storage, space.name, owner)

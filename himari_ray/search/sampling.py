@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from himari_ray.schema import BAND_DISTANCE, OBJECTIVE, VAL_SHARPE
 from himari_ray.search.space import ParamRange, SearchSpace, ordered_search
 
-#: The scalar the single-objective search minimises (band distance, Sharpe tie-break, profit constraint).
-OBJECTIVE = "objective"
-
-
-#: The multi-objective search's metrics and directions.
-MULTI_OBJECTIVE = (["band_distance", "val_sharpe"], ["min", "max"])
+#: The multi-objective search's metrics and directions (the single objective is the report's OBJECTIVE:
+#: band distance, Sharpe tie-break, profit constraint).
+MULTI_OBJECTIVE = ([BAND_DISTANCE, VAL_SHARPE], ["min", "max"])
 
 
 def tune_distributions(space: SearchSpace, keys: list[str] | None = None) -> dict[str, Any]:

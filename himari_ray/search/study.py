@@ -11,14 +11,32 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from himari_ray.types import UserInputError
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    PREFLIGHT_SKIPPED,
+    TRAINING_ITERATION,
+    VAL_NET_RETURN,
+    VAL_SHARPE,
+    hold_pct,
+    number,
+    value,
+)
+from himari_ray.types import REGIME_NAMES, UserInputError
+
+#: Trial user attributes (what `optuna-dashboard` shows beside each trial): the report's headline numbers
+#: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
+TRIAL_ATTR_METRICS = (*(hold_pct(r) for r in REGIME_NAMES), BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN)
+TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
 
 
 def open_storage(url: str, flag: str = "--storage", attempts: int = 5) -> optuna.storages.RDBStorage:
@@ -125,6 +143,36 @@ class PruningOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].set_user_attr(OWNER_ATTR, self._owner)
         return config
 
+    def _trial_dir(self, trial_id: str) -> Path | None:
+        """The trial's directory under the search's `tune/` (`owner` is the output directory)."""
+        if not self._owner:
+            return None
+        found = sorted((Path(self._owner) / "tune").glob(f"trial_*_{trial_id}"))
+        return found[0] if found else None
+
+    def _record(self, trial_id: str, result: dict[str, Any] | None) -> None:
+        """Before the trial is told: its last report's headline numbers, directory and checkpoint as user
+        attributes, and (single objective) the last report as an intermediate value, as for every report
+        before it — Tune hands the last report to `on_trial_complete` only."""
+        ot_trial = self._ot_trials[trial_id]
+        path = self._trial_dir(trial_id)
+        if path is not None:
+            ot_trial.set_user_attr(TRIAL_DIR_ATTR, str(path))
+            ot_trial.set_user_attr(TUNE_TRIAL_ATTR, int(path.name.split("_")[1]))
+            checkpoints = sorted(path.glob("checkpoint_*"))
+            if checkpoints:
+                ot_trial.set_user_attr(CHECKPOINT_ATTR, str(checkpoints[-1]))
+        if not result:
+            return
+        for key in TRIAL_ATTR_METRICS:
+            v = number(result, key)
+            ot_trial.set_user_attr(key, None if math.isnan(v) else v)
+        values = self._values(result)
+        step = result.get(TRAINING_ITERATION)
+        reported = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
+        if values is not None and len(values) == 1 and step is not None and step not in reported:
+            ot_trial.report(values[0], step)
+
     def _values(self, result: dict[str, Any] | None) -> list[float] | None:
         if not result:
             return None
@@ -138,18 +186,14 @@ class PruningOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        self._record(trial_id, result)
         values = self._values(result)
         if error or values is None:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif (
-            not result["preflight_skipped"] and result["training_iteration"] < self._max_iterations
-        ):  # cut short by ASHA or the collapse stopper: TPE reads a pruned trial's last intermediate value
-            step = result["training_iteration"]
-            if (
-                len(values) == 1
-                and step not in self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
-            ):
-                ot_trial.report(values[0], step)  # a trial stopped at its first report has none yet
+            not value(result, PREFLIGHT_SKIPPED) and result[TRAINING_ITERATION] < self._max_iterations
+        ):  # cut short by ASHA or the collapse stopper: TPE reads a pruned trial's last intermediate value,
+            # which `_record` has just reported
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         else:
             self._ot_study.tell(ot_trial, values if len(values) > 1 else values[0], state=TrialState.COMPLETE)
@@ -189,3 +233,27 @@ def fail_running(storage: optuna.storages.BaseStorage, study_name: str, owner: s
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             n += 1
     return n
+
+
+def _redact(arg: str) -> str:
+    """A command-line word without the password of a storage URL (`scheme://user:***@host/db`)."""
+    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", arg)
+
+
+def describe_study(
+    storage: optuna.storages.BaseStorage, study_name: str, metric_names: list[str], attrs: dict[str, Any]
+) -> None:
+    """Name the study's objective(s) and record how it was made (command with any password removed, space
+    file, himari-ray version) as study user attributes, for `optuna-dashboard` and anyone reading the study.
+    A study shared by several drivers keeps the attributes of the last one to start."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # set_metric_names is marked experimental
+        study.set_metric_names(metric_names)
+    for key, v in attrs.items():
+        study.set_user_attr(key, _redact(v) if isinstance(v, str) else v)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that started this search, as one string without passwords."""
+    return " ".join(_redact(a) for a in argv)

@@ -1,0 +1,152 @@
+"""`analyze` output: the results of a search as a terminal table, CSV, JSON or Markdown."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pandas as pd
+
+from himari_ray.report.results import SearchResults
+from himari_ray.report.runs import SKIPPED, STATUS_HELP
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    BAND_DISTANCE_WORST,
+    ITERATION,
+    LEAK_ALARM,
+    PREFLIGHT,
+    PROFIT_OK,
+    VAL_BUY_AND_HOLD,
+    VAL_MAX_DRAWDOWN,
+    VAL_NET_RETURN,
+    VAL_SHARPE,
+    VAL_SHARPE_WORST,
+    VAL_TURNOVER,
+    action_pct,
+)
+from himari_ray.types import ACTION_NAMES, REGIME_NAMES
+
+FORMATS = ("table", "csv", "json", "markdown")
+PARETO_TITLE = "Pareto front (band distance down, validation Sharpe up): trials"
+
+
+def _pct(v: float) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v:.1f}"
+
+
+def _num(v: float, digits: int = 2) -> str:
+    return "-" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+
+def display_frame(results: SearchResults) -> pd.DataFrame:
+    """The trials table as people read it: HOLD/LONG/SHORT % per regime in one column each, returns and
+    drawdown in percent, a column only when something in it is worth reading."""
+    t = results.trials
+    out = pd.DataFrame({"trial": t["trial"], "status": t["status"]})
+    out["best it"] = [
+        "-" if s == SKIPPED or pd.isna(b) else f"{b}/{n}"
+        for s, b, n in zip(t["status"], t[ITERATION], t["iterations"], strict=True)
+    ]
+    for name in results.manifest["searched"]:
+        out[name] = [v if isinstance(v, str) else f"{v:.4g}" if not math.isnan(v) else "-" for v in t[name]]
+    for regime in REGIME_NAMES:
+        out[f"{regime} H/L/S%"] = [
+            "/".join(_pct(t[action_pct(a, regime)].iloc[i]) for a in ACTION_NAMES) for i in range(len(t))
+        ]
+    out["band pp"] = [_pct(v) for v in t[BAND_DISTANCE]]
+    if BAND_DISTANCE_WORST in t.columns:
+        out["band worst"] = [_pct(v) for v in t[BAND_DISTANCE_WORST]]
+    out["net %"] = [_pct(100 * v) for v in t[VAL_NET_RETURN]]
+    out["b&h %"] = [_pct(100 * v) for v in t[VAL_BUY_AND_HOLD]]
+    out["sharpe"] = [_num(v) for v in t[VAL_SHARPE]]
+    if VAL_SHARPE_WORST in t.columns:
+        out["sharpe worst"] = [_num(v) for v in t[VAL_SHARPE_WORST]]
+    out["maxdd %"] = [_pct(100 * v) for v in t[VAL_MAX_DRAWDOWN]]
+    out["turnover"] = [_num(v, 3) for v in t[VAL_TURNOVER]]
+    if results.manifest.get("objective", {}).get("min_val_net_return") is not None:
+        out["profit ok"] = ["yes" if v else "no" for v in t[PROFIT_OK]]
+    if t[LEAK_ALARM].any():
+        out["leak"] = ["LEAK?" if v else "" for v in t[LEAK_ALARM]]
+    if t[PREFLIGHT].astype(bool).any():
+        out["preflight"] = t[PREFLIGHT]
+    if t["error"].astype(bool).any():
+        out["error"] = t["error"]
+    return out
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    cells = [[str(c) for c in frame.columns]] + [[str(v).replace("|", "\\|") for v in row] for row in frame.values]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in frame.columns) + "|")
+    return "\n".join(lines)
+
+
+def summary_lines(results: SearchResults) -> list[str]:
+    """The lines under the table: Pareto front, best trials, importance, status legend, problems."""
+    lines = []
+    front = results.pareto
+    if not front.empty:
+        lines.append(f"{PARETO_TITLE} {', '.join(map(str, front['trial']))}")
+    if not results.best.empty:
+        lines.append(f"Best trials (lowest objective first): {', '.join(map(str, results.best['trial']))}")
+    imp, note = results.importance, results.importance_note
+    if imp.empty:
+        lines.append(note)
+    else:
+        for target, group in imp.groupby("target", sort=False):
+            scores = ", ".join(f"{p} {v:.2f}" for p, v in zip(group["param"], group["importance"], strict=True))
+            lines.append(f"{note}, target {target}: {scores}")
+    counts = results.status_counts
+    m = results.manifest
+    lines.append(
+        f"{len(results.trials)} of {m.get('trials', '?')} trials: "
+        + "; ".join(f"{n} {s} ({STATUS_HELP[s]})" for s, n in counts.items())
+    )
+    lines.extend(f"unreadable: {p}" for p in results.problems)
+    return lines
+
+
+def render(results: SearchResults, fmt: str = "table") -> str:
+    """The search's results in one of `FORMATS`."""
+    if fmt == "csv":
+        return results.trials.to_csv(index=False).rstrip("\n")
+    if fmt == "json":
+        return json.dumps(to_json(results), indent=2, allow_nan=False, default=str)
+    table = display_frame(results)
+    body = _markdown(table) if fmt == "markdown" else table.to_string(index=False)
+    summary = summary_lines(results)
+    if fmt == "markdown":
+        summary = [f"- {line}" for line in summary]
+    return body + "\n\n" + "\n".join(summary)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: NaN becomes null (strict JSON has no NaN)."""
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in json.loads(frame.to_json(orient="records", double_precision=15))
+    ]
+
+
+def to_json(results: SearchResults) -> dict[str, Any]:
+    m = results.manifest
+    return {
+        "search": {
+            "dir": str(results.out),
+            "space": m.get("space"),
+            "family": m.get("family"),
+            "trials_planned": m.get("trials"),
+            "iterations": m.get("iterations"),
+            "searched": m.get("searched"),
+            "finished": results.run.finished,
+            "bands": {k: list(v) for k, v in results.bands.items()},
+        },
+        "status_counts": results.status_counts,
+        "trials": _records(results.trials),
+        "best": [int(t) for t in results.best["trial"]] if not results.best.empty else [],
+        "pareto": [int(t) for t in results.pareto["trial"]] if not results.pareto.empty else [],
+        "importance": _records(results.importance),
+        "importance_note": results.importance_note,
+        "problems": results.problems,
+    }

@@ -1,0 +1,172 @@
+"""The trial report schema: every key a trial report carries, defined once (ARCHITECTURE §5).
+
+A report is the flat dict a trial hands `tune.report` after every iteration (Tune adds its own bookkeeping
+keys and writes one JSON object per report to the trial's `result.json`). The writers
+(`rl/evaluate.py`, `rl/trainable.py`) and the readers (`report/`, `search/callbacks.py`, `search/study.py`)
+use the names below, never string literals, so renaming or adding a key happens here.
+
+**Adding a key is one line**: `NEW_KEY = key("new_key", float, "What it is, in which unit.")`. Readers go
+through `value()` / `read_report()`, so a report without it (a preflight-skipped trial, a search written
+before the key existed) reads as the key's `absent` value (NaN for numbers) instead of crashing.
+
+Nothing here imports from the rest of the package, nor Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from himari_ray.types import ACTION_NAMES, REGIME_NAMES
+
+#: Regime names a report carries shares for: the four regimes and `ALL` (every validation decision).
+SHARE_GROUPS: tuple[str, ...] = (*REGIME_NAMES, "ALL")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One report key: its name, Python type, unit, one-line meaning and the value it reads as when absent."""
+
+    name: str
+    kind: type
+    doc: str
+    unit: str = ""
+    #: Who writes it: `himari` (our trainable) or `tune` (Tune's bookkeeping).
+    source: str = "himari"
+
+    @property
+    def absent(self) -> Any:
+        """What a reader sees for a report that lacks the key: NaN for numbers, False for flags, "" for text."""
+        if self.kind in (float, int):
+            return math.nan
+        if self.kind is bool:
+            return False
+        if self.kind is str:
+            return ""
+        return None
+
+
+#: Every registered key, in registration order.
+FIELDS: dict[str, Field] = {}
+
+
+def key(name: str, kind: type, doc: str, unit: str = "", source: str = "himari") -> str:
+    """Register a report key and return its name (a plain string: dicts, JSON and Tune see nothing new)."""
+    if name in FIELDS:
+        raise ValueError(f"report key {name!r} registered twice")
+    FIELDS[name] = Field(name, kind, doc, unit, source)
+    return name
+
+
+# ---- Tune's bookkeeping (written by Tune around every report) -----------------------------------------------
+TRAINING_ITERATION = key("training_iteration", int, "Reports so far in this trial (Tune counts from 1).", source="tune")
+TIME_TOTAL_S = key("time_total_s", float, "Wall-clock seconds the trial has run.", "s", source="tune")
+TIMESTAMP = key("timestamp", int, "Unix time of the report.", "s", source="tune")
+CONFIG = key("config", dict, "The trial's config: the trial settings and each searched value.", source="tune")
+TRIAL_ID = key("trial_id", str, "Tune's trial id (also the suffix of the trial directory).", source="tune")
+
+# ---- What the trial was and how it ran --------------------------------------------------------------------------
+ITERATION = key("iteration", int, "PPO iterations trained when this report was made (0: not trained).")
+PREFLIGHT = key("preflight", str, "The preflight's band conflicts when it ruled the configuration out, else empty.")
+PREFLIGHT_SKIPPED = key("preflight_skipped", bool, "The preflight ruled the configuration out: never trained.")
+MEMBERS = key("members", int, "Runs averaged into this report (seeds x walk-forward folds) when more than one.")
+EPISODE_RETURN_MEAN = key("episode_return_mean", float, "Mean training episode return (absent until one ends).")
+ENV_STEPS_SAMPLED = key("env_steps_sampled", int, "Env steps sampled over the trial's life.", "steps")
+APPLIED_LR = key("applied_lr", float, "Learning rate read from the learner's optimizer (NaN where copies disagree).")
+APPLIED_ENTROPY_COEFF = key("applied_entropy_coeff", float, "Entropy coefficient read from the learner.")
+
+# ---- The objective and what it is made of (validation split) ---------------------------------------------------
+OBJECTIVE = key("objective", float, "What the single-objective search minimises: band distance - Sharpe tie-break.")
+BAND_DISTANCE = key("band_distance", float, "Percentage points HOLD% lies outside its band, summed over regimes.", "pp")
+BAND_DISTANCE_MEAN = key("band_distance_mean", float, "Robust trials: mean band distance over members.", "pp")
+BAND_DISTANCE_WORST = key("band_distance_worst", float, "Robust trials: the worst member's band distance.", "pp")
+PROFIT_OK = key("profit_ok", bool, "Validation net return meets the space's profit constraint (True without one).")
+LEAK_ALARM = key("leak_alarm", bool, "Hit rate on traded validation bars too high for honest features: look-ahead?")
+
+# ---- Trading quality of the greedy policy on validation, net of the fee ----------------------------------------
+VAL_NET_RETURN = key("val_net_return", float, "Compounded net return over the validation split.", "fraction")
+VAL_SHARPE = key("val_sharpe", float, "Annualised Sharpe ratio (sqrt 8760) of net hourly returns.")
+VAL_SHARPE_MEAN = key("val_sharpe_mean", float, "Robust trials: mean Sharpe over members.")
+VAL_SHARPE_WORST = key("val_sharpe_worst", float, "Robust trials: the worst member's Sharpe.")
+VAL_SORTINO = key("val_sortino", float, "Annualised Sortino ratio of net hourly returns.")
+VAL_MAX_DRAWDOWN = key("val_max_drawdown", float, "Largest peak-to-trough fall of the equity curve.", "fraction")
+VAL_TURNOVER = key("val_turnover", float, "Mean absolute position change per bar.", "units/bar")
+VAL_WIN_RATE = key("val_win_rate", float, "Share of traded bars whose position earned a positive return.", "fraction")
+VAL_TRADED_SHARE = key("val_traded_share", float, "Share of validation bars with a position.", "fraction")
+VAL_BUY_AND_HOLD = key("val_buy_and_hold", float, "Buy-and-hold return over the same bars, for comparison.", "fraction")
+
+
+def val(metric: str) -> str:
+    """The report key of a trading metric on validation: `val_<metric>` (`trading_metrics` names)."""
+    name = f"val_{metric}"
+    if name not in FIELDS:
+        raise KeyError(f"{name!r} is not a report key; register it in himari_ray/schema.py")
+    return name
+
+
+# ---- Per-regime action shares of the greedy policy (percent of validation decisions) -----------------------------
+def action_pct(action: str, regime: str) -> str:
+    """`<action>_pct_<regime>`: percent of the regime's validation decisions taking the action."""
+    return f"{action.lower()}_pct_{regime}"
+
+
+def hold_pct(regime: str) -> str:
+    """`hold_pct_<regime>`: percent of the regime's validation decisions that HOLD (`ALL`: every decision)."""
+    return action_pct("HOLD", regime)
+
+
+for _action in ACTION_NAMES:
+    for _regime in SHARE_GROUPS:
+        key(action_pct(_action, _regime), float, f"{_action} share of {_regime} validation decisions.", "%")
+
+HOLD_PCT_ALL = hold_pct("ALL")
+
+
+# ---- Values in effect where they act (one per reward parameter) ------------------------------------------------
+def applied(param: str) -> str:
+    """`applied_<param>`: a reward parameter read back from every env copy (NaN where copies disagree)."""
+    return f"applied_{param}"
+
+
+# ---- Reading --------------------------------------------------------------------------------------------------
+def field(name: str) -> Field | None:
+    """The registered field of a key (families like `applied_<param>` are unregistered: None)."""
+    return FIELDS.get(name)
+
+
+def value(report: Mapping[str, Any], name: str) -> Any:
+    """`report[name]`, or the key's absent value (NaN for an unknown key) when the report lacks it."""
+    if name in report and report[name] is not None:
+        return report[name]
+    f = FIELDS.get(name)
+    return f.absent if f is not None else math.nan
+
+
+def number(report: Mapping[str, Any], name: str) -> float:
+    """A numeric key as a float; NaN when absent or not a number (text where a number belongs)."""
+    v = value(report, name)
+    if isinstance(v, bool):
+        return float(v)
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def read_report(raw: Mapping[str, Any], keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """A report with every registered key (or `keys`) present: missing ones read as absent. Extra keys
+    (another version's, or Tune's) pass through untouched."""
+    out = dict(raw)
+    for name in FIELDS if keys is None else keys:
+        if out.get(name) is None:
+            out[name] = value(raw, name)
+    return out
+
+
+def describe() -> str:
+    """The schema as a table: key, type, unit, meaning (for documentation and `--help`)."""
+    rows = [(f.name, f.kind.__name__, f.unit, f.doc) for f in FIELDS.values()]
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{n:<{width}}  {k:<5}  {u:<9}  {d}" for n, k, u, d in rows)

@@ -1,0 +1,99 @@
+"""The trial report schema: every key the writers put in a report is registered once, and readers see a
+missing key as absent instead of crashing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from himari_ray import schema
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    FIELDS,
+    HOLD_PCT_ALL,
+    PREFLIGHT_SKIPPED,
+    VAL_SORTINO,
+    hold_pct,
+    number,
+    read_report,
+    value,
+)
+from himari_ray.types import ACTION_NAMES, REGIME_NAMES
+
+
+def is_known(key: str) -> bool:
+    """Registered, or a member of a documented family (`applied_<reward parameter>`)."""
+    return key in FIELDS or key.startswith("applied_")
+
+
+def test_every_key_of_a_skipped_and_an_aggregated_report_is_registered():
+    from himari_ray.rl.evaluate import aggregate, skipped_report
+
+    skipped = skipped_report([], "CRISIS: HOLD-dominant", 123.0)
+    assert all(is_known(k) for k in skipped), [k for k in skipped if not is_known(k)]
+    member = {k: 1.0 for k in FIELDS if FIELDS[k].kind is float}
+    member.update({schema.LEAK_ALARM: False, schema.PROFIT_OK: True})
+    merged = aggregate([member, dict(member)], "worst")
+    assert all(is_known(k) for k in merged), [k for k in merged if not is_known(k)]
+
+
+def test_share_keys_cover_every_action_and_regime():
+    for regime in (*REGIME_NAMES, "ALL"):
+        for action in ACTION_NAMES:
+            name = schema.action_pct(action, regime)
+            assert name in FIELDS and FIELDS[name].unit == "%"
+    assert hold_pct("CRISIS") == "hold_pct_CRISIS" and HOLD_PCT_ALL == "hold_pct_ALL"
+
+
+def test_a_report_missing_keys_reads_as_absent():
+    skipped = {BAND_DISTANCE: 160.0, PREFLIGHT_SKIPPED: True}  # no Sharpe, no Sortino, no shares
+    full = read_report(skipped)
+    assert full[BAND_DISTANCE] == 160.0 and full[PREFLIGHT_SKIPPED] is True
+    assert math.isnan(full[VAL_SORTINO]) and math.isnan(full[hold_pct("LOW_VOL")])
+    assert full[schema.LEAK_ALARM] is False and full[schema.PREFLIGHT] == ""
+    assert math.isnan(number({}, "a_key_from_a_newer_version"))
+    assert math.isnan(number({VAL_SORTINO: "text"}, VAL_SORTINO))  # text where a number belongs
+    assert value({VAL_SORTINO: None}, VAL_SORTINO) != value({VAL_SORTINO: None}, VAL_SORTINO)  # NaN
+    assert read_report({"extra": 1})["extra"] == 1  # unknown keys pass through
+
+
+def test_adding_a_key_is_one_line_and_twice_is_refused():
+    name = schema.key("test_only_metric", float, "A key registered by this test.", "pp")
+    try:
+        assert name == "test_only_metric" and FIELDS[name].doc.startswith("A key")
+        assert math.isnan(read_report({})[name])
+        with pytest.raises(ValueError, match="registered twice"):
+            schema.key("test_only_metric", float, "again")
+    finally:
+        del FIELDS[name]
+
+
+def test_every_field_has_a_one_line_doc_and_the_table_lists_it():
+    table = schema.describe()
+    for f in FIELDS.values():
+        assert f.doc and "\n" not in f.doc, f.name
+        assert f.name in table
+
+
+def test_val_names_only_registered_trading_metrics():
+    from himari_ray.env.metrics import trading_metrics
+
+    metrics = trading_metrics([0, 1, 2], [0.01, -0.01, 0.02])
+    assert all(schema.val(k) in FIELDS for k in metrics)  # every trading metric has its report key
+    with pytest.raises(KeyError, match="register it"):
+        schema.val("not_a_metric")
+
+
+@pytest.mark.slow
+def test_every_key_a_real_search_wrote_is_registered(real_search):
+    out, _, _ = real_search
+    unknown = set()
+    for result in out.glob("tune/trial_*/result.json"):
+        for line in result.read_text().splitlines():
+            unknown |= {k for k in json.loads(line) if not is_known(k)}
+    # Tune's own bookkeeping beside ours (not read by himari-ray: no need to register)
+    tune_extra = {"done", "date", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
+                  "time_this_iter_s", "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}  # fmt: skip
+    assert unknown <= tune_extra, unknown - tune_extra
