@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from himari_ray.cli import data, results, search
+from himari_ray.cli import data, launch, results, search
 from himari_ray.cli.common import Parser
 from himari_ray.types import UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, results, data)
+COMMAND_MODULES = (search, results, data, launch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,4 +53,8 @@ def print_table(out: Path, write_pareto: bool = False) -> int:
         )
         if write_pareto:
             front.to_csv(Path(out) / "pareto.csv", index=False)
+    from himari_ray.report.cost import cost_report
+
+    if cost := cost_report(out):  # a search launched on rented instances: what it cost
+        print(f"\n{cost}")
     return 0
