@@ -74,14 +74,16 @@ class SSHBox:
             )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess([], 124, "", f"ssh {self.name}: no answer within {timeout:.0f} s")
+        except FileNotFoundError:
+            return subprocess.CompletedProcess([], 127, "", "ssh: not installed on this machine")
 
     def pull(self, remote: str, local: Path) -> None:
+        # tar over ssh: needs nothing on either side that a Linux box lacks (rsync often is missing)
         local.mkdir(parents=True, exist_ok=True)
-        ssh = " ".join(["ssh", *self._opts, "-p", str(self._port)])
-        subprocess.run(
-            ["rsync", "-a", "-e", ssh, f"{self._user}@{self._host}:{remote.rstrip('/')}/", f"{local}/"],
-            check=True, capture_output=True, timeout=1800,
-        )  # fmt: skip
+        with subprocess.Popen([*self._ssh(), "tar", "czf", "-", "-C", remote, "."], stdout=subprocess.PIPE) as src:
+            untar = subprocess.run(["tar", "xzf", "-", "-C", str(local)], stdin=src.stdout, capture_output=True)
+        if src.returncode != 0 or untar.returncode != 0:
+            raise RuntimeError(f"pull {self.name}:{remote}: failed ({untar.stderr.decode(errors='replace').strip()})")
 
     def forward(self, remote_port: int, local_port: int) -> Tunnel:
         # -R binds the box's loopback only (sshd's GatewayPorts default): nothing public on either side.

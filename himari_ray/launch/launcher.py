@@ -287,7 +287,10 @@ def up(
             try:
                 iid = client.create_instance(offer["id"], cfg.image, f.min_disk_gb, script, name, env={})
             except VastError as exc:
-                raise UserInputError(f"Vast: {exc}; all instances destroyed") from None
+                raise UserInputError(
+                    f"Vast refused to create an instance from offer {offer['id']} ({exc}); all instances destroyed; "
+                    "offers change by the minute: run it again or widen the filter"
+                ) from None
             info = {"gpu": offer.get("gpu_name", "?"), "num_gpus": offer.get("num_gpus", 0), "dph": offer["dph_total"]}
             ledger.record("created", iid, offer=offer["id"], **info)
             state.data["instances"][str(iid)] = {"label": name, "offer": offer["id"], **info}
