@@ -111,18 +111,27 @@ def search_cost(out: Path, now: float | None = None) -> SearchCost | None:
     return SearchCost(instances, (end - start) / 3600, _pulled_trials(out) if trials is None else trials)
 
 
+def _money(x: float) -> str:
+    return f"${x:.2f}" if x >= 1 else f"${x:.4f}"
+
+
 def format_cost(cost: SearchCost) -> str:
     running = sum(i.running for i in cost.instances)
+    per_trial = (
+        f"{_money(cost.dollars_per_trial)} per trial, {cost.trials_per_hour:.1f} trials per hour"
+        if cost.trials
+        else "no trial finished"
+    )
     lines = [
-        f"cost: ${cost.dollars:.2f} for this search on {len(cost.instances)} instance(s), "
-        f"{sum(i.hours for i in cost.instances):.2f} instance-hours"
+        f"cost: {_money(cost.dollars)} for this search on {len(cost.instances)} instance(s), "
+        f"{sum(i.hours for i in cost.instances):.3f} instance-hours"
         + (f" ({running} still running and billing)" if running else "")
-        + f"; {cost.trials} trials: ${cost.dollars_per_trial:.3f} per trial, {cost.trials_per_hour:.1f} trials per hour"
+        + f"; {cost.trials} trials: {per_trial}"
     ]
     for i in cost.instances:
         lines.append(
-            f"  instance {i.instance}: {i.num_gpus}x {i.gpu} at ${i.dollars_per_hour:.3f}/h for {i.hours:.2f} h"
-            f" = ${i.dollars:.2f}" + (" (running)" if i.running else "")
+            f"  instance {i.instance}: {i.num_gpus}x {i.gpu} at ${i.dollars_per_hour:.3f}/h for {i.hours:.3f} h"
+            f" = {_money(i.dollars)}" + (" (running)" if i.running else "")
         )
     return "\n".join(lines)
 
