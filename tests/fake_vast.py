@@ -4,6 +4,7 @@ the local processes of their on-start script. Test-only fields on an offer: `_re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -191,10 +192,8 @@ class _Relay:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
     def close(self) -> None:
         self._closed = True

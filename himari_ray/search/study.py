@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -44,7 +45,9 @@ def _grpc_proxy(url: str, flag: str, timeout: float) -> optuna.storages.BaseStor
     if not host or not port.isdigit():
         raise UserInputError(f"{flag} {url}: expected grpc://HOST:PORT")
     try:
-        proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        with warnings.catch_warnings():  # "experimental since 4.2": known, and not the user's to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
         proxy.wait_server_ready(timeout=timeout)
     except ImportError:
         raise UserInputError(f"{flag} {url}: the gRPC storage proxy needs grpcio (pip install grpcio)") from None
