@@ -34,13 +34,14 @@ def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: 
     state = LaunchState.load(out)
     listed = _listed(client)
     destroyed = Ledger(out).destroyed()
-    echo(f"{'instance':>10} {'label':20} {'gpu':16} {'$/h':>6} {'vast':>10}  phase")
+    echo(f"{'instance':>10} {'label':20} {'gpu':16} {'$/h':>6} {'vast':>10}  {'phase':12} ssh")
     for iid, info in sorted(state.instances.items()):
         inst = listed.get(iid)
         vast = "destroyed" if iid in destroyed or inst is None else str(inst.get("actual_status") or "provisioning")
         phase = _phase(connect(inst)) if inst is not None and vast == "running" else ""
         gpu = f"{info['num_gpus']}x {info['gpu']}"
-        echo(f"{iid:>10} {info['label']:20} {gpu:16} {float(info['dph']):6.3f} {vast:>10}  {phase}")
+        ssh = f"ssh -p {inst['ssh_port']} root@{inst['ssh_host']}" if inst is not None and vast == "running" else ""
+        echo(f"{iid:>10} {info['label']:20} {gpu:16} {float(info['dph']):6.3f} {vast:>10}  {phase:12} {ssh}")
     if state.data.get("storage"):
         from himari_ray.search.study import open_storage
 
