@@ -33,6 +33,8 @@ from himari_ray.report.cost import cost_report
 from himari_ray.types import UserInputError
 
 STATE_FILE = "launch.json"
+#: Consecutive failed Vast API calls a running launch sits out before it gives up (and destroys all).
+MAX_API_FAILURES = 30
 #: Vast states of an instance that will not run again.
 DEAD = ("exited", "offline", "stopped", "destroyed")
 
@@ -206,9 +208,18 @@ def _monitor(
     active, codes, lost = dict(boxes), {}, []
     owners = {v["owner"] for v in state.instances.values() if "owner" in v}
     shown: dict[str, int] = {}
+    blips = 0
     while active:
         time.sleep(cfg.poll_s)
-        listed = {int(i["id"]): i for i in client.instances()}
+        try:
+            listed = {int(i["id"]): i for i in client.instances()}
+            blips = 0
+        except VastError as exc:  # the API hiccups for minutes at times; the boxes keep searching meanwhile
+            blips += 1
+            if blips >= MAX_API_FAILURES:
+                raise
+            echo(f"Vast API: {exc} (try {blips} of {MAX_API_FAILURES})")
+            continue
         for iid, box in list(active.items()):
             status = (listed.get(iid) or {}).get("actual_status") or "gone"
             if status in DEAD or status == "gone":
@@ -310,6 +321,8 @@ def up(
         counts = _study_counts(storage, space.name, owners)
         ledger.record("trials", finished=counts.get("complete", 0) + counts.get("pruned", 0))
         ok = True
+    except VastError as exc:
+        raise UserInputError(f"Vast: {exc}; all instances destroyed") from None
     finally:
         if not (ok and cfg.keep):
             failed = destroy_all(client, state, echo, "search over" if ok else "launch failed")
