@@ -152,6 +152,7 @@ def test_no_offers_rents_nothing(fake, tmp_path):
     proc = cli(fake, "up", str(SPACES / "e2e.yaml"), "--out", str(tmp_path / "run"), "--gpu", "H200")
     assert proc.returncode == 2 and proc.stderr.startswith("error: no offers: 0 match"), proc.stderr
     assert not fake.instances and not [r for r in fake.requests if r[0] == "PUT"]
+    assert not (tmp_path / "run").exists()  # nothing rented: no directory left to block a rerun
 
 
 def test_a_refused_creation_destroys_the_instances_already_created(fake, tmp_path):

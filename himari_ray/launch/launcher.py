@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from himari_ray.launch.box import BOX_DIR, Box, SSHBox
+from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
 from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.offers import OfferFilter, matches, vast_query
 from himari_ray.launch.onstart import onstart_script, run_dir
@@ -131,7 +132,12 @@ def _last_log_line(box: Box) -> str:
 
 
 def _wait_ready(
-    client: VastClient, state: LaunchState, connect: Connect, cfg: LaunchConfig, echo: Echo
+    client: VastClient,
+    state: LaunchState,
+    connect: Connect,
+    cfg: LaunchConfig,
+    echo: Echo,
+    on_ready: Callable[[Box], None],
 ) -> dict[int, Box]:
     ledger = Ledger(state.out)
     pending = dict(state.instances)
@@ -163,6 +169,7 @@ def _wait_ready(
                     state.save()
                     ledger.record("ready", iid)
                     echo(f"instance {iid}: ready ({box.name})")
+                    on_ready(box)
                     boxes[iid] = box
                     del pending[iid]
                     continue
@@ -269,19 +276,25 @@ def up(
     if space.scheduler.kind != "asha":
         raise UserInputError(f"{path}: scheduler {space.scheduler.kind} keeps no shared study; use asha on Vast")
     check_out_dir(out)
+    fresh = not out.exists()
     out.mkdir(parents=True, exist_ok=True)  # the study may live in it (the default storage)
-    storage = open_storage(cfg.storage)
-    _, mode = objective_spec(space)
-    check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
     try:
-        offers = find_offers(client, f)
-    except VastError as exc:
-        raise UserInputError(f"Vast offers: {exc}") from None
-    if len(offers) < cfg.instances:
-        raise UserInputError(
-            f"no offers: {len(offers)} match the filter, {cfg.instances} needed; widen it (higher dph<=, lower "
-            "reliability>=, another gpu) and check with `himari-ray vast offers`"
-        )
+        storage = open_storage(cfg.storage)
+        _, mode = objective_spec(space)
+        check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+        try:
+            offers = find_offers(client, f)
+        except VastError as exc:
+            raise UserInputError(f"Vast offers: {exc}") from None
+        if len(offers) < cfg.instances:
+            raise UserInputError(
+                f"no offers: {len(offers)} match the filter, {cfg.instances} needed; widen it (higher dph<=, lower "
+                "reliability>=, another gpu) and check with `himari-ray vast offers`"
+            )
+    except UserInputError:
+        if fresh:  # nothing rented, nothing of the user's in it: leave no directory that blocks a rerun
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     label = f"himari-{secrets.token_hex(4)}"
     state = LaunchState(out, {"label": label, "space": space.name, "study": space.name, "instances": {}})
     state.data["storage"] = cfg.storage
@@ -309,10 +322,18 @@ def up(
             echo(
                 f"instance {iid}: created from offer {offer['id']} ({info['num_gpus']}x {info['gpu']}, ${float(info['dph']):.3f}/h)"
             )
-        boxes = _wait_ready(client, state, connect, cfg, echo)
+        # The proxy runs before any box is ready: each box's tunnel opens the moment that box is ready.
         with StudyProxy(cfg.storage, port=_free_port()) as proxy:
-            tunnels = [box.forward(cfg.box_proxy_port, proxy.port) for box in boxes.values()]
+            tunnels: list[Tunnel] = []
             try:
+                boxes = _wait_ready(
+                    client,
+                    state,
+                    connect,
+                    cfg,
+                    echo,
+                    lambda box: tunnels.append(box.forward(cfg.box_proxy_port, proxy.port)),
+                )
                 codes, lost = _monitor(client, state, boxes, storage, cfg, echo)
             finally:
                 for t in tunnels:

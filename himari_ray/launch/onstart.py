@@ -1,6 +1,6 @@
 """The on-start script a Vast instance runs when its container starts.
 
-It installs himari-ray, starts a single-node Ray with token authentication (a token generated on the box,
+It installs himari-ray, starts a single-node Ray bound to loopback with token authentication (a token made on the box,
 kept in ~/.ray/auth_token and never logged; the dashboard on 127.0.0.1), waits until the study proxy
 answers on the box's loopback (the SSH reverse tunnel `up` opens once the box is ready), then runs the
 search into the user's study. Progress goes to ~/himari/phase, read over SSH:
@@ -24,7 +24,7 @@ phase installing
 export RAY_AUTH_MODE=token
 ray get-auth-token --generate >/dev/null 2>&1 && chmod 600 ~/.ray/auth_token || {{ phase "failed token"; exit 1; }}
 phase starting-ray
-ray start --head --port={ray_port} --dashboard-host=127.0.0.1 --disable-usage-stats --block >~/{box}/ray.log 2>&1 &
+ray start --head --node-ip-address=127.0.0.1 --port={ray_port} --dashboard-host=127.0.0.1 --disable-usage-stats --block >~/{box}/ray.log 2>&1 &
 for i in $(seq 1 120); do (exec 3<>/dev/tcp/127.0.0.1/{ray_port}) 2>/dev/null && break; sleep 1; done
 (exec 3<>/dev/tcp/127.0.0.1/{ray_port}) 2>/dev/null || {{ phase "failed ray"; exit 1; }}
 phase ready
