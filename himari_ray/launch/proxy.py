@@ -3,6 +3,10 @@
 The proxy listens on 127.0.0.1 only: rented boxes reach it through an SSH reverse tunnel (`ssh -R`), so
 neither it nor the study database is ever on a public port. The proxy itself has no authentication; the
 loopback bind and SSH are what keep strangers out.
+
+Optuna 5.0's public `run_grpc_proxy_server` blocks until the process ends; `launch` needs a proxy it can
+stop, so it builds the same server with `optuna.storages._grpc.server.make_server` (what that function
+calls). Check it when moving to another Optuna major version.
 """
 
 from __future__ import annotations
