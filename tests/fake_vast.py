@@ -27,6 +27,7 @@ class FakeVast:
         self.box_env = box_env or {}
         self.instances: dict[int, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.fail_next = 0  # answer this many of the next requests with 503, as Vast does at busy times
         self._next = 7000
         self._tag = uuid.uuid4().hex[:8]  # marks the processes of our boxes (and no one else's)
         self._lock = threading.Lock()
@@ -48,6 +49,9 @@ class FakeVast:
                 fake.requests.append((method, self.path, dict(self.headers)))
                 if self.headers.get("Authorization") != f"Bearer {fake.api_key}":
                     return self._answer(401, {"success": False, "error": "auth_error", "msg": "invalid api key"})
+                if fake.fail_next > 0:
+                    fake.fail_next -= 1
+                    return self._answer(503, {"success": False, "error": "unavailable", "msg": "try again later"})
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else {}
                 code, answer = fake.route(method, self.path, body)

@@ -203,7 +203,14 @@ def test_offers_create_ready_run_pull_destroy(fake, tmp_path, box_env):
         return LocalBox(inst, box_env)
 
     cfg = launch_config(f"sqlite:///{tmp_path / 'study.db'}", trials=2, keep=True)
-    rc = up(cfg, OfferFilter(gpu_name="RTX 4090", max_gpus=1), out, client, connect, echo=lines.append)
+
+    def echo(line: str) -> None:
+        lines.append(line)
+        if line.endswith("ready (local box box-7000)"):
+            fake.fail_next = 3  # the API stumbles while the box searches: the launch sits it out
+
+    rc = up(cfg, OfferFilter(gpu_name="RTX 4090", max_gpus=1), out, client, connect, echo=echo)
+    assert sum("HTTP 503: try again later (try" in x for x in lines) == 3
     assert rc == 0, "\n".join(lines)
     (iid,) = fake.instances  # kept (--keep): status/logs/pull/down next
     box = fake.instances[iid]["dir"]

@@ -108,7 +108,7 @@ def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str)
     prefix = state.data["label"]
     ours = set(state.instances) - done
     with contextlib.suppress(VastError):  # also any instance with our label launch.json missed (created as we died)
-        ours |= {int(i["id"]) for i in client.instances() if str(i.get("label", "")).startswith(prefix)} - done
+        ours |= {int(i["id"]) for i in client.instances() if str(i.get("label", "")).startswith(f"{prefix}-")} - done
     failed = []
     for iid in sorted(ours):
         try:
@@ -164,7 +164,7 @@ def _wait_ready(
                         "check --install and --image"
                     )
                 if phase in ("ready", "searching") or phase.startswith("done"):
-                    home = box.run("cd ~ && pwd", timeout=30).stdout.strip()
+                    home = box.run("cd ~ && pwd -P", timeout=30).stdout.strip()  # as the search resolves it
                     state.data["instances"][str(iid)]["owner"] = f"{home}/{run_dir(pending[iid]['label'])}"
                     state.save()
                     ledger.record("ready", iid)
