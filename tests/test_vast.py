@@ -297,3 +297,36 @@ def test_an_unknown_instance_for_logs_is_refused(fake, tmp_path):
     (out / "launch.json").write_text(json.dumps({"label": "himari-x", "study": "e2e", "instances": {}}))
     with pytest.raises(UserInputError, match="--instance 5: not an instance of this launch"):
         manage.logs(out, VastClient(KEY, base_url=fake.url), instance=5)
+
+
+def test_ssh_box_runs_commands_as_sshd_would_and_pulls_with_tar(tmp_path, monkeypatch):
+    """SSHBox against a stand-in `ssh` that does what sshd does with a command: hand the joined words to
+    the login shell's -c in the user's home. Checks our quoting survives that, and the tar pull."""
+    from himari_ray.launch.box import SSHBox
+
+    home, bin_dir = tmp_path / "root", tmp_path / "bin"
+    (home / "himari" / "runs" / "l" / "tune").mkdir(parents=True)
+    (home / "himari" / "runs" / "l" / "tune" / "result.json").write_text('{"it": 1}\n')
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        "args, i = sys.argv[1:], 0\n"
+        "while args[i].startswith('-'):\n"
+        "    i += 2 if args[i] in ('-o', '-p', '-i', '-R', '-L') else 1\n"
+        "open(os.environ['SSH_LOG'], 'a').write(args[i] + '\\n')\n"
+        "os.chdir(os.environ['FAKE_HOME'])\n"
+        "os.execvpe('bash', ['bash', '-c', ' '.join(args[i + 1:])], {**os.environ, 'HOME': os.environ['FAKE_HOME']})\n"
+    )
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_HOME", str(home))
+    monkeypatch.setenv("SSH_LOG", str(tmp_path / "ssh.log"))
+    box = SSHBox("ssh4.vast.example", 41022)
+    res = box.run("""echo "it's $HOME" && cd ~/himari && ls runs | tr a-z A-Z""")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f"it's {home}", "L"]
+    box.pull("himari/runs/l", tmp_path / "local")
+    assert (tmp_path / "local" / "tune" / "result.json").read_text() == '{"it": 1}\n'
+    assert set((tmp_path / "ssh.log").read_text().split()) == {"root@ssh4.vast.example"}
+    assert box.run("exit 3").returncode == 3
