@@ -330,3 +330,17 @@ def test_ssh_box_runs_commands_as_sshd_would_and_pulls_with_tar(tmp_path, monkey
     assert (tmp_path / "local" / "tune" / "result.json").read_text() == '{"it": 1}\n'
     assert set((tmp_path / "ssh.log").read_text().split()) == {"root@ssh4.vast.example"}
     assert box.run("exit 3").returncode == 3
+
+
+def test_a_failing_install_ends_the_launch_in_one_line_and_destroys_the_box(fake, tmp_path, box_env):
+    client = VastClient(KEY, base_url=fake.url)
+    cfg = launch_config(f"sqlite:///{tmp_path / 'study.db'}", trials=1).model_copy(
+        update={"install": "echo 'no matching distribution for himari-ray' >&2; false"}
+    )
+    lines: list[str] = []
+    with pytest.raises(UserInputError) as err:
+        up(cfg, OfferFilter(), tmp_path / "run", client, lambda i: LocalBox(i, box_env), lines.append)
+    assert "on-start failed install (no matching distribution for himari-ray); all instances destroyed" in str(
+        err.value
+    )
+    assert not fake.instances and lines[-1].endswith("destroyed (launch failed)")
