@@ -121,6 +121,11 @@ def test_the_filter_is_checked_again_on_what_the_api_returns():
         (("offers", "--filter", "gpu=GTX_480"), KEY, "unknown GPU model"),
         (("up", "e2e", "--out", "x", "--max-price", "-1"), KEY, "--max-price: must be > 0"),
         (("status", "nowhere"), KEY, "nowhere: not a launch directory"),
+        (
+            ("up", str(SPACES / "e2e.yaml"), "--out", "x", "--instances", "3", "--trials", "2"),
+            KEY,
+            "each instance needs a trial",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(fake, tmp_path, args, key, message):

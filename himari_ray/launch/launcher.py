@@ -273,6 +273,8 @@ def up(
     from himari_ray.search.study import check_compatible, open_storage
 
     space, path = load_space(cfg.space)
+    if cfg.trials < cfg.instances:
+        raise UserInputError(f"--trials {cfg.trials} < --instances {cfg.instances}: each instance needs a trial")
     if space.scheduler.kind != "asha":
         raise UserInputError(f"{path}: scheduler {space.scheduler.kind} keeps no shared study; use asha on Vast")
     check_out_dir(out)
@@ -300,13 +302,18 @@ def up(
     state.data["storage"] = cfg.storage
     state.save()
     ledger = Ledger(out)
-    per_box = -(-cfg.trials // cfg.instances)
     ok = False
     try:
         for i, offer in enumerate(offers[: cfg.instances]):
             name = f"{label}-{i}"
             script = onstart_script(
-                name, Path(path).read_text(), per_box, cfg.seed + i, cfg.install, cfg.ray_port, cfg.box_proxy_port
+                name,
+                Path(path).read_text(),
+                cfg.trials // cfg.instances + (i < cfg.trials % cfg.instances),  # exactly --trials in all
+                cfg.seed + i,
+                cfg.install,
+                cfg.ray_port,
+                cfg.box_proxy_port,
             )
             try:
                 iid = client.create_instance(offer["id"], cfg.image, f.min_disk_gb, script, name, env={})
