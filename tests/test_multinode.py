@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -47,8 +49,21 @@ def space_file(tmp_path: Path, name: str, iterations: int) -> Path:
     return path
 
 
-def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_checkpoint(tmp_path):
+@pytest.fixture
+def private_ray_tmp(monkeypatch):
+    """A Ray temp dir of this test's own: a cluster started here records its address there, not in
+    /tmp/ray/ray_current_cluster, where every plain `ray.init()` on the machine would find and join it.
+    Short, because Ray's socket paths live under it."""
+    path = tempfile.mkdtemp(prefix="hr", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    yield {**ENV, "RAY_TMPDIR": path}
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_checkpoint(tmp_path, private_ray_tmp):
     from ray.cluster_utils import Cluster
+
+    env = private_ray_tmp
 
     # One CPU per node and one per trial: the two trials must run on different nodes.
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
@@ -58,7 +73,7 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
         space = space_file(tmp_path, "multinode", iterations=6)
         driver = subprocess.Popen(
             [*CLI, "search", str(space), "--out", str(out), "--address", cluster.address],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         # Lose the worker node once its trial has checkpointed twice and before that trial ends.
         killed_at, lost = None, None
@@ -92,7 +107,7 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
 
         no_token = subprocess.run(
             [*CLI, "search", str(space), "--out", str(tmp_path / "x"), "--address", cluster.address],
-            capture_output=True, text=True, env={**ENV, "RAY_AUTH_MODE": "disabled"}, timeout=120,
+            capture_output=True, text=True, env={**env, "RAY_AUTH_MODE": "disabled"}, timeout=120,
         )  # fmt: skip
         assert no_token.returncode == 2 and "cannot join" in no_token.stderr.strip().splitlines()[-1]
     finally:

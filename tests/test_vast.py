@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,7 +57,11 @@ def box_env(tmp_path):
     (shims / "himari-ray").write_text(f'#!/bin/bash\nexec {sys.executable} -m himari_ray "$@"\n')
     (shims / "himari-ray").chmod(0o755)
     path = f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}"
-    return {"PATH": path, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"}
+    # The box's `ray start` records its address under RAY_TMPDIR: a private one keeps every other
+    # `ray.init()` on this machine from finding and joining the box's Ray (short: Ray's sockets live there).
+    ray_tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")
+    yield {"PATH": path, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture
@@ -265,10 +271,14 @@ def test_a_box_dying_mid_search_is_destroyed_and_its_trials_failed(fake, tmp_pat
     while time.monotonic() < deadline and launcher.is_alive() and not killed:
         if (tmp_path / "study.db").exists():
             try:
-                running = optuna.load_study(study_name="e2e", storage=url).get_trials(states=(TrialState.RUNNING,))
+                running = [  # a trial is the box's once its search tagged it (a moment after creating it)
+                    t
+                    for t in optuna.load_study(study_name="e2e", storage=url).get_trials(states=(TrialState.RUNNING,))
+                    if "himari_search" in t.user_attrs
+                ]
             except KeyError:
                 running = []
-            if running and fake.instances:
+            if len(running) == 2 and fake.instances:  # both trials exist: none can start untagged after the kill
                 fake.die(next(iter(fake.instances)))
                 killed = True
         time.sleep(0.5)
@@ -279,7 +289,7 @@ def test_a_box_dying_mid_search_is_destroyed_and_its_trials_failed(fake, tmp_pat
     assert any("lost mid-search (Vast status exited)" in x for x in lines)
     assert not fake.instances
     states = [t.state for t in optuna.load_study(study_name="e2e", storage=url).trials]
-    assert TrialState.RUNNING not in states and TrialState.FAIL in states
+    assert states == [TrialState.FAIL] * 2
     cost = search_cost(out)
     assert cost is not None and not any(i.running for i in cost.instances)
 

@@ -78,7 +78,9 @@ def _start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # "local": a new Ray of our own, even when `ray start` or another tool on this machine left its
+        # address in /tmp/ray/ray_current_cluster (plain ray.init() would join that cluster instead).
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
 def run_search(
