@@ -14,12 +14,12 @@ import os
 import sys
 
 from himari_ray import __version__
-from himari_ray.cli import data, policy, results, search, spaces
+from himari_ray.cli import data, launch, policy, results, search, spaces
 from himari_ray.cli.common import Parser
 from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, spaces, results, data, policy)
+COMMAND_MODULES = (search, spaces, results, data, policy, launch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,12 +98,15 @@ def quote(text: str, limit: int = 60) -> str:
 def print_results(out: Path, fmt: str = "table", write_pareto: bool = False) -> int:
     """Print a search's results (`analyze`): trials table, Pareto front, best trials, importance."""
     from himari_ray.report import load_search
+    from himari_ray.report.cost import cost_report
     from himari_ray.report.text import render
 
     results = load_search(out)
     print(render(results, fmt))
     if write_pareto and not results.pareto.empty:
         results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
+    if fmt == "table" and (cost := cost_report(out)):  # a search launched on rented instances: what it cost
+        print(f"\n{cost}")
     return 0
 
 
@@ -121,6 +124,10 @@ def print_table(out: Path, write_pareto: bool = False) -> int:
     best = int(results.best["trial"].iloc[0]) if not results.best.empty else None
     storage = search_storage_url(out, results.manifest)
     print("\n" + next_steps(out, command_names(build_parser()), best, storage))
+    from himari_ray.report.cost import cost_report
+
+    if cost := cost_report(out):  # a search launched on rented instances: what it cost
+        print(f"\n{cost}")
     return 0
 
 

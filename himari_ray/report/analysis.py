@@ -101,10 +101,13 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
         ok = ok[ok[PROFIT_OK].astype(bool)]
     band = ok[BAND_DISTANCE].to_numpy(dtype=float)
     sharpe = ok[VAL_SHARPE].to_numpy(dtype=float)
-    keep = [
-        not np.any((band <= band[i]) & (sharpe >= sharpe[i]) & ((band < band[i]) | (sharpe > sharpe[i])))
-        for i in range(len(ok))
-    ]
+    keep = np.array(
+        [
+            not np.any((band <= band[i]) & (sharpe >= sharpe[i]) & ((band < band[i]) | (sharpe > sharpe[i])))
+            for i in range(len(ok))
+        ],
+        dtype=bool,
+    )  # a boolean mask even when empty: `ok[[]]` would select no columns instead of no rows
     return ok[keep].sort_values([BAND_DISTANCE, "trial"])
 
 

@@ -36,6 +36,10 @@ from himari_ray.types import (
     trial_number,
 )
 
+#: Retries of a trial whose worker died (a lost node, a reclaimed spot instance); each restarts from its last
+#: checkpoint. A trial that fails this many times more is given up (and FAIL in the study).
+MAX_TRIAL_FAILURES = 3
+
 
 def trial_dirname(trial: Any) -> str:
     """Short, sortable trial directories (Tune's default embeds the whole nested config)."""
@@ -216,6 +220,7 @@ def run_search(
                 interrupt.callback(),
             ],
             verbose=0,
+            failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
             # PBT restores trials from other trials' older checkpoints: keep them all there.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
         ),

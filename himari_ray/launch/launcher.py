@@ -1,0 +1,365 @@
+"""`himari-ray vast up|status|logs|pull|down`: rent N Vast instances, run one search on each into the user's
+study, watch them, bring the results home, and destroy them.
+
+Vast instances are containers behind NAT, so one Ray cluster across them does not work: each instance runs
+its own single-node Ray (token authentication, dashboard on loopback) and its own search, and the searches
+share one Optuna study. The study stays on this machine behind Optuna's gRPC proxy on 127.0.0.1; each box
+reaches it through an SSH reverse tunnel, so no database or proxy port is ever public.
+
+`up` runs in the foreground until every search ends. Whatever it rented is destroyed when it ends, on
+success (after pulling the results; `--keep` leaves them for `status/logs/pull/down`) and on any failure or
+Ctrl-C: nothing is left billing. `down <out>` destroys what an `up` killed outright left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
+from himari_ray.launch.ledger import Ledger
+from himari_ray.launch.offers import OfferFilter, matches, vast_query
+from himari_ray.launch.onstart import onstart_script, run_dir
+from himari_ray.launch.vast import VastClient, VastError
+from himari_ray.report.cost import cost_report
+from himari_ray.types import UserInputError
+
+STATE_FILE = "launch.json"
+#: Consecutive failed Vast API calls a running launch sits out before it gives up (and destroys all).
+MAX_API_FAILURES = 30
+#: Vast states of an instance that will not run again.
+DEAD = ("exited", "offline", "stopped", "destroyed")
+
+Echo = Callable[[str], None]
+Connect = Callable[[dict[str, Any]], Box]
+
+
+class LaunchConfig(BaseModel):
+    """What `up` rents and runs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    space: str = Field(description="Space file or bundled name every box searches.")
+    instances: int = Field(1, ge=1, description="How many instances to rent (one search each).")
+    trials: int = Field(ge=1, description="Trials over all instances (split evenly).")
+    seed: int = Field(0, ge=0, description="Sampler seed of the first box; box i uses seed + i.")
+    storage: str = Field(description="The study's storage on this machine (SQLAlchemy URL).")
+    image: str = Field("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", description="Docker image of each box.")
+    install: str = Field("pip install -q 'himari-ray==0.1.0'", description="Shell command installing himari-ray.")
+    ready_timeout_s: float = Field(900.0, gt=0, description="Seconds a box may take to be ready.")
+    poll_s: float = Field(10.0, gt=0, description="Seconds between checks of the boxes.")
+    box_proxy_port: int = Field(13000, ge=1024, le=65535, description="Port of the study proxy on each box.")
+    ray_port: int = Field(6379, ge=1024, le=65535, description="Ray's GCS port on each box (loopback use only).")
+    keep: bool = Field(False, description="Leave the instances running when the searches end.")
+
+
+def ssh_connect(instance: dict[str, Any]) -> Box:
+    return SSHBox(str(instance["ssh_host"]), int(instance["ssh_port"]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LaunchState:
+    """launch.json: what was rented, for which study; written after every change."""
+
+    def __init__(self, out: Path, data: dict[str, Any]):
+        self.out, self.data = Path(out), data
+
+    @classmethod
+    def load(cls, out: Path) -> LaunchState:
+        path = Path(out) / STATE_FILE
+        if not path.is_file():
+            raise UserInputError(f"{out}: not a launch directory (no {STATE_FILE}); give the --out of `vast up`")
+        return cls(out, json.loads(path.read_text()))
+
+    def save(self) -> None:
+        tmp = self.out / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.out / STATE_FILE)
+
+    @property
+    def instances(self) -> dict[int, dict[str, Any]]:
+        return {int(k): v for k, v in self.data["instances"].items()}
+
+
+def find_offers(client: VastClient, f: OfferFilter) -> list[dict[str, Any]]:
+    """Offers matching `f`, cheapest first."""
+    offers = [o for o in client.search_offers(vast_query(f)) if matches(o, f)]
+    return sorted(offers, key=lambda o: float(o["dph_total"]))
+
+
+def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str) -> list[int]:
+    """Destroy every instance of this launch not yet destroyed; returns those that could not be."""
+    ledger = Ledger(state.out)
+    done = ledger.destroyed()
+    prefix = state.data["label"]
+    ours = set(state.instances) - done
+    with contextlib.suppress(VastError):  # also any instance with our label launch.json missed (created as we died)
+        ours |= {int(i["id"]) for i in client.instances() if str(i.get("label", "")).startswith(f"{prefix}-")} - done
+    failed = []
+    for iid in sorted(ours):
+        try:
+            client.destroy(iid)
+            ledger.record("destroyed", iid, reason=reason)
+            echo(f"instance {iid}: destroyed ({reason})")
+        except VastError as exc:
+            failed.append(iid)
+            echo(f"instance {iid}: could NOT be destroyed ({exc}); destroy it at https://cloud.vast.ai/instances/")
+    return failed
+
+
+def _phase(box: Box) -> str:
+    res = box.run(f"cat ~/{BOX_DIR}/phase 2>/dev/null", timeout=30)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def _last_log_line(box: Box) -> str:
+    res = box.run(f"tail -n 1 ~/{BOX_DIR}/onstart.log 2>/dev/null", timeout=30)
+    return res.stdout.strip()[-200:]
+
+
+def _wait_ready(
+    client: VastClient,
+    state: LaunchState,
+    connect: Connect,
+    cfg: LaunchConfig,
+    echo: Echo,
+    on_ready: Callable[[Box], None],
+) -> dict[int, Box]:
+    ledger = Ledger(state.out)
+    pending = dict(state.instances)
+    boxes: dict[int, Box] = {}
+    last: dict[int, str] = {}
+    deadline = time.monotonic() + cfg.ready_timeout_s
+    while pending:
+        listed = {int(i["id"]): i for i in client.instances()}
+        for iid in list(pending):
+            inst = listed.get(iid)
+            status = (inst or {}).get("actual_status") or "provisioning"
+            if inst is None or status in DEAD:
+                raise UserInputError(
+                    f"instance {iid} stopped while starting (Vast status {status}); all instances destroyed; "
+                    "try another offer (--filter reliability>=0.99)"
+                )
+            phase = ""
+            if status == "running":
+                box = connect(inst)
+                phase = _phase(box)
+                if phase.startswith("failed"):
+                    raise UserInputError(
+                        f"instance {iid}: on-start {phase} ({_last_log_line(box)}); all instances destroyed; "
+                        "check --install and --image"
+                    )
+                if phase in ("ready", "searching") or phase.startswith("done"):
+                    home = box.run("cd ~ && pwd -P", timeout=30).stdout.strip()  # as the search resolves it
+                    state.data["instances"][str(iid)]["owner"] = f"{home}/{run_dir(pending[iid]['label'])}"
+                    state.save()
+                    ledger.record("ready", iid)
+                    echo(f"instance {iid}: ready ({box.name})")
+                    on_ready(box)
+                    boxes[iid] = box
+                    del pending[iid]
+                    continue
+            last[iid] = f"Vast status {status}" + (f", on-start phase {phase}" if phase else "")
+        if pending and time.monotonic() > deadline:
+            iid = next(iter(pending))
+            raise UserInputError(
+                f"instance {iid} not ready after {cfg.ready_timeout_s:.0f} s ({last.get(iid, 'no status')}); "
+                "all instances destroyed; raise --ready-timeout or pick another offer (--filter)"
+            )
+        if pending:
+            time.sleep(min(cfg.poll_s, max(deadline - time.monotonic(), 0.1)))
+    return boxes
+
+
+def _study_counts(storage: Any, study_name: str, owners: set[str]) -> dict[str, int]:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return {}
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("himari_search") in owners:
+            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+def _pull(box: Box, state: LaunchState, iid: int) -> Path:
+    label = state.instances[iid]["label"]
+    dest = state.out / "boxes" / label
+    box.pull(run_dir(label), dest)
+    return dest
+
+
+def _monitor(
+    client: VastClient, state: LaunchState, boxes: dict[int, Box], storage: Any, cfg: LaunchConfig, echo: Echo
+) -> tuple[dict[int, int], list[int]]:
+    """Watch until every search ends; returns exit codes of finished boxes and the ids of lost ones."""
+    from himari_ray.search.study import fail_running
+
+    active, codes, lost = dict(boxes), {}, []
+    owners = {v["owner"] for v in state.instances.values() if "owner" in v}
+    shown: dict[str, int] = {}
+    blips = 0
+    while active:
+        time.sleep(cfg.poll_s)
+        try:
+            listed = {int(i["id"]): i for i in client.instances()}
+            blips = 0
+        except VastError as exc:  # the API hiccups for minutes at times; the boxes keep searching meanwhile
+            blips += 1
+            if blips >= MAX_API_FAILURES:
+                raise
+            echo(f"Vast API: {exc} (try {blips} of {MAX_API_FAILURES})")
+            continue
+        for iid, box in list(active.items()):
+            status = (listed.get(iid) or {}).get("actual_status") or "gone"
+            if status in DEAD or status == "gone":
+                echo(f"instance {iid}: lost mid-search (Vast status {status}); destroying it, the others go on")
+                n = fail_running(storage, state.data["study"], state.instances[iid].get("owner", ""))
+                if n:
+                    echo(f"instance {iid}: {n} trial(s) it was running marked FAIL in the study")
+                lost.append(iid)
+                del active[iid]
+                destroy_one(client, state, iid, "lost", echo)
+                continue
+            phase = _phase(box)
+            if phase.startswith("done"):
+                codes[iid] = int(phase.split()[1])
+                dest = _pull(box, state, iid)
+                echo(f"instance {iid}: search ended (exit {codes[iid]}); results in {dest}")
+                del active[iid]
+                if not cfg.keep:
+                    destroy_one(client, state, iid, "finished", echo)
+        counts = _study_counts(storage, state.data["study"], owners)
+        if counts != shown:
+            shown = counts
+            echo("study: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return codes, lost
+
+
+def destroy_one(client: VastClient, state: LaunchState, iid: int, reason: str, echo: Echo) -> None:
+    try:
+        client.destroy(iid)
+        Ledger(state.out).record("destroyed", iid, reason=reason)
+        echo(f"instance {iid}: destroyed ({reason})")
+    except VastError as exc:
+        echo(f"instance {iid}: could NOT be destroyed ({exc}); `himari-ray vast down {state.out}` retries")
+
+
+def up(
+    cfg: LaunchConfig, f: OfferFilter, out: Path, client: VastClient, connect: Connect = ssh_connect, echo: Echo = print
+) -> int:
+    """Rent, run, watch, pull, destroy. Everything is checked before anything is rented."""
+    from himari_ray.launch.proxy import StudyProxy
+    from himari_ray.search.driver import check_out_dir
+    from himari_ray.search.sampling import objective_spec, optuna_distributions
+    from himari_ray.search.space import load_space
+    from himari_ray.search.study import check_compatible, open_storage
+
+    space, path = load_space(cfg.space)
+    if cfg.trials < cfg.instances:
+        raise UserInputError(f"--trials {cfg.trials} < --instances {cfg.instances}: each instance needs a trial")
+    if space.scheduler.kind != "asha":
+        raise UserInputError(f"{path}: scheduler {space.scheduler.kind} keeps no shared study; use asha on Vast")
+    check_out_dir(out)
+    fresh = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # the study may live in it (the default storage)
+    try:
+        storage = open_storage(cfg.storage)
+        _, mode = objective_spec(space)
+        check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+        try:
+            offers = find_offers(client, f)
+        except VastError as exc:
+            raise UserInputError(f"Vast offers: {exc}") from None
+        if len(offers) < cfg.instances:
+            raise UserInputError(
+                f"no offers: {len(offers)} match the filter, {cfg.instances} needed; widen it (higher dph<=, lower "
+                "reliability>=, another gpu) and check with `himari-ray vast offers`"
+            )
+    except UserInputError:
+        if fresh:  # nothing rented, nothing of the user's in it: leave no directory that blocks a rerun
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    label = f"himari-{secrets.token_hex(4)}"
+    state = LaunchState(out, {"label": label, "space": space.name, "study": space.name, "instances": {}})
+    state.data["storage"] = cfg.storage
+    state.save()
+    ledger = Ledger(out)
+    ok = False
+    try:
+        for i, offer in enumerate(offers[: cfg.instances]):
+            name = f"{label}-{i}"
+            script = onstart_script(
+                name,
+                Path(path).read_text(),
+                cfg.trials // cfg.instances + (i < cfg.trials % cfg.instances),  # exactly --trials in all
+                cfg.seed + i,
+                cfg.install,
+                cfg.ray_port,
+                cfg.box_proxy_port,
+            )
+            try:
+                iid = client.create_instance(offer["id"], cfg.image, f.min_disk_gb, script, name, env={})
+            except VastError as exc:
+                raise UserInputError(
+                    f"Vast refused to create an instance from offer {offer['id']} ({exc}); all instances destroyed; "
+                    "offers change by the minute: run it again or widen the filter"
+                ) from None
+            info = {"gpu": offer.get("gpu_name", "?"), "num_gpus": offer.get("num_gpus", 0), "dph": offer["dph_total"]}
+            ledger.record("created", iid, offer=offer["id"], **info)
+            state.data["instances"][str(iid)] = {"label": name, "offer": offer["id"], **info}
+            state.save()
+            echo(
+                f"instance {iid}: created from offer {offer['id']} ({info['num_gpus']}x {info['gpu']}, ${float(info['dph']):.3f}/h)"
+            )
+        # The proxy runs before any box is ready: each box's tunnel opens the moment that box is ready.
+        with StudyProxy(cfg.storage, port=_free_port()) as proxy:
+            tunnels: list[Tunnel] = []
+            try:
+                boxes = _wait_ready(
+                    client,
+                    state,
+                    connect,
+                    cfg,
+                    echo,
+                    lambda box: tunnels.append(box.forward(cfg.box_proxy_port, proxy.port)),
+                )
+                codes, lost = _monitor(client, state, boxes, storage, cfg, echo)
+            finally:
+                for t in tunnels:
+                    t.close()
+        owners = {v["owner"] for v in state.instances.values() if "owner" in v}
+        counts = _study_counts(storage, space.name, owners)
+        ledger.record("trials", finished=counts.get("complete", 0) + counts.get("pruned", 0))
+        ok = True
+    except VastError as exc:
+        raise UserInputError(f"Vast: {exc}; all instances destroyed") from None
+    finally:
+        if not (ok and cfg.keep):
+            failed = destroy_all(client, state, echo, "search over" if ok else "launch failed")
+            if failed:
+                echo(f"{len(failed)} instance(s) may still bill: {failed}")
+    if cost := cost_report(out):
+        echo(cost)
+    bad = [i for i, c in codes.items() if c != 0]
+    if lost or bad:
+        echo(f"{len(lost)} instance(s) lost, {len(bad)} search(es) failed: see `himari-ray analyze` on {out}/boxes/*")
+        return 1
+    return 0
