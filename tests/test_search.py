@@ -77,7 +77,13 @@ def write_space(tmp_path, **changes):
         ({"family": "nope"}, "family: unknown reward family"),
         ({"fixed.trade_cost": 0.1}, "search.trade_cost: also set in fixed"),
         ({"budget.trials": -3}, "budget.trials: Input should be greater than or equal to 1"),
-        ({"targets.CRASH": [1, 2]}, "targets.CRASH: unknown regime"),
+        ({"eval.bands.CRASH": [1, 2]}, "eval.bands: unknown regime 'CRASH'"),
+        ({"eval.leak_alarm": {"hit_rate": 0.6}}, "eval.leak_alarm.hit_rate: unknown key"),
+        # keys of older space files: refused with where they live now, never silently dropped
+        ({"targets": {"LOW_VOL": [40, 60]}}, "targets: moved; write it as eval.bands"),
+        ({"fee": 0.001}, "fee: moved; write it as eval.fee"),
+        ({"leak_alarm": {"min_trades": 50}}, "leak_alarm: moved; write it as eval.leak_alarm"),
+        ({"objective": {"min_val_net_return": 0.0}}, "objective.min_val_net_return: moved; write it as eval.min_net"),
         ({"train.minibatch_size": 4096}, "train.minibatch_size: minibatch_size 4096 exceeds"),
         (
             {"search": {"trade_cost": {"low": 0.1, "high": 0.2}}, "fixed": {"trade_cost": -0.1}},
@@ -127,13 +133,14 @@ def test_space_settings_reach_the_trial_config(tmp_path):
     path = write_space(
         tmp_path,
         preflight={"enabled": False, "skill_high": 0.7},
-        leak_alarm={"hit_rate": 0.65, "min_trades": 50},
-        objective={"mode": "multi", "min_val_net_return": 0.0},
-        fee=0.001,
+        objective={"mode": "multi"},
+        eval={"fee": 0.001, "min_net_return": 0.0, "leak_alarm": {"min_trades": 50, "ceiling": 0.7}},
     )
-    trial = load_space(str(path))[0].trial_config()
+    space = load_space(str(path))[0]
+    trial = space.trial_config()
     assert not trial.preflight.enabled and trial.preflight.skill_high == 0.7
-    assert trial.eval.leak_hit_rate == 0.65 and trial.eval.leak_min_trades == 50
+    assert trial.eval is space.eval  # the space's eval section is the runtime config itself
+    assert trial.eval.leak_alarm.min_trades == 50 and trial.eval.leak_alarm.ceiling == 0.7
     assert trial.eval.min_net_return == 0.0 and trial.eval.fee == 0.001
 
 

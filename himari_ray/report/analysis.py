@@ -92,7 +92,7 @@ def trials_table(out: Path) -> pd.DataFrame:
         table = table.drop(columns="preflight")
     if not table["leak"].astype(bool).any():
         table = table.drop(columns="leak")
-    if manifest["objective"]["min_val_net_return"] is None:
+    if manifest["eval"]["min_net_return"] is None:
         table = table.drop(columns="profit_ok")
     return table
 

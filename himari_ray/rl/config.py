@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
+from himari_ray.env.leak import LeakAlarmConfig
 from himari_ray.env.metrics import DEFAULT_HOLD_BANDS
 from himari_ray.env.preflight import (
     PreflightConfig,
@@ -51,7 +52,7 @@ class TrainConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    """How a trial's greedy policy is scored on the validation split."""
+    """How a trial's policy is scored on the validation split: a space file's `eval:` section, as is."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -60,10 +61,9 @@ class EvalConfig(BaseModel):
     )
     fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
     batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
-    leak_hit_rate: float = Field(
-        0.60, gt=0.5, le=1.0, description="Flag a likely look-ahead leak above this hit rate on traded val bars."
+    leak_alarm: LeakAlarmConfig = Field(
+        default_factory=LeakAlarmConfig, description="When a hit rate on traded val bars is too good to be honest."
     )
-    leak_min_trades: int = Field(200, ge=1, description="Traded val bars needed before the leak alarm can sound.")
     min_net_return: float | None = Field(
         None, description="Profit constraint: val net return must exceed this (None: no constraint)."
     )

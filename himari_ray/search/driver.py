@@ -118,6 +118,7 @@ def run_search(
         "searched": sorted(space.search),
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
+        "eval": space.eval.model_dump(mode="json"),
         "robust": space.robust.model_dump(),
         "storage": url if space.scheduler.kind == "asha" else None,
         "data": space.data.model_dump(),
