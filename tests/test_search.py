@@ -198,3 +198,24 @@ def test_bad_conditional_spaces_name_the_key(tmp_path, extra, expected):
     with pytest.raises(UserInputError) as err:
         load_space(str(path))
     assert str(err.value).startswith(str(path)) and expected in str(err.value), str(err.value)
+
+
+def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_crash_fails(tmp_path):
+    """Skipped by the preflight: COMPLETE with its penalty and SKIPPED_SHARPE, so TPE learns from it (it was
+    FAIL, issue 8); a crashed trial stays FAIL; every Optuna trial names its Tune trial."""
+    from optuna.trial import TrialState
+
+    from himari_ray.rl.evaluate import SKIPPED_SHARPE
+    from himari_ray.search.study import TUNE_TRIAL_ATTR
+
+    space, _ = load_space(str(write_space(tmp_path, objective={"mode": "multi"})))
+    limiter = make_searcher(space, seed=0, max_concurrent=2)
+    limiter.suggest("skipped")
+    limiter.suggest("crashed")
+    skipped = {"band_distance": 412.0, "val_sharpe": float("nan"), "preflight_skipped": True, "training_iteration": 1}
+    limiter.on_trial_complete("skipped", skipped)
+    limiter.on_trial_complete("crashed", {"band_distance": 30.0, "training_iteration": 1}, error=True)
+    trials = limiter.searcher._ot_study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].values == [412.0, SKIPPED_SHARPE]
+    assert [t.user_attrs[TUNE_TRIAL_ATTR] for t in trials] == ["skipped", "crashed"]

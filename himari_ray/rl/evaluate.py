@@ -47,6 +47,24 @@ LEAK_P_VS_BASELINE = "leak_p_vs_baseline"  # one-sided p-value: policy hit rate 
 LEAK_P_VS_CEILING = "leak_p_vs_ceiling"  # one-sided p-value: policy hit rate > the honest ceiling
 BEST_OBJECTIVE = "best_objective"  # lowest objective the trial has reported so far (this report included)
 BEST_ITERATION = "best_iteration"  # iteration of that report; its checkpoint is kept beside the latest
+BEST_BAND_DISTANCE = "best_band_distance"  # band distance of that report
+BEST_VAL_SHARPE = "best_val_sharpe"  # validation Sharpe of that report
+
+
+def track_best(metrics: dict[str, Any], best: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """Add the trial's best report so far (lowest objective, this one included) to `metrics` as `best_*`
+    keys, so trials are compared by their best report and its iteration, not by where they stopped.
+    Returns the best (to carry to the next report) and whether this report is it."""
+    improved = best is None or metrics["objective"] < best[BEST_OBJECTIVE]
+    if improved:
+        best = {
+            BEST_OBJECTIVE: metrics["objective"],
+            BEST_ITERATION: metrics["iteration"],
+            BEST_BAND_DISTANCE: metrics[BAND_DISTANCE],
+            BEST_VAL_SHARPE: metrics["val_sharpe"],
+        }
+    metrics.update(best)
+    return best, improved
 
 
 class GreedyEvaluator:
@@ -157,7 +175,6 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
     report[DECISIVENESS.format(regime="ALL")] = float("nan")
     report[BAND_DISTANCE] = report[BAND_DISTANCE_PROB] = penalty
     report["objective"] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
-    report[BEST_OBJECTIVE], report[BEST_ITERATION] = report["objective"], 0
     report[LEAK_ALARM] = False
     report[LEAK_BASELINE_HIT_RATE] = float("nan")
     report[LEAK_P_VS_BASELINE] = report[LEAK_P_VS_CEILING] = 1.0
@@ -168,6 +185,7 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
     report["val_max_drawdown"] = float("nan")
     report["val_turnover"] = float("nan")
     report["iteration"] = 0
+    track_best(report, None)
     return report
 
 

@@ -174,8 +174,12 @@ def run_search(
             stop=collapse_stopper(space.collapse),
             callbacks=[report_printer()],
             verbose=0,
-            # PBT restores trials from other trials' older checkpoints: keep them all there.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
+            # Each trial keeps its best checkpoint by the objective (every new best is checkpointed) and Tune
+            # always keeps the latest beside it, for resume. PBT restores trials from other trials' older
+            # checkpoints: keep them all there.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if pbt else 1, checkpoint_score_attribute=OBJECTIVE, checkpoint_score_order="min"
+            ),
         ),
     )
     tuner.fit()
