@@ -24,6 +24,7 @@ def local_ray():
     """A local Ray for one test module, shut down by its own handle (never `ray stop`)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # address="local": a fresh instance even while another cluster (`ray start`, another test's) is running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()

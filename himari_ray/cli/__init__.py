@@ -1,4 +1,4 @@
-"""Command line: `himari-ray search`, `preflight`, `analyze`, `data import|inspect|synth`.
+"""Command line: `himari-ray search`, `preflight`, `analyze`, `confirm`, `data import|inspect|synth`.
 
 Each command group is a module with `register(subparsers)`; its parser sets `run`, the function that
 carries the command out. Bad input ends in one line on stderr naming the file (or flag) and key, exit code
@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from himari_ray.cli import data, results, search
+from himari_ray.cli import confirm, data, results, search
 from himari_ray.cli.common import Parser
 from himari_ray.types import UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, results, data)
+COMMAND_MODULES = (search, results, confirm, data)
 
 
 def build_parser() -> argparse.ArgumentParser:

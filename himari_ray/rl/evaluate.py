@@ -85,6 +85,7 @@ class GreedyEvaluator:
         arrays = ds.split(split)
         c, n = env.context_len, len(arrays)
         self.cfg = cfg
+        self.split = split  # trading metrics are named after it: val_sharpe, test_sharpe
         # Bars around exchange outages are skipped: no position is held across a gap.
         bars = np.flatnonzero(arrays.tradable[c - 1 : n - 1]) + (c - 1)
         scaled = ds.scaler.transform(arrays.features)
@@ -144,7 +145,7 @@ class GreedyEvaluator:
         )
         trading = trading_metrics(actions, self.next_returns, self.cfg.fee)
         for key, value in trading.items():
-            metrics[f"val_{key}"] = value
+            metrics[f"{self.split}_{key}"] = value
         leak = leak_verdict(actions, self.next_returns, self.features_t, self.baseline, self.cfg.leak_alarm)
         metrics[LEAK_ALARM] = leak.alarm
         metrics[LEAK_BASELINE_HIT_RATE] = leak.baseline_hit_rate

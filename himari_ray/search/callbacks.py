@@ -39,17 +39,19 @@ def format_report(trial_no: int, result: dict[str, Any]) -> str:
     )
 
 
-def report_printer(stream=sys.stdout):
+def report_printer(stream=None):
+    """Prints to `stream`, or to whatever sys.stdout is when a report arrives: Tune pickles its callbacks
+    with the experiment state, and a replaced stdout (a notebook, pytest's capture) cannot be pickled."""
     from ray import tune
 
     class ReportPrinter(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            print(format_report(trial_number(trial.experiment_tag), result), file=stream, flush=True)
+            print(format_report(trial_number(trial.experiment_tag), result), file=stream or sys.stdout, flush=True)
 
         def on_trial_error(self, iteration, trials, trial, **info) -> None:
             print(
                 f"trial {trial_number(trial.experiment_tag)} failed: see {trial.local_path}/error.txt",
-                file=stream,
+                file=stream or sys.stdout,
                 flush=True,
             )
 

@@ -74,7 +74,9 @@ def _start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        # address="local": always a fresh local instance. Without it Ray joins whatever cluster `ray start`
+        # (or a test's cluster) last left running on this machine; joining one is what --address is for.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
 
 
 def run_search(
