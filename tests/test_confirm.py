@@ -94,6 +94,10 @@ def test_real_search_then_confirm_with_two_seeds_then_a_second_confirm_is_refuse
     assert (
         record["summary"]["val"]["val_buy_and_hold"]["mean"] != record["summary"]["test"]["test_buy_and_hold"]["mean"]
     )
+    # It retrains the chosen configuration itself: with the trial's own seed it reproduces the search's report.
+    own = record["per_seed"][0]
+    assert own["iteration"] == record["search_best"]["iteration"]
+    assert own["val"]["band_distance"] == pytest.approx(record["search_best"]["band_distance"])
     md = (out / "confirm.md").read_text()
     assert "## Test" in md and "mean ± std" in md and f"trial {record['trial']}" in md
     assert "test net return" in capsys.readouterr().out

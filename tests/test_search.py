@@ -219,3 +219,11 @@ def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[0].values == [412.0, SKIPPED_SHARPE]
     assert [t.user_attrs[TUNE_TRIAL_ATTR] for t in trials] == ["skipped", "crashed"]
+
+
+def test_random_search_is_a_sampler_choice_of_the_budget(tmp_path):
+    import optuna
+
+    space, _ = load_space(str(write_space(tmp_path, **{"budget.sampler": "random"})))
+    assert isinstance(make_searcher(space, seed=0).searcher._sampler, optuna.samplers.RandomSampler)
+    assert isinstance(make_searcher(load_space("smoke")[0], seed=0).searcher._sampler, optuna.samplers.TPESampler)

@@ -35,7 +35,13 @@ def format_report(trial_no: int, result: dict[str, Any]) -> str:
     return (
         f"trial {trial_no:3d}  it {result['training_iteration']:3d}  HOLD% {holds}"
         f"  band {result['band_distance']:6.1f}  sharpe {result['val_sharpe']:6.2f}"
-        + ("  LEAK? hit rate {:.0%}".format(result["val_win_rate"]) if result["leak_alarm"] else "")
+        + (
+            "  LEAK? hit rate {:.0%} vs {:.0%} honest at equal selectivity".format(
+                result["val_win_rate"], result["leak_baseline_hit_rate"]
+            )
+            if result["leak_alarm"]
+            else ""
+        )
     )
 
 

@@ -53,7 +53,7 @@ def _trial_dirs(out: Path) -> dict[int, Path]:
     return {int(d.name.split("_")[1]): d for d in sorted((out / "tune").glob("trial_*")) if d.is_dir()}
 
 
-def _best_report(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+def best_report(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The trained report with the lowest objective (the one whose checkpoint the trial keeps)."""
     trained = [r for r in reports if not r.get("preflight_skipped") and "objective" in r]
     return min(trained, key=lambda r: (r["objective"], r["training_iteration"])) if trained else None
@@ -64,7 +64,7 @@ def _why_untrained(d: Path, reports: list[dict[str, Any]]) -> str | None:
         return "crashed (see error.txt)"
     if not reports:
         return "never reported"
-    if _best_report(reports) is None:
+    if best_report(reports) is None:
         return "was skipped by the preflight, never trained"
     return None
 
@@ -80,12 +80,12 @@ def choose_trial(out: Path, trial: int | None) -> tuple[int, Path, dict[str, Any
         why = _why_untrained(dirs[trial], reports)
         if why:
             raise UserInputError(f"--trial {trial}: trial {trial} {why}; confirm a trained trial")
-        return trial, dirs[trial], _best_report(reports)
+        return trial, dirs[trial], best_report(reports)
     ranked = []
     for n, d in dirs.items():
         reports = _reports(d / "result.json") if (d / "result.json").is_file() else []
         if _why_untrained(d, reports) is None:
-            best = _best_report(reports)
+            best = best_report(reports)
             ranked.append((best["band_distance"], -np.nan_to_num(best["val_sharpe"], nan=-np.inf), n, d, best))
     if not ranked:
         raise UserInputError(f"{out}: no trained trial to confirm (every trial was skipped, crashed or never reported)")
@@ -130,27 +130,50 @@ def trial_config(trial_dir: Path, seed_offset: int) -> TrialConfig:
     return trial.model_copy(update={"env": env, "train": train, "robust": RobustConfig()})
 
 
-def train_seed(trial: TrialConfig) -> tuple[Any, dict[str, Any], int]:
-    """Train to completion with real RLlib; returns the algorithm with the module of the best validation
-    iteration loaded, that iteration's validation metrics, and the iteration."""
+def train_seed(trial_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Train one seed to completion with real RLlib (validation only); returns the module weights of the
+    iteration with the best validation objective, that iteration's metrics, and the iteration. Runs as a
+    Ray task of one CPU: Ray pins its torch to that CPU, and the seeds train side by side."""
     import torch
 
     from himari_ray.rl.config import build_ppo_config
     from himari_ray.rl.evaluate import GreedyEvaluator
 
+    trial = TrialConfig.model_validate(trial_json)
     torch.manual_seed(trial.train.seed)
     algo = build_ppo_config(trial).build_algo()
     val = GreedyEvaluator(trial.env, trial.eval)
     best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
-    for it in range(1, trial.train.iterations + 1):
-        algo.train()
-        module = algo.get_module()
-        metrics = val(module)
-        if best is None or metrics["objective"] < best[0]:
-            state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-            best = (metrics["objective"], it, metrics, state)
-    algo.get_module().load_state_dict(best[3])
-    return algo, best[2], best[1]
+    try:
+        for it in range(1, trial.train.iterations + 1):
+            algo.train()
+            module = algo.get_module()
+            metrics = val(module)
+            if best is None or metrics["objective"] < best[0]:
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                best = (metrics["objective"], it, metrics, state)
+    finally:
+        algo.stop()
+    return best[3], best[2], best[1]
+
+
+def trained_module(trial: TrialConfig, weights: dict[str, Any]) -> Any:
+    """The trial's RLModule with the given weights, built from its spaces and model config as RLlib does."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from himari_ray.env.trading import HimariTradingEnv
+    from himari_ray.rl.model import RegimeTransformerModule
+
+    env = HimariTradingEnv(trial.env)
+    spec = RLModuleSpec(
+        module_class=RegimeTransformerModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config=trial.model.to_model_config(),
+    )
+    module = spec.build()
+    module.load_state_dict(weights)
+    return module
 
 
 def _pick(metrics: dict[str, Any], split: str) -> dict[str, float]:
@@ -186,11 +209,14 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
     number, trial_dir, search_best = choose_trial(out, trial)
     configs = [trial_config(trial_dir, k) for k in range(seeds)]
 
+    import ray
+
     from himari_ray.rl.evaluate import GreedyEvaluator
     from himari_ray.search.driver import _start_ray
 
     _start_ray(None)
-    trained = [train_seed(cfg) for cfg in configs]  # validation only, so far
+    task = ray.remote(num_cpus=1, max_retries=0)(train_seed)
+    trained = ray.get([task.remote(cfg.model_dump(mode="json")) for cfg in configs])  # validation only, so far
     record: dict[str, Any] = {
         "trial": number,
         "trial_dir": trial_dir.name,
@@ -209,20 +235,16 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
     }
     _write_json(out / CONFIRM_JSON, record)  # the test split is about to be read: a rerun must know
     per_seed = []
-    try:
-        for cfg, (algo, val_metrics, iteration) in zip(configs, trained, strict=True):
-            test_metrics = GreedyEvaluator(cfg.env, cfg.eval, split="test")(algo.get_module())
-            per_seed.append(
-                {
-                    "seed": cfg.train.seed,
-                    "iteration": iteration,
-                    "val": _pick(val_metrics, "val"),
-                    "test": _pick(test_metrics, "test"),
-                }
-            )
-    finally:
-        for algo, _, _ in trained:
-            algo.stop()
+    for cfg, (weights, val_metrics, iteration) in zip(configs, trained, strict=True):
+        test_metrics = GreedyEvaluator(cfg.env, cfg.eval, split="test")(trained_module(cfg, weights))
+        per_seed.append(
+            {
+                "seed": cfg.train.seed,
+                "iteration": iteration,
+                "val": _pick(val_metrics, "val"),
+                "test": _pick(test_metrics, "test"),
+            }
+        )
     record.update(
         status="complete",
         per_seed=per_seed,

@@ -80,6 +80,9 @@ class Budget(BaseModel):
     trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
     seed: int = Field(0, ge=0, description="Seed of the Optuna sampler.")
+    sampler: Literal["tpe", "random"] = Field(
+        "tpe", description="Optuna sampler: tpe, or random (the baseline the calibration benchmark compares TPE to)."
+    )
 
 
 class ObjectiveSettings(BaseModel):
