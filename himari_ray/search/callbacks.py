@@ -28,13 +28,15 @@ def collapse_stopper(cfg: CollapseSettings):
 
 
 def format_report(trial_no: int, result: dict[str, Any]) -> str:
-    """One line per trial report: per-regime HOLD%, band distance, validation Sharpe."""
+    """One line per trial report: per-regime greedy HOLD%, band distance (greedy, and by the policy's mean
+    HOLD probabilities), decisiveness (mean top-action probability), validation Sharpe."""
     if result["preflight_skipped"]:
         return f"trial {trial_no:3d}  skipped by preflight, not trained: {result['preflight']}"
     holds = " ".join(f"{r}={result[f'hold_pct_{r}']:5.1f}" for r in REGIME_NAMES)
     return (
         f"trial {trial_no:3d}  it {result['training_iteration']:3d}  HOLD% {holds}"
-        f"  band {result['band_distance']:6.1f}  sharpe {result['val_sharpe']:6.2f}"
+        f"  band {result['band_distance']:6.1f} (by probabilities {result['band_distance_prob']:5.1f},"
+        f" decisiveness {result['decisiveness_ALL']:.2f})  sharpe {result['val_sharpe']:6.2f}"
         + (
             "  LEAK? hit rate {:.0%} vs {:.0%} honest at equal selectivity".format(
                 result["val_win_rate"], result["leak_baseline_hit_rate"]

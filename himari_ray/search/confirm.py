@@ -115,15 +115,20 @@ def check_confirmable(out: Path, force: bool) -> dict[str, Any]:
     return manifest
 
 
-def trial_config(trial_dir: Path, seed_offset: int) -> TrialConfig:
-    """The trial's configuration (Tune's params.json: plain JSON, never a pickle) on the plain train/val/test
+def _config(trial_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    return report.get("config") or json.loads((trial_dir / "params.json").read_text())
+
+
+def trial_config(trial_dir: Path, report: dict[str, Any], seed_offset: int) -> TrialConfig:
+    """The configuration in effect at the trial's best report (Tune records it in every report; under PBT it
+    is the mutated one, else the trial's params.json; plain JSON, never a pickle) on the plain train/val/test
     split (walk-forward folds have no test split) with one seed: the trial's own plus `seed_offset`."""
     try:
-        config = json.loads((trial_dir / "params.json").read_text())
+        config = _config(trial_dir, report)
         base = TrialConfig.model_validate(config["trial"])
     except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserInputError(f"{trial_dir / 'params.json'}: not a readable trial configuration ({first})") from None
+        raise UserInputError(f"{trial_dir / 'result.json'}: not a readable trial configuration ({first})") from None
     trial = base.with_params({k: v for k, v in config.items() if k != "trial"})
     env = trial.env.model_copy(update={"data": trial.env.data.base()})
     train = trial.train.model_copy(update={"seed": trial.train.seed + seed_offset})
@@ -207,7 +212,7 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
     out = Path(out).resolve()
     check_confirmable(out, force)
     number, trial_dir, search_best = choose_trial(out, trial)
-    configs = [trial_config(trial_dir, k) for k in range(seeds)]
+    configs = [trial_config(trial_dir, search_best, k) for k in range(seeds)]
 
     import ray
 
@@ -220,7 +225,7 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
     record: dict[str, Any] = {
         "trial": number,
         "trial_dir": trial_dir.name,
-        "params": {k: v for k, v in json.loads((trial_dir / "params.json").read_text()).items() if k != "trial"},
+        "params": {k: v for k, v in _config(trial_dir, search_best).items() if k != "trial"},
         "search_best": {
             "iteration": search_best["training_iteration"],
             "band_distance": search_best["band_distance"],
