@@ -124,6 +124,52 @@ for _action in ACTION_NAMES:
 HOLD_PCT_ALL = hold_pct("ALL")
 
 
+# ---- What the policy would do if it sampled, and how sure it is ------------------------------------------------
+def hold_prob(regime: str) -> str:
+    """`hold_prob_<regime>`: the policy's mean P(HOLD) in percent over the regime's decisions."""
+    return f"hold_prob_{regime}"
+
+
+def decisiveness(regime: str) -> str:
+    """`decisiveness_<regime>`: mean top-action probability, 1/3 (uniform) .. 1 (certain)."""
+    return f"decisiveness_{regime}"
+
+
+for _regime in SHARE_GROUPS:
+    key(hold_prob(_regime), float, f"Mean P(HOLD) over {_regime} decisions: the HOLD% a sampling policy expects.", "%")
+    key(decisiveness(_regime), float, f"Mean top-action probability over {_regime} decisions (1/3 uniform .. 1).")
+
+BAND_DISTANCE_PROB = key("band_distance_prob", float, "Band distance of the mean HOLD probabilities.", "pp")
+LEAK_BASELINE_HIT_RATE = key(
+    "leak_baseline_hit_rate", float, "Hit rate of a train-only logistic baseline trading as many bars.", "fraction"
+)
+LEAK_P_VS_BASELINE = key("leak_p_vs_baseline", float, "One-sided p-value: policy hit rate > baseline + margin.")
+LEAK_P_VS_CEILING = key("leak_p_vs_ceiling", float, "One-sided p-value: policy hit rate > the honest ceiling.")
+BEST_OBJECTIVE = key("best_objective", float, "Lowest objective the trial has reported so far (this report included).")
+BEST_ITERATION = key("best_iteration", int, "Iteration of that report; its checkpoint is kept beside the latest.")
+BEST_BAND_DISTANCE = key("best_band_distance", float, "Band distance of the trial's best report.", "pp")
+BEST_VAL_SHARPE = key("best_val_sharpe", float, "Validation Sharpe of the trial's best report.")
+
+# ---- Throughput, memory and PPO's own statistics (one per report) --------------------------------------------
+ENV_STEPS_PER_S = key(
+    "env_steps_per_s", float, "Env steps per second of this iteration, sampling and learning.", "steps/s"
+)
+LEARNER_SAMPLES_PER_S = key("learner_samples_per_s", float, "Samples the learner trained per second of update.", "1/s")
+SAMPLE_S = key("sample_s", float, "Seconds sampling took (RLlib's smoothed timer).", "s")
+LEARN_S = key("learn_s", float, "Seconds the learner update took (RLlib's smoothed timer).", "s")
+GPU_PEAK_MEM_GB = key("gpu_peak_mem_gb", float, "Peak CUDA memory allocated by the trial process (NaN: no GPU).", "GB")
+HOST_PEAK_RSS_GB = key("host_peak_rss_gb", float, "Peak resident memory of the trial process.", "GB")
+POLICY_LOSS = key("policy_loss", float, "PPO's clipped policy loss of the last update.")
+ENTROPY = key("entropy", float, "Mean policy entropy in the last update.", "nats")
+KL = key("kl", float, "Mean KL between the sampling and the updated policy.")
+VF_EXPLAINED_VAR = key("vf_explained_var", float, "Value function's explained variance of the returns.")
+
+
+def split_metric(split: str, metric: str) -> str:
+    """The report key of a trading metric on a split: `val_<metric>` in searches, `test_<metric>` in confirm."""
+    return val(metric) if split == "val" else f"{split}_{metric}"
+
+
 # ---- Values in effect where they act (one per reward parameter) ------------------------------------------------
 def applied(param: str) -> str:
     """`applied_<param>`: a reward parameter read back from every env copy (NaN where copies disagree)."""

@@ -110,3 +110,34 @@ def test_robust_search_reports_mean_and_worst_and_never_reads_the_test_split(tmp
     assert runs[0] == runs[1]  # NaN everywhere in the test split changed nothing
     last = runs[0][-1]
     assert last["members"] == 4 and last["band_distance_worst"] >= last["band_distance"]
+
+
+def test_robust_preflight_reads_only_the_folds_training_bars():
+    """The base train split holds the folds' validation bars; the preflight must not read them. Where the
+    trade cost at which CRISIS turns HOLD-dominant differs between the base train split and the folds'
+    training bars, the skip decision follows the folds."""
+    from himari_ray.data.dataset import load_dataset
+    from himari_ray.env.preflight import PreflightConfig, band_conflicts, preflight
+    from himari_ray.env.rewards import RewardConfig
+    from himari_ray.rl.trainable import preflight_skip
+
+    env = EnvConfig(data=SMALL_SPEC, context_len=16, episode_len=128, reward=RewardConfig(family="pnl_cost"))
+    base = TrialConfig(env=env, preflight=PreflightConfig(), robust=RobustConfig(folds=2))
+
+    def base_train_conflicts(cost: float) -> bool:
+        t = base.with_params({"trade_cost": cost})
+        return bool(band_conflicts(preflight(load_dataset(t.env.data), t.env, t.preflight), t.eval.bands))
+
+    def threshold(conflicts) -> float:  # the lowest trade cost that is skipped (conflicts grow with cost)
+        lo, hi = 1e-4, 1.0
+        for _ in range(30):
+            mid = (lo * hi) ** 0.5
+            lo, hi = (lo, mid) if conflicts(mid) else (mid, hi)
+        return hi
+
+    at_base = threshold(base_train_conflicts)
+    at_folds = threshold(lambda c: preflight_skip(base.with_params({"trade_cost": c})) is not None)
+    assert abs(at_base - at_folds) > 1e-4 * at_base  # the two bar sets price trading differently
+    between = (at_base * at_folds) ** 0.5
+    follows_folds = preflight_skip(base.with_params({"trade_cost": between})) is not None
+    assert follows_folds == (at_folds < at_base) and base_train_conflicts(between) == (at_base < at_folds)

@@ -87,7 +87,13 @@ def write_space(tmp_path, **changes):
         ({"family": "nope"}, "family: unknown reward family"),
         ({"fixed.trade_cost": 0.1}, "search.trade_cost: also set in fixed"),
         ({"budget.trials": -3}, "budget.trials: Input should be greater than or equal to 1"),
-        ({"targets.CRASH": [1, 2]}, "targets.CRASH: unknown regime"),
+        ({"eval.bands.CRASH": [1, 2]}, "eval.bands: unknown regime 'CRASH'"),
+        ({"eval.leak_alarm": {"hit_rate": 0.6}}, "eval.leak_alarm.hit_rate: unknown key"),
+        # keys of older space files: refused with where they live now, never silently dropped
+        ({"targets": {"LOW_VOL": [40, 60]}}, "targets: moved; write it as eval.bands"),
+        ({"fee": 0.001}, "fee: moved; write it as eval.fee"),
+        ({"leak_alarm": {"min_trades": 50}}, "leak_alarm: moved; write it as eval.leak_alarm"),
+        ({"objective": {"min_val_net_return": 0.0}}, "objective.min_val_net_return: moved; write it as eval.min_net"),
         ({"train.minibatch_size": 4096}, "train.minibatch_size: minibatch_size 4096 exceeds"),
         (
             {"search": {"trade_cost": {"low": 0.1, "high": 0.2}}, "fixed": {"trade_cost": -0.1}},
@@ -137,13 +143,14 @@ def test_space_settings_reach_the_trial_config(tmp_path):
     path = write_space(
         tmp_path,
         preflight={"enabled": False, "skill_high": 0.7},
-        leak_alarm={"hit_rate": 0.65, "min_trades": 50},
-        objective={"mode": "multi", "min_val_net_return": 0.0},
-        fee=0.001,
+        objective={"mode": "multi"},
+        eval={"fee": 0.001, "min_net_return": 0.0, "leak_alarm": {"min_trades": 50, "ceiling": 0.7}},
     )
-    trial = load_space(str(path))[0].trial_config()
+    space = load_space(str(path))[0]
+    trial = space.trial_config()
     assert not trial.preflight.enabled and trial.preflight.skill_high == 0.7
-    assert trial.eval.leak_hit_rate == 0.65 and trial.eval.leak_min_trades == 50
+    assert trial.eval is space.eval  # the space's eval section is the runtime config itself
+    assert trial.eval.leak_alarm.min_trades == 50 and trial.eval.leak_alarm.ceiling == 0.7
     assert trial.eval.min_net_return == 0.0 and trial.eval.fee == 0.001
 
 
@@ -201,3 +208,32 @@ def test_bad_conditional_spaces_name_the_key(tmp_path, extra, expected):
     with pytest.raises(UserInputError) as err:
         load_space(str(path))
     assert str(err.value).startswith(str(path)) and expected in str(err.value), str(err.value)
+
+
+def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_crash_fails(tmp_path):
+    """Skipped by the preflight: COMPLETE with its penalty and SKIPPED_SHARPE, so TPE learns from it (it was
+    FAIL, issue 8); a crashed trial stays FAIL; every Optuna trial names its Tune trial."""
+    from optuna.trial import TrialState
+
+    from himari_ray.rl.evaluate import SKIPPED_SHARPE
+    from himari_ray.search.study import TUNE_TRIAL_ATTR
+
+    space, _ = load_space(str(write_space(tmp_path, objective={"mode": "multi"})))
+    limiter = make_searcher(space, seed=0, max_concurrent=2)
+    limiter.suggest("skipped")
+    limiter.suggest("crashed")
+    skipped = {"band_distance": 412.0, "val_sharpe": float("nan"), "preflight_skipped": True, "training_iteration": 1}
+    limiter.on_trial_complete("skipped", skipped)
+    limiter.on_trial_complete("crashed", {"band_distance": 30.0, "training_iteration": 1}, error=True)
+    trials = limiter.searcher._ot_study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[0].values == [412.0, SKIPPED_SHARPE]
+    assert [t.user_attrs[TUNE_TRIAL_ATTR] for t in trials] == ["skipped", "crashed"]
+
+
+def test_random_search_is_a_sampler_choice_of_the_budget(tmp_path):
+    import optuna
+
+    space, _ = load_space(str(write_space(tmp_path, **{"budget.sampler": "random"})))
+    assert isinstance(make_searcher(space, seed=0).searcher._sampler, optuna.samplers.RandomSampler)
+    assert isinstance(make_searcher(load_space("smoke")[0], seed=0).searcher._sampler, optuna.samplers.TPESampler)

@@ -1,4 +1,5 @@
-"""Command line: `himari-ray search`, `preflight`, `spaces`, `analyze`, `report`, `data import|inspect|synth`.
+"""Command line: `himari-ray search`, `preflight`, `spaces`, `analyze`, `report`, `confirm`, `export`, `act`,
+`data import|inspect|synth`, `vast`.
 
 Each command group is a module with `register(subparsers)`; it adds its commands with
 `common.add_command` (help that shows defaults and an example) and sets `run`, the function that carries
@@ -14,12 +15,12 @@ import os
 import sys
 
 from himari_ray import __version__
-from himari_ray.cli import data, launch, policy, results, search, spaces
+from himari_ray.cli import confirm, data, launch, policy, results, search, spaces
 from himari_ray.cli.common import Parser
 from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
 #: Command groups in the order `--help` lists them.
-COMMAND_MODULES = (search, spaces, results, data, policy, launch)
+COMMAND_MODULES = (search, spaces, results, confirm, data, policy, launch)
 
 
 def build_parser() -> argparse.ArgumentParser:

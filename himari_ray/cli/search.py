@@ -101,7 +101,7 @@ def run_preflight(args: argparse.Namespace) -> int:
     )
     print("seed values: " + ", ".join(f"{k}={v:g}" for k, v in params.items()))
     print(format_preflight(seed_table))
-    conflicts = band_conflicts(seed_table, space.targets)
+    conflicts = band_conflicts(seed_table, space.eval.bands)
     print("band conflicts: " + (describe_conflicts(conflicts) if conflicts else "none: this configuration is trained"))
     if args.sample:
         print(f"\n{args.sample} sampled configurations (seed {args.seed}), verdict shares per regime:")

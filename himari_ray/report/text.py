@@ -64,7 +64,12 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
         out["sharpe worst"] = [_num(v) for v in t[VAL_SHARPE_WORST]]
     out["maxdd %"] = [_pct(100 * v) for v in t[VAL_MAX_DRAWDOWN]]
     out["turnover"] = [_num(v, 3) for v in t[VAL_TURNOVER]]
-    if results.manifest.get("objective", {}).get("min_val_net_return") is not None:
+    manifest = results.manifest
+    # Where the profit constraint lives: eval.min_net_return (older searches: objective.min_val_net_return).
+    constraint = (manifest.get("eval") or {}).get(
+        "min_net_return", (manifest.get("objective") or {}).get("min_val_net_return")
+    )
+    if constraint is not None:
         out["profit ok"] = ["yes" if v else "no" for v in t[PROFIT_OK]]
     if t[LEAK_ALARM].any():
         out["leak"] = ["LEAK?" if v else "" for v in t[LEAK_ALARM]]

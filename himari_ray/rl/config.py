@@ -12,6 +12,7 @@ from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
 from himari_ray.data.dataset import load_dataset
 from himari_ray.env.coordinates import invert_breakeven, split_coordinates
+from himari_ray.env.leak import LeakAlarmConfig
 from himari_ray.env.metrics import DEFAULT_HOLD_BANDS
 from himari_ray.env.preflight import (
     PreflightConfig,
@@ -76,7 +77,7 @@ class TrainConfig(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    """How a trial's greedy policy is scored on the validation split."""
+    """How a trial's policy is scored on the validation split: a space file's `eval:` section, as is."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
@@ -85,10 +86,9 @@ class EvalConfig(BaseModel):
     )
     fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
     batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
-    leak_hit_rate: float = Field(
-        0.60, gt=0.5, le=1.0, description="Flag a likely look-ahead leak above this hit rate on traded val bars."
+    leak_alarm: LeakAlarmConfig = Field(
+        default_factory=LeakAlarmConfig, description="When a hit rate on traded val bars is too good to be honest."
     )
-    leak_min_trades: int = Field(200, ge=1, description="Traded val bars needed before the leak alarm can sound.")
     min_net_return: float | None = Field(
         None, description="Profit constraint: val net return must exceed this (None: no constraint)."
     )

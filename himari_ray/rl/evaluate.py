@@ -1,4 +1,5 @@
-"""Scoring a policy: the greedy validation evaluator straight through the RLModule, the objective, robust aggregation and the report of a preflight-skipped configuration."""
+"""Scoring a policy: the evaluator straight through the RLModule (greedy shares, probabilities, leak alarm),
+the objective, robust aggregation and the report of a preflight-skipped configuration."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModule
 
 from himari_ray.data.dataset import load_dataset
+from himari_ray.env.leak import LogisticBaseline, leak_verdict
 from himari_ray.env.metrics import action_shares, band_distance, trading_metrics
 from himari_ray.env.preflight import (
     RegimePreflight,
@@ -19,10 +21,18 @@ from himari_ray.rl.config import EvalConfig
 from himari_ray.schema import (
     BAND_DISTANCE,
     BAND_DISTANCE_MEAN,
+    BAND_DISTANCE_PROB,
     BAND_DISTANCE_WORST,
+    BEST_BAND_DISTANCE,
+    BEST_ITERATION,
+    BEST_OBJECTIVE,
+    BEST_VAL_SHARPE,
     HOLD_PCT_ALL,
     ITERATION,
     LEAK_ALARM,
+    LEAK_BASELINE_HIT_RATE,
+    LEAK_P_VS_BASELINE,
+    LEAK_P_VS_CEILING,
     MEMBERS,
     OBJECTIVE,
     PREFLIGHT,
@@ -35,10 +45,12 @@ from himari_ray.schema import (
     VAL_SHARPE_WORST,
     VAL_TURNOVER,
     action_pct,
+    decisiveness,
     hold_pct,
-    val,
+    hold_prob,
+    split_metric,
 )
-from himari_ray.types import REGIME_NAMES, Dataset
+from himari_ray.types import REGIME_NAMES, Dataset, Regime
 
 #: Weight of validation Sharpe (clipped to +-5) in `objective`: a swing of at most 0.04 percentage points, below one bar's
 #: share of any regime's HOLD% on a realistic validation split, so Sharpe only breaks band-distance ties.
@@ -55,11 +67,34 @@ def objective(band: float, sharpe: float, profit_ok: bool) -> float:
     return band - tie + (0.0 if profit_ok else CONSTRAINT_PENALTY)
 
 
-class GreedyEvaluator:
-    """Argmax policy over every decision bar of the validation split, straight through the module.
+def track_best(metrics: dict[str, Any], best: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """Add the trial's best report so far (lowest objective, this one included) to `metrics` as `best_*`
+    keys, so trials are compared by their best report and its iteration, not by where they stopped.
+    Returns the best (to carry to the next report) and whether this report is it."""
+    improved = best is None or metrics[OBJECTIVE] < best[BEST_OBJECTIVE]
+    if improved:
+        best = {
+            BEST_OBJECTIVE: metrics[OBJECTIVE],
+            BEST_ITERATION: metrics[ITERATION],
+            BEST_BAND_DISTANCE: metrics[BAND_DISTANCE],
+            BEST_VAL_SHARPE: metrics[VAL_SHARPE],
+        }
+    metrics.update(best)
+    return best, improved
 
-    Decision bars are the tradable t in C-1 .. n-2 of the split; the action at t earns `returns[t+1]`.
-    Windows are views; each batch is gathered once into a tensor.
+
+class GreedyEvaluator:
+    """The policy over every decision bar of a split (validation unless `confirm` asks for test), straight
+    through the module: greedy actions and the action probabilities behind them.
+
+    Decision bars are t in C-1 .. n-2 of the split; the action at t earns `returns[t+1]`. Bars around exchange
+    outages are not scored. Windows are views; each batch is gathered once into a tensor.
+
+    Greedy (argmax) shares are what the objective scores, because greedy is how the policy is deployed:
+    RLlib's `forward_inference` and an exported policy act deterministically, and sampling would pay fees to
+    trade on noise. The mean probabilities are reported beside them, with decisiveness, so a near-uniform
+    policy whose greedy shares ride on tiny logit differences is visible as such. In carried mode the policy
+    follows its own path of positions (the probabilities are those along that path).
     """
 
     def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val", dataset: Dataset | None = None):
@@ -67,18 +102,27 @@ class GreedyEvaluator:
         arrays = ds.split(split)
         c, n = env.context_len, len(arrays)
         self.cfg = cfg
+        self.split = split  # trading metrics are named after it: val_sharpe, test_sharpe
         self.carried = env.position_mode == "carried"
         # Bars around exchange outages are not scored: no position is held across a gap. In carried mode the
         # policy still decides there (as in the env), since its position carries into the next scored bar.
         tradable = arrays.tradable[c - 1 : n - 1]
         bars = np.arange(c - 1, n - 1) if self.carried else np.flatnonzero(tradable) + (c - 1)
         self.scored = tradable if self.carried else np.ones(len(bars), dtype=bool)
-        self.windows = decision_windows(ds.scaler.transform(arrays.features), c)
+        scaled = ds.scaler.transform(arrays.features)
+        self.windows = decision_windows(scaled, c)
         self.window_index = bars - (c - 1)
         # Copies: small, and torch wants writable arrays.
         self.decision_regimes = arrays.regime_ids[bars].copy()
         self.regimes = self.decision_regimes[self.scored]
         self.next_returns = arrays.returns[bars + 1][self.scored].copy()
+        self.features_t = scaled[bars][self.scored]
+        # What honest features at bar t achieve: fitted on the train split only, whatever split is scored.
+        train = ds.train
+        tb = np.flatnonzero(train.tradable[:-1])
+        self.baseline = LogisticBaseline(
+            ds.scaler.transform(train.features[tb]), train.returns[tb + 1] > 0, cfg.leak_alarm.ridge
+        )
 
     def _logits(self, module: RLModule, position: int) -> np.ndarray:
         """(n, 3) action logits at every decision bar with the policy's position set to `position`."""
@@ -93,45 +137,67 @@ class GreedyEvaluator:
                 "regime": regimes,
                 "position": torch.full_like(regimes, position),
             }
-            out.append(module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS].cpu().numpy())
+            logits = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+            out.append(logits.double().cpu().numpy())
         return np.concatenate(out)
 
-    def actions(self, module: RLModule) -> np.ndarray:
-        """Greedy actions at the scored bars; in carried mode along the policy's own path of positions."""
+    def probabilities(self, module: RLModule) -> np.ndarray:
+        """(n, 3) action probabilities at the scored bars; in carried mode along the policy's greedy path."""
         was_training = module.training
         module.eval()
         try:
             with torch.no_grad():
                 if not self.carried:
-                    return self._logits(module, 0).argmax(axis=-1)
-                logits = np.stack([self._logits(module, p) for p in range(3)], axis=1)
+                    logits = self._logits(module, 0)
+                else:
+                    by_position = np.stack([self._logits(module, p) for p in range(3)], axis=1)
+                    path = greedy_carried_actions(by_position)
+                    positions = np.r_[0, path[:-1]]  # the path starts flat; each action is the next position
+                    logits = by_position[np.arange(len(path)), positions]
         finally:
             module.train(was_training)
-        return greedy_carried_actions(logits)[self.scored]
+        z = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return (z / z.sum(axis=-1, keepdims=True))[self.scored]
+
+    def actions(self, module: RLModule) -> np.ndarray:
+        """Greedy actions at the scored bars (in carried mode along the policy's own path of positions)."""
+        return self.probabilities(module).argmax(axis=-1)
 
     def __call__(self, module: RLModule) -> dict[str, float]:
-        """Flat metrics: `<action>_pct_<regime>`, `band_distance`, `val_<trading metric>`, `leak_alarm`,
-        `profit_ok` and the scalar `objective`."""
-        actions = self.actions(module)
+        """Flat metrics: `<action>_pct_<regime>` (greedy), `hold_prob_<regime>`, `decisiveness_<regime>`,
+        `band_distance` (greedy), `band_distance_prob`, `<split>_<trading metric>`, the leak alarm and its
+        statistics, `profit_ok` and the scalar `objective`."""
+        probs = self.probabilities(module)
+        actions = probs.argmax(axis=-1)
         shares = action_shares(actions, self.regimes)
         metrics: dict[str, float] = {}
         for regime, row in shares.items():
             for action in ("HOLD", "LONG", "SHORT"):
                 metrics[action_pct(action, regime)] = row[action]
+            mask = np.ones(len(actions), bool) if regime == "ALL" else self.regimes == Regime[regime]
+            empty = not mask.any()
+            metrics[hold_prob(regime)] = float("nan") if empty else 100.0 * float(probs[mask, 0].mean())
+            metrics[decisiveness(regime)] = float("nan") if empty else float(probs[mask].max(-1).mean())
         metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
+        metrics[BAND_DISTANCE_PROB] = band_distance({r: metrics[hold_prob(r)] for r in REGIME_NAMES}, self.cfg.bands)
         trading = trading_metrics(actions, self.next_returns, self.cfg.fee)
         for key, value in trading.items():
-            metrics[val(key)] = value
-        n_traded = trading["traded_share"] * len(actions)
-        # Honest features call the next hourly bar ~54% of the time; far more on traded bars means the
-        # policy is reading the future somewhere upstream (ARCHITECTURE §2.2).
-        metrics[LEAK_ALARM] = bool(
-            n_traded >= self.cfg.leak_min_trades and trading["win_rate"] > self.cfg.leak_hit_rate
-        )
+            metrics[split_metric(self.split, key)] = value
+        leak = leak_verdict(actions, self.next_returns, self.features_t, self.baseline, self.cfg.leak_alarm)
+        metrics[LEAK_ALARM] = leak.alarm
+        metrics[LEAK_BASELINE_HIT_RATE] = leak.baseline_hit_rate
+        metrics[LEAK_P_VS_BASELINE] = leak.p_vs_baseline
+        metrics[LEAK_P_VS_CEILING] = leak.p_vs_ceiling
         profit_ok = self.cfg.min_net_return is None or trading["net_return"] > self.cfg.min_net_return
         metrics[PROFIT_OK] = bool(profit_ok)
         metrics[OBJECTIVE] = objective(metrics[BAND_DISTANCE], trading["sharpe"], profit_ok)
         return metrics
+
+
+#: The validation Sharpe a preflight-skipped configuration counts as for a multi-objective search: worse than
+#: the +-5 the single objective clips Sharpe to, so TPE learns the way back to the trainable region from both
+#: objectives instead of being told FAIL.
+SKIPPED_SHARPE = -10.0
 
 
 def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float) -> dict[str, float | str | bool]:
@@ -141,16 +207,22 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
     for r in results:
         forced = r.forced_hold_pct
         report[hold_pct(r.regime)] = float("nan") if forced is None else forced
-    report[HOLD_PCT_ALL] = float("nan")
-    report[BAND_DISTANCE] = penalty
+        report[hold_prob(r.regime)] = report[hold_pct(r.regime)]
+        report[decisiveness(r.regime)] = float("nan")
+    report[HOLD_PCT_ALL] = report[hold_prob("ALL")] = report[decisiveness("ALL")] = float("nan")
+    report[BAND_DISTANCE] = report[BAND_DISTANCE_PROB] = penalty
     report[OBJECTIVE] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
     report[LEAK_ALARM] = False
+    report[LEAK_BASELINE_HIT_RATE] = float("nan")
+    report[LEAK_P_VS_BASELINE] = report[LEAK_P_VS_CEILING] = 1.0
     report[PROFIT_OK] = False
+    # Untrained: no Sharpe to show. The search tells Optuna SKIPPED_SHARPE instead (himari_ray.search.study).
     report[VAL_SHARPE] = float("nan")
     report[VAL_NET_RETURN] = float("nan")
     report[VAL_MAX_DRAWDOWN] = float("nan")
     report[VAL_TURNOVER] = float("nan")
     report[ITERATION] = 0
+    track_best(report, None)
     return report
 
 
@@ -172,6 +244,9 @@ def aggregate(members: list[dict[str, Any]], how: str) -> dict[str, Any]:
     out[VAL_SHARPE_MEAN], out[VAL_SHARPE_WORST] = out[VAL_SHARPE], float(sharpes.min())
     if how == "worst":
         out[BAND_DISTANCE], out[VAL_SHARPE] = out[BAND_DISTANCE_WORST], out[VAL_SHARPE_WORST]
+    for key in (LEAK_P_VS_BASELINE, LEAK_P_VS_CEILING):  # the most suspicious member speaks for the trial
+        if key in members[0]:
+            out[key] = min(m[key] for m in members)
     out[LEAK_ALARM] = any(m[LEAK_ALARM] for m in members)  # one leaking member is enough to distrust all
     out[PROFIT_OK] = all(m[PROFIT_OK] for m in members)
     out[OBJECTIVE] = objective(out[BAND_DISTANCE], out[VAL_SHARPE], out[PROFIT_OK])

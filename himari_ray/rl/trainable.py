@@ -24,7 +24,7 @@ from himari_ray.env.preflight import (
     skip_penalty,
 )
 from himari_ray.rl.config import TrialConfig, build_ppo_config
-from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report
+from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report, track_best
 from himari_ray.schema import (
     APPLIED_ENTROPY_COEFF,
     APPLIED_LR,
@@ -95,6 +95,23 @@ def timed_train(algo: Any) -> tuple[dict[str, Any], dict[str, float]]:
     }
 
 
+def preflight_skip(trial: TrialConfig) -> dict[str, Any] | None:
+    """The skipped report when the preflight rules the configuration out, else None. It reads only bars the
+    trial may train on: with walk-forward folds each fold's own training bars (the base train split holds
+    the folds' validation bars), and a conflict in any fold skips the trial (the worst fold's report)."""
+    if not trial.preflight.enabled:
+        return None
+    worst = None
+    for env in {m.env.data: m.env for m in trial.members()}.values():  # one per fold; seeds share the bars
+        results = preflight(load_dataset(env.data), env, trial.preflight)
+        conflicts = band_conflicts(results, trial.eval.bands)
+        if conflicts:
+            penalty = skip_penalty(conflicts, trial.eval.bands, trial.preflight)
+            if worst is None or penalty > worst["band_distance"]:
+                worst = skipped_report(results, describe_conflicts(conflicts), penalty)
+    return worst
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: `config` is {"trial": TrialConfig dict, <searched name>: value, ...}.
 
@@ -106,21 +123,15 @@ def train_trial(config: dict[str, Any]) -> None:
 
     params = {k: v for k, v in config.items() if k != "trial"}
     trial = TrialConfig.model_validate(config["trial"]).with_params(params)
-    if trial.preflight.enabled:
-        results = preflight(load_dataset(trial.env.data), trial.env, trial.preflight)
-        conflicts = band_conflicts(results, trial.eval.bands)
-        if conflicts:  # this configuration cannot reach its bands: record why, spend nothing on training
-            tune.report(
-                skipped_report(
-                    results, describe_conflicts(conflicts), skip_penalty(conflicts, trial.eval.bands, trial.preflight)
-                )
-            )
-            return
+    skipped = preflight_skip(trial)
+    if skipped is not None:  # this configuration cannot reach its bands: record why, spend nothing on training
+        tune.report(skipped)
+        return
     torch.manual_seed(trial.train.seed)
     members = trial.members()
     algos = [build_ppo_config(m).build_algo() for m in members]
     evaluators = [GreedyEvaluator(m.env, m.eval) for m in members]
-    start = 0
+    start, best = 0, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -129,7 +140,8 @@ def train_trial(config: dict[str, Any]) -> None:
             # configured); `applied_values` records what acts, so a regression would show in every report.
             for i, algo in enumerate(algos):
                 algo.restore_from_path(Path(d) / f"member_{i}")
-            start = json.loads((Path(d) / _STATE_FILE).read_text())["iteration"]
+            state = json.loads((Path(d) / _STATE_FILE).read_text())
+            start, best = state["iteration"], state.get("best")
     try:
         for it in range(start + 1, trial.train.iterations + 1):
             reports = []
@@ -145,11 +157,13 @@ def train_trial(config: dict[str, Any]) -> None:
                 reports.append(metrics)
             metrics = aggregate(reports, trial.robust.aggregate)
             metrics.update({PREFLIGHT: "", PREFLIGHT_SKIPPED: False, ITERATION: it})
-            if it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
+            best, improved = track_best(metrics, best)
+            # A new best is always checkpointed: Tune keeps the best checkpoint by objective beside the latest.
+            if improved or it % trial.train.checkpoint_every == 0 or it == trial.train.iterations:
                 with tempfile.TemporaryDirectory() as d:
                     for i, algo in enumerate(algos):
                         algo.save_to_path(Path(d) / f"member_{i}")
-                    (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it}))
+                    (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it, "best": best}))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             else:
                 tune.report(metrics)

@@ -143,6 +143,7 @@ def run_search(
         "searched": sorted(space.search),
         "collapse": space.collapse.model_dump(),
         "objective": space.objective.model_dump(),
+        "eval": space.eval.model_dump(mode="json"),
         "robust": space.robust.model_dump(),
         # The default study lives in the directory and is found relative to it (a moved or copied search
         # resumes against its own files); an external --storage URL is kept as given.
@@ -150,7 +151,7 @@ def run_search(
         "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
         "search_id": uuid.uuid4().hex,
         "data": space.data.model_dump(),
-        "targets": {k: list(v) for k, v in space.targets.items()},
+        "targets": {k: list(v) for k, v in space.eval.bands.items()},
         "version": __version__,
     }
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
@@ -221,8 +222,12 @@ def run_search(
             ],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
-            # PBT restores trials from other trials' older checkpoints: keep them all there.
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None if pbt else 1),
+            # Each trial keeps its best checkpoint by the objective (every new best is checkpointed) and Tune
+            # always keeps the latest beside it, for resume. PBT restores trials from other trials' older
+            # checkpoints: keep them all there.
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=None if pbt else 1, checkpoint_score_attribute=OBJECTIVE, checkpoint_score_order="min"
+            ),
         ),
     )
     return _fit(tuner, interrupt, out, storage, space.name, manifest["search_id"])

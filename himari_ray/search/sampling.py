@@ -76,7 +76,7 @@ def make_searcher(
     max_concurrent: int | None = None,
     owner: str = "",
 ):
-    """Seeded TPE through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency, telling
+    """Seeded TPE (or random search, `budget.sampler`) through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency, telling
     Optuna PRUNED for trials stopped early."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
@@ -88,7 +88,11 @@ def make_searcher(
         space=DefineByRun(space),
         metric=metric,
         mode=mode,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=(
+            optuna.samplers.RandomSampler(seed=seed)
+            if space.budget.sampler == "random"
+            else optuna.samplers.TPESampler(seed=seed)
+        ),
         storage=storage,
         study_name=space.name,
         max_iterations=space.train.iterations,

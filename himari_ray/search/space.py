@@ -16,7 +16,7 @@ from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem,
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
-from himari_ray.types import REGIME_NAMES, UserInputError
+from himari_ray.types import UserInputError
 
 
 class ParamRange(BaseModel):
@@ -81,28 +81,27 @@ class Budget(BaseModel):
     trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
     seed: int = Field(0, ge=0, description="Seed of the Optuna sampler.")
+    sampler: Literal["tpe", "random"] = Field(
+        "tpe", description="Optuna sampler: tpe, or random (the baseline the calibration benchmark compares TPE to)."
+    )
 
 
 class ObjectiveSettings(BaseModel):
-    """What the search optimises."""
+    """What the search optimises (how the policy is scored is the space's `eval:` section)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["single", "multi"] = Field(
         "single", description="single: band distance with Sharpe as tie-break; multi: band distance down, Sharpe up."
     )
-    min_val_net_return: float | None = Field(
-        None, description="Profit constraint on validation net return (e.g. 0.0); None: no constraint."
-    )
 
 
-class LeakAlarmSettings(BaseModel):
-    """When a trial's validation hit rate is too good to be honest."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    hit_rate: float = Field(0.60, gt=0.5, le=1.0, description="Hit rate on traded val bars that sounds the alarm.")
-    min_trades: int = Field(200, ge=1, description="Traded val bars needed before it can sound.")
+#: Keys of older space files and where each now lives: refused with this hint, never silently dropped.
+MOVED_KEYS = {
+    "targets": "eval.bands",
+    "fee": "eval.fee",
+    "leak_alarm": "eval.leak_alarm (hit_rate is gone: the alarm now tests significance, see docs/SCORING.md)",
+}
 
 
 class SchedulerSettings(BaseModel):
@@ -165,20 +164,29 @@ class SearchSpace(BaseModel):
     env: EnvSettings = Field(default_factory=EnvSettings, description="Environment.")
     model: Literal["production", "tiny"] | ModelConfig = Field("tiny", description="Preset name or sizes.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
-    targets: dict[str, tuple[float, float]] = Field(
-        default_factory=lambda: dict(EvalConfig().bands), description="HOLD% band per regime."
-    )
-    fee: float = Field(0.0004, ge=0, description="Fee per unit position change in validation PnL.")
     budget: Budget = Field(default_factory=Budget, description="Trials and concurrency.")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")
     collapse: CollapseSettings = Field(default_factory=CollapseSettings, description="Collapse stopper.")
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
     objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings, description="What is optimised.")
-    leak_alarm: LeakAlarmSettings = Field(default_factory=LeakAlarmSettings, description="Look-ahead leak alarm.")
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="How each policy is scored: bands, fee, profit constraint, leak alarm."
+    )
     robust: RobustConfig = Field(default_factory=RobustConfig, description="Seeds and walk-forward folds per trial.")
     preflight: PreflightConfig = Field(
         default_factory=PreflightConfig, description="Skip configurations whose reward landscape rules out the bands."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_moved_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for key, where in MOVED_KEYS.items():
+                if key in raw:
+                    raise ValueError(f"{key}: moved; write it as {where}")
+            if isinstance(raw.get("objective"), dict) and "min_val_net_return" in raw["objective"]:
+                raise ValueError("objective.min_val_net_return: moved; write it as eval.min_net_return")
+        return raw
 
     @model_validator(mode="after")
     def _names_match_family(self) -> SearchSpace:
@@ -233,9 +241,6 @@ class SearchSpace(BaseModel):
             for key in self.scheduler.mutate:
                 if self.search[key].choices is not None or self.search[key].integer:
                     raise ValueError(f"scheduler.mutate: pb2 mutates continuous ranges only; {key!r} is not one")
-        for regime in self.targets:
-            if regime not in REGIME_NAMES:
-                raise ValueError(f"targets.{regime}: unknown regime; expected one of {list(REGIME_NAMES)}")
         return self
 
     def check_probes(self) -> None:
@@ -272,13 +277,7 @@ class SearchSpace(BaseModel):
             env=env,
             model=model,
             train=self.train,
-            eval=EvalConfig(
-                bands=self.targets,
-                fee=self.fee,
-                leak_hit_rate=self.leak_alarm.hit_rate,
-                leak_min_trades=self.leak_alarm.min_trades,
-                min_net_return=self.objective.min_val_net_return,
-            ),
+            eval=self.eval,
             preflight=self.preflight,
             robust=self.robust,
         )

@@ -2,8 +2,9 @@
 
 Ray's `OptunaSearch` tells Optuna COMPLETE for every trial that ends without an error, including those
 ASHA or the collapse stopper cut short; `PruningOptunaSearch` tells PRUNED for those (Optuna's TPE then
-uses their last intermediate value), FAIL where a metric is missing or NaN, and can close out trials a
-crashed driver left RUNNING.
+uses their last intermediate value), FAIL where a metric is missing or NaN (a crash), and can close out
+trials a crashed driver left RUNNING. A preflight-skipped trial is COMPLETE with a value in every objective
+(its penalty as band distance, `SKIPPED_SHARPE` as Sharpe) so TPE learns the way back from it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from himari_ray.rl.evaluate import SKIPPED_SHARPE
 from himari_ray.schema import (
     BAND_DISTANCE,
     PREFLIGHT_SKIPPED,
@@ -37,6 +39,8 @@ from himari_ray.types import REGIME_NAMES, UserInputError
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
 TRIAL_ATTR_METRICS = (*(hold_pct(r) for r in REGIME_NAMES), BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN)
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
+#: Tune's trial id (the suffix of the trial directory), recorded when the trial is suggested.
+TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 
 
 def open_storage(url: str, flag: str = "--storage", attempts: int = 5) -> optuna.storages.BaseStorage:
@@ -160,6 +164,9 @@ class PruningOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # tag it, so this search (and only this one) can close it out later
             self._ot_trials[trial_id].set_user_attr(OWNER_ATTR, self._owner)
+            # Optuna numbers its trials from 0 across every search of a study; Tune's id names the trial's
+            # directory (trial_<n>_<id>): record it so each Optuna trial leads to its files.
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID_ATTR, trial_id)
         return config
 
     def _trial_dir(self, trial_id: str) -> Path | None:
@@ -197,6 +204,8 @@ class PruningOptunaSearch(OptunaSearch):
             return None
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         values = [result.get(m) for m in metrics]  # a crashed trial's last result may lack them
+        if result.get("preflight_skipped"):  # untrained: its Sharpe is NaN, but TPE must still learn from it
+            values = [SKIPPED_SHARPE if m == "val_sharpe" else v for m, v in zip(metrics, values, strict=True)]
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
             return None
         return [float(v) for v in values]
@@ -220,6 +229,7 @@ class PruningOptunaSearch(OptunaSearch):
 
 
 OWNER_ATTR = "himari_search"
+TUNE_TRIAL_ATTR = "tune_trial_id"
 
 
 def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBStorage:

@@ -1,0 +1,295 @@
+"""`confirm`: retrain a search's chosen configuration K times to completion and score it on validation and,
+only here and once per search, on the test split (ARCHITECTURE §2.1). Writes confirm.json and confirm.md.
+
+Each seed trains every iteration (no early stopping); its policy is the iteration with the best validation
+objective, as the search keeps each trial's best checkpoint, and only that policy meets the test split.
+The test split is read once: before it is read, confirm.json records that it is being read, so a second
+confirm (even after a crash mid-way) is refused unless `--force`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from himari_ray.rl.config import RobustConfig, TrialConfig
+from himari_ray.types import REGIME_NAMES, UserInputError
+
+CONFIRM_JSON = "confirm.json"
+CONFIRM_MD = "confirm.md"
+
+#: Per-split metrics confirm reports for each seed (percent shares, band distances, trading net of fees).
+SPLIT_METRICS = (
+    *(f"hold_pct_{r}" for r in REGIME_NAMES),
+    *(f"hold_prob_{r}" for r in REGIME_NAMES),
+    *(f"decisiveness_{r}" for r in REGIME_NAMES),
+    "band_distance",
+    "band_distance_prob",
+    *(
+        f"{{split}}_{k}"
+        for k in ("net_return", "buy_and_hold", "sharpe", "sortino", "max_drawdown", "turnover", "win_rate")
+    ),
+    "leak_alarm",
+)
+
+
+def _reports(path: Path) -> list[dict[str, Any]]:
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a report cut off mid-write; the earlier ones stand
+    return out
+
+
+def _trial_dirs(out: Path) -> dict[int, Path]:
+    """Trial number (as in the search's table and directory names trial_<n>_<id>) -> directory."""
+    return {int(d.name.split("_")[1]): d for d in sorted((out / "tune").glob("trial_*")) if d.is_dir()}
+
+
+def best_report(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trained report with the lowest objective (the one whose checkpoint the trial keeps)."""
+    trained = [r for r in reports if not r.get("preflight_skipped") and "objective" in r]
+    return min(trained, key=lambda r: (r["objective"], r["training_iteration"])) if trained else None
+
+
+def _why_untrained(d: Path, reports: list[dict[str, Any]]) -> str | None:
+    if (d / "error.txt").is_file():
+        return "crashed (see error.txt)"
+    if not reports:
+        return "never reported"
+    if best_report(reports) is None:
+        return "was skipped by the preflight, never trained"
+    return None
+
+
+def choose_trial(out: Path, trial: int | None) -> tuple[int, Path, dict[str, Any]]:
+    """The trial to confirm: the one asked for, or the best trained trial by band distance (of its best
+    report), ties by validation Sharpe. Crashed and skipped trials are never chosen."""
+    dirs = _trial_dirs(out)
+    if trial is not None:
+        if trial not in dirs:
+            raise UserInputError(f"--trial {trial}: no such trial in {out} (trials: {', '.join(map(str, dirs))})")
+        reports = _reports(dirs[trial] / "result.json") if (dirs[trial] / "result.json").is_file() else []
+        why = _why_untrained(dirs[trial], reports)
+        if why:
+            raise UserInputError(f"--trial {trial}: trial {trial} {why}; confirm a trained trial")
+        return trial, dirs[trial], best_report(reports)
+    ranked = []
+    for n, d in dirs.items():
+        reports = _reports(d / "result.json") if (d / "result.json").is_file() else []
+        if _why_untrained(d, reports) is None:
+            best = best_report(reports)
+            ranked.append((best["band_distance"], -np.nan_to_num(best["val_sharpe"], nan=-np.inf), n, d, best))
+    if not ranked:
+        raise UserInputError(f"{out}: no trained trial to confirm (every trial was skipped, crashed or never reported)")
+    _, _, n, d, best = min(ranked, key=lambda x: x[:3])
+    return n, d, best
+
+
+def check_confirmable(out: Path, force: bool) -> dict[str, Any]:
+    """The search's manifest, or one line saying why DIR cannot be confirmed. Reads only."""
+    out = Path(out)
+    if not (out / "search.json").is_file() or not (out / "tune").is_dir():
+        raise UserInputError(f"{out}: not a himari-ray search directory (no search.json and tune/)")
+    try:
+        manifest = json.loads((out / "search.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise UserInputError(f"{out / 'search.json'}: not valid JSON ({exc.msg})") from None
+    done = out / CONFIRM_JSON
+    if done.is_file() and not force:
+        try:
+            when = json.loads(done.read_text()).get("test_read_at", "earlier")
+        except json.JSONDecodeError:
+            when = "earlier"
+        raise UserInputError(
+            f"{done}: this search's test split was already read ({when}); confirming again reuses the test data "
+            "to choose: pass --force to do it anyway"
+        )
+    return manifest
+
+
+def _config(trial_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    return report.get("config") or json.loads((trial_dir / "params.json").read_text())
+
+
+def trial_config(trial_dir: Path, report: dict[str, Any], seed_offset: int) -> TrialConfig:
+    """The configuration in effect at the trial's best report (Tune records it in every report; under PBT it
+    is the mutated one, else the trial's params.json; plain JSON, never a pickle) on the plain train/val/test
+    split (walk-forward folds have no test split) with one seed: the trial's own plus `seed_offset`."""
+    try:
+        config = _config(trial_dir, report)
+        base = TrialConfig.model_validate(config["trial"])
+    except (OSError, json.JSONDecodeError, KeyError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserInputError(f"{trial_dir / 'result.json'}: not a readable trial configuration ({first})") from None
+    trial = base.with_params({k: v for k, v in config.items() if k != "trial"})
+    env = trial.env.model_copy(update={"data": trial.env.data.base()})
+    train = trial.train.model_copy(update={"seed": trial.train.seed + seed_offset})
+    return trial.model_copy(update={"env": env, "train": train, "robust": RobustConfig()})
+
+
+def train_seed(trial_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+    """Train one seed to completion with real RLlib (validation only); returns the module weights of the
+    iteration with the best validation objective, that iteration's metrics, and the iteration. Runs as a
+    Ray task of one CPU: Ray pins its torch to that CPU, and the seeds train side by side."""
+    import torch
+
+    from himari_ray.rl.config import build_ppo_config
+    from himari_ray.rl.evaluate import GreedyEvaluator
+
+    trial = TrialConfig.model_validate(trial_json)
+    torch.manual_seed(trial.train.seed)
+    algo = build_ppo_config(trial).build_algo()
+    val = GreedyEvaluator(trial.env, trial.eval)
+    best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
+    try:
+        for it in range(1, trial.train.iterations + 1):
+            algo.train()
+            module = algo.get_module()
+            metrics = val(module)
+            if best is None or metrics["objective"] < best[0]:
+                state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                best = (metrics["objective"], it, metrics, state)
+    finally:
+        algo.stop()
+    return best[3], best[2], best[1]
+
+
+def trained_module(trial: TrialConfig, weights: dict[str, Any]) -> Any:
+    """The trial's RLModule with the given weights, built from its spaces and model config as RLlib does."""
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from himari_ray.env.trading import HimariTradingEnv
+    from himari_ray.rl.model import RegimeTransformerModule
+
+    env = HimariTradingEnv(trial.env)
+    spec = RLModuleSpec(
+        module_class=RegimeTransformerModule,
+        observation_space=env.observation_space,
+        action_space=env.action_space,
+        model_config=trial.model.to_model_config(),
+    )
+    module = spec.build()
+    module.load_state_dict(weights)
+    return module
+
+
+def _pick(metrics: dict[str, Any], split: str) -> dict[str, float]:
+    return {k.format(split=split): float(metrics[k.format(split=split)]) for k in SPLIT_METRICS}
+
+
+def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for key in rows[0]:
+        col = np.array([r[key] for r in rows], dtype=np.float64)
+        finite = col[np.isfinite(col)]
+        nan = float("nan")
+        out[key] = {
+            "mean": float(finite.mean()) if len(finite) else nan,
+            "std": float(finite.std(ddof=1)) if len(finite) > 1 else nan,
+            "min": float(finite.min()) if len(finite) else nan,
+            "max": float(finite.max()) if len(finite) else nan,
+        }
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=True))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool = False) -> dict[str, Any]:
+    """Confirm a search (see the module docstring); returns what confirm.json holds. Every check is made
+    before anything is trained or written."""
+    out = Path(out).resolve()
+    check_confirmable(out, force)
+    number, trial_dir, search_best = choose_trial(out, trial)
+    configs = [trial_config(trial_dir, search_best, k) for k in range(seeds)]
+
+    import ray
+
+    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.search.driver import _start_ray
+
+    _start_ray(None)
+    task = ray.remote(num_cpus=1, max_retries=0)(train_seed)
+    trained = ray.get([task.remote(cfg.model_dump(mode="json")) for cfg in configs])  # validation only, so far
+    record: dict[str, Any] = {
+        "trial": number,
+        "trial_dir": trial_dir.name,
+        "params": {k: v for k, v in _config(trial_dir, search_best).items() if k != "trial"},
+        "search_best": {
+            "iteration": search_best["training_iteration"],
+            "band_distance": search_best["band_distance"],
+            "val_sharpe": search_best["val_sharpe"],
+        },
+        "seeds": [cfg.train.seed for cfg in configs],
+        "iterations": configs[0].train.iterations,
+        "bands": {r: list(b) for r, b in configs[0].eval.bands.items()},
+        "fee": configs[0].eval.fee,
+        "test_read_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "status": "reading the test split",
+    }
+    _write_json(out / CONFIRM_JSON, record)  # the test split is about to be read: a rerun must know
+    per_seed = []
+    for cfg, (weights, val_metrics, iteration) in zip(configs, trained, strict=True):
+        test_metrics = GreedyEvaluator(cfg.env, cfg.eval, split="test")(trained_module(cfg, weights))
+        per_seed.append(
+            {
+                "seed": cfg.train.seed,
+                "iteration": iteration,
+                "val": _pick(val_metrics, "val"),
+                "test": _pick(test_metrics, "test"),
+            }
+        )
+    record.update(
+        status="complete",
+        per_seed=per_seed,
+        summary={split: _summary([s[split] for s in per_seed]) for split in ("val", "test")},
+    )
+    _write_json(out / CONFIRM_JSON, record)
+    (out / CONFIRM_MD).write_text(format_confirm(record))
+    return record
+
+
+def _fmt(v: float, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "nan"
+    return f"{v:.1f}" if pct else f"{v:.3g}"
+
+
+def format_confirm(record: dict[str, Any]) -> str:
+    """confirm.md: what was confirmed, then per split a table of every seed and the mean ± std (min..max)."""
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record["params"].items())
+    sb = record["search_best"]
+    lines = [
+        f"# Confirmation of trial {record['trial']} ({record['trial_dir']})",
+        "",
+        f"Configuration: {params}. The search's best report: band distance {_fmt(sb['band_distance'], True)} at "
+        f"iteration {sb['iteration']} (val Sharpe {_fmt(sb['val_sharpe'])}).",
+        f"Retrained {len(record['seeds'])} times (seeds {', '.join(map(str, record['seeds']))}) for "
+        f"{record['iterations']} iterations each; each seed's policy is its best validation iteration. "
+        f"Trading metrics net of a {record['fee'] * 1e4:.1f} bps fee. Test split read at {record['test_read_at']}.",
+        "",
+    ]
+    for split in ("val", "test"):
+        keys = [k.format(split=split) for k in SPLIT_METRICS]
+        lines += [f"## {'Validation' if split == 'val' else 'Test'}", "", "| metric | " + " | ".join(
+            f"seed {s['seed']} (it {s['iteration']})" for s in record["per_seed"]
+        ) + " | mean ± std (min..max) |", "|---" * (len(record["per_seed"]) + 2) + "|"]  # fmt: skip
+        for key in keys:
+            pct = key.startswith(("hold_", "band_"))
+            cells = [_fmt(s[split][key], pct) for s in record["per_seed"]]
+            m = record["summary"][split][key]
+            spread = f"{_fmt(m['mean'], pct)} ± {_fmt(m['std'], pct)} ({_fmt(m['min'], pct)}..{_fmt(m['max'], pct)})"
+            lines.append(f"| {key} | " + " | ".join(cells) + f" | {spread} |")
+        lines.append("")
+    return "\n".join(lines)
