@@ -271,3 +271,32 @@ def test_quote_and_shorten():
     assert quote("abc") == "'abc'" and shorten("a\n  b") == "a b"
     long = quote("y" * 1000)
     assert long.startswith("'yyy") and long.endswith("… (1002 characters)") and len(long) < QUOTE_LIMIT + 25
+
+
+def _sample_lines(n: int) -> list[str]:
+    from himari_ray.data.dataset import sample_path
+
+    with gzip.open(sample_path(), "rt") as f:
+        return [next(f) for _ in range(n)]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "needle"),
+    [
+        ("header.csv", lambda lines: lines[0], "no bars"),
+        ("future.csv", lambda lines: lines[0] + "2999-01-01 00:00:00,1,1,1,1,1\n" + "".join(lines[1:]), "in the future"),
+        ("stray.csv", lambda lines: lines[0] + "1970-01-01 00:00:00,1,1,1,1,1\n" + "".join(lines[1:]),
+         "missing hours after 1970-01-01"),
+        ("cut.csv.gz", None, "corrupt gzip"),
+    ],
+)  # fmt: skip
+def test_files_that_would_mislead_or_crash_are_one_line(tmp_path, name, make, needle):
+    lines = _sample_lines(400)
+    path = tmp_path / name
+    if make is None:
+        path.write_bytes(gzip.compress("".join(lines).encode())[:3000])
+    else:
+        path.write_text(make(lines))
+    with pytest.raises(UserInputError, match=needle) as err:
+        read_ohlcv(path)
+    assert "\n" not in str(err.value)

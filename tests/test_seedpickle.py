@@ -99,3 +99,14 @@ def test_not_a_pickle(tmp_path):
     path.write_bytes(b"hello world")
     with pytest.raises(UserInputError, match=r"x\.pkl"):
         read_seed_pickle(path)
+
+
+def test_an_allowed_call_asking_for_terabytes_is_refused_before_allocating(tmp_path):
+    class Huge:
+        def __reduce__(self):
+            return (np.core.multiarray._reconstruct, (np.ndarray, (9 * 2**40,), b"b"))
+
+    path = tmp_path / "huge.pkl"
+    path.write_bytes(pickle.dumps({"train": {"features_raw": Huge()}, "val": {}, "test": {}, "metadata": {}}))
+    with pytest.raises(UserInputError, match="larger than the file"):
+        read_seed_pickle(path)

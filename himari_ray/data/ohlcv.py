@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,9 @@ from himari_ray.types import UserInputError, quote, shorten
 
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 PRICE_COLUMNS = ("open", "high", "low", "close")
+#: The longest outage filled with flat bars; longer is a stray row (a 1970 date among 2018 bars) or two
+#: histories in one file, which would otherwise become months of untradable filler.
+MAX_GAP_HOURS = 14 * 24
 _TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "open_time", "unix")
 _BINANCE_COLUMNS = (
     "open_time", "open", "high", "low", "close", "volume",
@@ -66,7 +70,10 @@ class ImportReport:
 def _read_text(path: Path) -> str:
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:  # truncated or corrupt archive
+            raise UserInputError(f"{path}: corrupt gzip ({exc})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -168,13 +175,20 @@ def _parse_time(path: Path, frame: pd.DataFrame) -> pd.Series:
             ts = pd.to_datetime(numeric.astype("int64"), unit=unit, utc=True)
         else:
             ts = pd.to_datetime(raw, utc=True, format="mixed")
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError, pd.errors.OutOfBoundsDatetime):
         bad = raw[pd.to_datetime(raw, utc=True, errors="coerce", format="mixed").isna()]
         example = bad.iloc[0] if len(bad) else raw.iloc[0]
         raise UserInputError(f"{path}: column {col}: unparsable timestamp {quote(example)}") from None
     if ts.isna().any():
         row = int(np.flatnonzero(ts.isna().to_numpy())[0])
         raise UserInputError(f"{path}: column {col}: missing timestamp at row {row}")
+    # A bar from the future is a typo (and beyond 2262 does not even fit nanoseconds): say which row.
+    late = ts > pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
+    if late.any():
+        row = int(np.flatnonzero(late.to_numpy())[0])
+        raise UserInputError(
+            f"{path}: column {col}: timestamp {quote(str(raw.iloc[row]))} at row {row} is in the future"
+        )
     return ts
 
 
@@ -194,6 +208,8 @@ def read_ohlcv(path: str | Path, min_bars: int = 1) -> tuple[pd.DataFrame, Impor
         raise UserInputError(
             f"{path}: missing column(s) {', '.join(missing)} (found: {shorten(', '.join(map(str, frame.columns)))})"
         )
+    if frame.empty:
+        raise UserInputError(f"{path}: no bars (a header, or nothing, but no rows)")
     ts = _parse_time(path, frame)
     values = {}
     for col in OHLCV_COLUMNS:
@@ -241,6 +257,12 @@ def read_ohlcv(path: str | Path, min_bars: int = 1) -> tuple[pd.DataFrame, Impor
         raise UserInputError(f"{path}: bars are {int(np.median(steps))} hours apart; hourly bars expected")
     gap_at = np.flatnonzero(steps > 1)
     gaps = [(bars.index[i].isoformat(), int(steps[i] - 1)) for i in gap_at]
+    if len(steps) and steps.max() - 1 > MAX_GAP_HOURS:
+        i = int(np.argmax(steps))
+        raise UserInputError(
+            f"{path}: {int(steps[i] - 1)} missing hours after {bars.index[i].isoformat()} (more than "
+            f"{MAX_GAP_HOURS // 24} days): a stray row or two histories in one file? Split or clean it"
+        )
 
     grid = pd.date_range(bars.index[0], bars.index[-1], freq="h", name="timestamp", unit="ns")
     real = grid.isin(bars.index)

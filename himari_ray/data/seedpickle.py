@@ -36,21 +36,40 @@ SEED_ARRAYS = ("regime_ids", "regime_confidences", "prices", "returns")
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """Admits numpy arrays, plain containers (dict, list, tuple, set) and scalars; refuses everything else."""
+    """Admits numpy arrays, plain containers (dict, list, tuple, set) and scalars; refuses everything else.
+
+    An array's shape comes from the pickle before its bytes do: an allowed call can ask for 9 TiB. Every
+    array is therefore capped at the file's own size (its data has to be in the file), checked before the
+    allocation."""
+
+    def __init__(self, fh: Any, max_bytes: int):
+        super().__init__(fh)
+        self.max_bytes = max_bytes
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in SAFE_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain data allowed)")
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name} (only numpy arrays and plain data allowed)")
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+        cap = self.max_bytes
+
+        def reconstruct(cls: Any, shape: Any, dtype_code: Any) -> Any:
+            n = int(np.prod(np.asarray(shape, dtype=np.int64), dtype=np.float64))
+            if n > cap:
+                raise pickle.UnpicklingError(f"an array of {n:,} elements is larger than the file ({cap:,} bytes)")
+            return found(cls, shape, dtype_code)
+
+        return reconstruct
 
 
 def restricted_load(path: Path) -> Any:
     try:
         with path.open("rb") as fh:
-            return RestrictedUnpickler(fh).load()
+            return RestrictedUnpickler(fh, max_bytes=path.stat().st_size + 4096).load()
     except pickle.UnpicklingError as exc:
         raise UserInputError(f"{path}: unsafe or invalid pickle: {exc}") from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as exc:
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError, MemoryError) as exc:
         raise UserInputError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
