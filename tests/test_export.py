@@ -326,7 +326,8 @@ def test_export_of_a_real_search_round_trips_through_act(real_search, bars_file,
     windows = np.ascontiguousarray(decision_windows(ds.scaler.transform(ds.val.features), CONTEXT))
     regimes = ds.val.regime_ids[CONTEXT - 1 :]
     with torch.no_grad():
-        obs = {"window": torch.from_numpy(windows), "regime": torch.from_numpy(regimes)}
+        position = torch.zeros(len(regimes), dtype=torch.int64)  # per_bar: the policy is always flat before it acts
+        obs = {"window": torch.from_numpy(windows), "regime": torch.from_numpy(regimes), "position": position}
         ref = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS].numpy()
     np.testing.assert_array_equal(bundle.logits(windows, regimes).argmax(-1), ref.argmax(-1))
 

@@ -180,4 +180,17 @@ def test_a_full_disk_mid_search_is_one_line_and_leaves_no_trial_running(tmp_path
         study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{out / 'study.db'}")
         assert study.trials and not [t for t in study.trials if t.state == TrialState.RUNNING]
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazy: a process still closing files must not keep it
+
+
+def test_the_signing_key_never_travels_into_the_search_directory(tmp_path):
+    """Tune pickles its callbacks into tune/tuner.pkl: the signer's key must not be in them."""
+    from ray import cloudpickle
+
+    from himari_ray.search.integrity import key_file, signing_callback
+    from himari_ray.search.interrupt import GracefulInterrupt
+
+    blob = cloudpickle.dumps([signing_callback(tmp_path), GracefulInterrupt(str(tmp_path)).callback()])
+    key_hex = key_file().read_text().strip()
+    assert key_hex.encode() not in blob and bytes.fromhex(key_hex) not in blob
+    assert cloudpickle.loads(blob)  # and they still unpickle (a restored run replaces them)

@@ -100,7 +100,8 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
         assert resumed[-1]["iteration"] == 6  # it finished
         restart = next(r for r in resumed if r["iterations_since_restore"] == 1 and r["iteration"] > 1)
         assert restart["node_ip"] != "127.0.0.2"  # the node is gone: it resumed on the head
-        assert restart["iteration"] <= killed_at + 1  # from its checkpoint, not from scratch
+        # From its checkpoint, not from scratch: the node may finish one more report while it is being killed.
+        assert 1 < restart["iteration"] <= killed_at + 2
         assert iterations == sorted(iterations)
         study = optuna.load_study(study_name="multinode", storage=f"sqlite:///{out / 'study.db'}")
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
@@ -140,6 +141,6 @@ def test_two_drivers_through_the_grpc_proxy_add_trials_to_one_study(tmp_path):
             _, err = d.communicate(timeout=300)
             assert d.returncode == 0, err[-3000:]
     study = optuna.load_study(study_name="shared", storage=url)
-    owners = {t.user_attrs["himari_search"] for t in study.trials}
+    owners = {t.user_attrs["himari_search_dir"] for t in study.trials}
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert owners == {str((tmp_path / n).resolve()) for n in ("a", "b")}  # one trial from each driver

@@ -188,13 +188,15 @@ def _wait_ready(
 def _study_counts(storage: Any, study_name: str, owners: set[str]) -> dict[str, int]:
     import optuna
 
+    from himari_ray.search.study import OUT_DIR_ATTR, OWNER_ATTR
+
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return {}
     counts: dict[str, int] = {}
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("himari_search") in owners:
+        if t.user_attrs.get(OUT_DIR_ATTR) in owners or t.user_attrs.get(OWNER_ATTR) in owners:
             counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     return counts
 

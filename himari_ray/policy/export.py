@@ -54,9 +54,10 @@ class PolicyNet(nn.Module):
         self.module = module
 
     def forward(self, window: torch.Tensor, regime: torch.Tensor) -> torch.Tensor:
-        return self.module.forward_inference({Columns.OBS: {"window": window, "regime": regime}})[
-            Columns.ACTION_DIST_INPUTS
-        ]
+        # An exported policy is a per_bar one: its position input (the previous action) is always flat there.
+        position = torch.zeros_like(regime)
+        obs = {"window": window, "regime": regime, "position": position}
+        return self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
 
 
 @contextlib.contextmanager
@@ -244,6 +245,9 @@ def export_search(search_dir: Path, trial: int | None, out: Path) -> tuple[Trial
     check_new_bundle_path(out)
     found = find_trial(search_dir, trial)
     member = found.config.members()[0]
+    if member.env.position_mode == "carried":
+        # Its actions depend on the position it holds, which a bar-by-bar bundle does not track yet.
+        raise UserInputError(f"trial {found.number}: a carried-mode policy cannot be exported; per_bar trials can")
     ds = load_dataset(member.env.data)
     feedable_from_bars(ds, f"trial {found.number}")  # before loading Ray's checkpoint: refuse early
     with _quiet():  # a deprecation notice from inside RLlib's own loader

@@ -13,13 +13,13 @@ import pandas as pd
 MIN_COMPLETE_TRIALS = 4
 
 
-def param_importance(manifest: dict[str, Any]) -> tuple[pd.DataFrame, str]:
+def param_importance(manifest: dict[str, Any], url: str | None) -> tuple[pd.DataFrame, str]:
     """(importance table: target, param, importance; one line saying what it is or why there is none).
 
     Optuna's evaluators read COMPLETE trials only: trials cut short by ASHA or the collapse stopper (PRUNED)
     do not count. A federated study counts every driver's trials."""
     empty = pd.DataFrame(columns=["target", "param", "importance"])
-    url, name = manifest.get("storage"), manifest.get("space")
+    name = manifest.get("space")
     if not url or not name:
         return empty, "parameter importance: this search kept no Optuna study (population-based scheduler)"
     try:

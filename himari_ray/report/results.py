@@ -22,7 +22,7 @@ import pandas as pd
 from himari_ray.report.analysis import best_trials, curves, pareto_front, status_counts, trials_frame
 from himari_ray.report.importance import param_importance
 from himari_ray.report.runs import SearchRun, bands_of, load_search_run
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, search_storage_url
 
 
 @dataclass
@@ -73,7 +73,7 @@ class SearchResults:
 
     def _importance_and_note(self) -> tuple[pd.DataFrame, str]:
         if self._importance is None:
-            self._importance = param_importance(self.manifest)
+            self._importance = param_importance(self.manifest, search_storage_url(self.run.out, self.manifest))
         return self._importance
 
     @cached_property

@@ -71,7 +71,8 @@ def track_best(metrics: dict[str, Any], best: dict[str, Any] | None) -> tuple[di
     """Add the trial's best report so far (lowest objective, this one included) to `metrics` as `best_*`
     keys, so trials are compared by their best report and its iteration, not by where they stopped.
     Returns the best (to carry to the next report) and whether this report is it."""
-    improved = best is None or metrics[OBJECTIVE] < best[BEST_OBJECTIVE]
+    # A tie goes to the later report (more training, same score), as Tune keeps the later checkpoint of a tie.
+    improved = best is None or metrics[OBJECTIVE] <= best[BEST_OBJECTIVE]
     if improved:
         best = {
             BEST_OBJECTIVE: metrics[OBJECTIVE],

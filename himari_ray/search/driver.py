@@ -180,7 +180,7 @@ def run_search(
                 hyperparam_mutations=tune_distributions(space, space.scheduler.mutate), **common
             )
     else:
-        search_alg = make_searcher(space, seed, storage, owner=manifest["search_id"])
+        search_alg = make_searcher(space, seed, storage, owner=manifest["search_id"], out_dir=str(out))
         metric, _ = objective_spec(space)
         describe_study(
             storage,
@@ -327,7 +327,7 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     owner = manifest.get("search_id", str(out))
     storage = require_study(url, space.name, flag="--resume") if url else None
     if url:
-        bind_resumed_searcher(url, owner)
+        bind_resumed_searcher(url, owner, str(out))
     _start_ray(address)
     check_fits_cluster(space)
     tuner = tune.Tuner.restore(

@@ -86,6 +86,11 @@ class DirectorySigner:
         self._cache: dict[str, tuple[int, int, str]] = {}
         self._top: dict[str, tuple[int, int]] = {}
 
+    def __reduce__(self) -> tuple:
+        # Tune pickles its callbacks into tune/tuner.pkl: the key must never travel with them into the
+        # directory it protects. Unpickled, a signer reads the key from the user's key file again.
+        return (DirectorySigner, (self.out,))
+
     def _snapshot(self, path: Path, digest: str) -> tuple[Path, str] | None:
         """Keep the signed version of a rewritten state file: the snapshot and its digest (the previous
         snapshot if Tune rewrote the file while it was being copied; None if there is none yet)."""

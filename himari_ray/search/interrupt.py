@@ -18,13 +18,21 @@ from typing import Any, TextIO
 class GracefulInterrupt:
     """Install with `install()` before `Tuner.fit()`; `callback()` goes into the run's callbacks."""
 
-    def __init__(self, out: str, stream: TextIO = sys.stderr):
+    def __init__(self, out: str, stream: TextIO | None = None):
         self.out = out
-        self.stream = stream
+        self._stream = stream
         self.requested = False
         self._waiting: set[str] | None = None
         self._stop_sent = False
         self._previous: dict[int, Any] = {}
+
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr  # looked up when printing: tests and tools replace sys.stderr
+
+    def __reduce__(self) -> tuple:
+        # Tune pickles its callbacks (tune/tuner.pkl): a fresh, uninstalled handler is all that may travel.
+        return (GracefulInterrupt, (self.out,))
 
     def install(self) -> None:
         # Tune reads this when fit() starts: our handler, not Tune's, owns SIGINT.

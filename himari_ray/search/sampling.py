@@ -75,6 +75,7 @@ def make_searcher(
     storage: Any | None = None,
     max_concurrent: int | None = None,
     owner: str = "",
+    out_dir: str = "",
 ):
     """Seeded TPE (or random search, `budget.sampler`) through Ray Tune's OptunaSearch (optionally persisted), limited in concurrency, telling
     Optuna PRUNED for trials stopped early."""
@@ -97,5 +98,6 @@ def make_searcher(
         study_name=space.name,
         max_iterations=space.train.iterations,
         owner=owner,
+        out_dir=out_dir,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=max_concurrent or space.budget.max_concurrent)

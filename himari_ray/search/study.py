@@ -117,9 +117,9 @@ def check_compatible(
 _RESUME_BINDING: dict[str, str] = {}
 
 
-def bind_resumed_searcher(storage_url: str, owner: str) -> None:
-    """Make every searcher unpickled from now on use `storage_url` and `owner` (see `_RESUME_BINDING`)."""
-    _RESUME_BINDING.update(url=storage_url, owner=owner)
+def bind_resumed_searcher(storage_url: str, owner: str, out_dir: str) -> None:
+    """Make every searcher unpickled from now on use `storage_url`, `owner` and `out_dir` (`_RESUME_BINDING`)."""
+    _RESUME_BINDING.update(url=storage_url, owner=owner, out_dir=out_dir)
 
 
 class PruningOptunaSearch(OptunaSearch):
@@ -130,10 +130,11 @@ class PruningOptunaSearch(OptunaSearch):
     there), so a copied search directory would silently write into the original's study.
     """
 
-    def __init__(self, *args: Any, max_iterations: int, owner: str, **kwargs: Any):
+    def __init__(self, *args: Any, max_iterations: int, owner: str, out_dir: str = "", **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_iterations = max_iterations
-        self._owner = owner
+        self._owner = owner  # the search's id (search.json's search_id): stays the same when the directory moves
+        self._out_dir = out_dir  # where the search writes its trials, as of this driver
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -147,6 +148,7 @@ class PruningOptunaSearch(OptunaSearch):
         self.__dict__.update(state)
         url = _RESUME_BINDING.get("url", state["_storage"])
         self._owner = _RESUME_BINDING.get("owner", state["_owner"])
+        self._out_dir = _RESUME_BINDING.get("out_dir", state.get("_out_dir", ""))
         self._storage = open_storage(url, flag="search state")
         self._setup_study(self._mode)  # loads the existing study (load_if_exists)
         self._ot_trials = {tid: optuna.trial.Trial(self._ot_study, i) for tid, i in trial_ids.items()}
@@ -164,16 +166,17 @@ class PruningOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # tag it, so this search (and only this one) can close it out later
             self._ot_trials[trial_id].set_user_attr(OWNER_ATTR, self._owner)
+            self._ot_trials[trial_id].set_user_attr(OUT_DIR_ATTR, self._out_dir)
             # Optuna numbers its trials from 0 across every search of a study; Tune's id names the trial's
             # directory (trial_<n>_<id>): record it so each Optuna trial leads to its files.
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ID_ATTR, trial_id)
         return config
 
     def _trial_dir(self, trial_id: str) -> Path | None:
-        """The trial's directory under the search's `tune/` (`owner` is the output directory)."""
-        if not self._owner:
+        """The trial's directory under the search's `tune/`."""
+        if not self._out_dir:
             return None
-        found = sorted((Path(self._owner) / "tune").glob(f"trial_*_{trial_id}"))
+        found = sorted((Path(self._out_dir) / "tune").glob(f"trial_*_{trial_id}"))
         return found[0] if found else None
 
     def _record(self, trial_id: str, result: dict[str, Any] | None) -> None:
@@ -229,7 +232,8 @@ class PruningOptunaSearch(OptunaSearch):
 
 
 OWNER_ATTR = "himari_search"
-TUNE_TRIAL_ATTR = "tune_trial_id"
+#: The output directory of the search that ran the trial (a launcher knows a box's directory, not its id).
+OUT_DIR_ATTR = "himari_search_dir"
 
 
 def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBStorage:
@@ -250,7 +254,7 @@ def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBSt
 
 
 def fail_running(storage: optuna.storages.BaseStorage, study_name: str, owner: str) -> int:
-    """Mark FAIL the trials this search (`owner`, its output directory) left RUNNING, e.g. when its driver
+    """Mark FAIL the trials this search (`owner`: its search id, or its output directory) left RUNNING, e.g. when its driver
     was killed and the resumed search restarted them under new numbers. Other drivers' trials are untouched."""
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
@@ -258,7 +262,7 @@ def fail_running(storage: optuna.storages.BaseStorage, study_name: str, owner: s
         return 0
     n = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get(OWNER_ATTR) == owner:
+        if owner in (trial.user_attrs.get(OWNER_ATTR), trial.user_attrs.get(OUT_DIR_ATTR)):
             storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             n += 1
     return n
