@@ -216,7 +216,7 @@ def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_
     from optuna.trial import TrialState
 
     from himari_ray.rl.evaluate import SKIPPED_SHARPE
-    from himari_ray.search.study import TUNE_TRIAL_ATTR
+    from himari_ray.search.study import TUNE_TRIAL_ID_ATTR
 
     space, _ = load_space(str(write_space(tmp_path, objective={"mode": "multi"})))
     limiter = make_searcher(space, seed=0, max_concurrent=2)
@@ -228,7 +228,7 @@ def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_
     trials = limiter.searcher._ot_study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[0].values == [412.0, SKIPPED_SHARPE]
-    assert [t.user_attrs[TUNE_TRIAL_ATTR] for t in trials] == ["skipped", "crashed"]
+    assert [t.user_attrs[TUNE_TRIAL_ID_ATTR] for t in trials] == ["skipped", "crashed"]
 
 
 def test_random_search_is_a_sampler_choice_of_the_budget(tmp_path):

@@ -76,6 +76,10 @@ def _start_ray(address: str | None) -> None:
     # is one line naming its error.txt, not Tune's and Ray's copies of its traceback.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    # Tune saves its experiment state every few seconds by default while trials checkpoint (and prune old
+    # checkpoints) every report: a driver killed in between leaves a state naming a checkpoint already
+    # deleted, and that trial cannot resume. Saving every step keeps them in step (a few KB per step).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     for name in ("ray.tune", "ray.train", "ray._common.deprecation"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -226,7 +230,10 @@ def run_search(
             # always keeps the latest beside it, for resume. PBT restores trials from other trials' older
             # checkpoints: keep them all there.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=None if pbt else 1, checkpoint_score_attribute=OBJECTIVE, checkpoint_score_order="min"
+                # 2: the best by the objective, and one more that a state saved a moment earlier may still name
+                num_to_keep=None if pbt else 2,
+                checkpoint_score_attribute=OBJECTIVE,
+                checkpoint_score_order="min",
             ),
         ),
     )

@@ -174,9 +174,10 @@ class PruningOptunaSearch(OptunaSearch):
 
     def _trial_dir(self, trial_id: str) -> Path | None:
         """The trial's directory under the search's `tune/`."""
-        if not self._out_dir:
+        base = self._out_dir or self._owner  # searchers built before out_dir existed passed the directory as owner
+        if not base or not Path(base).is_dir():
             return None
-        found = sorted((Path(self._out_dir) / "tune").glob(f"trial_*_{trial_id}"))
+        found = sorted((Path(base) / "tune").glob(f"trial_*_{trial_id}"))
         return found[0] if found else None
 
     def _record(self, trial_id: str, result: dict[str, Any] | None) -> None:
