@@ -98,7 +98,15 @@ def _start_ray(address: str | None) -> None:
     else:
         # "local": a new instance of our own. Without an address Ray joins the last cluster anyone on this
         # machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        for attempt in range(3):
+            try:
+                ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                break
+            except RuntimeError:  # GCS slow to come up (two drivers starting on a busy machine): try again
+                ray.shutdown()
+                if attempt == 2:
+                    raise
+                time.sleep(2.0)
 
 
 def run_search(
