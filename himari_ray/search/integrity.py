@@ -85,6 +85,7 @@ class DirectorySigner:
         self.key = signing_key(create=True)
         self._cache: dict[str, tuple[int, int, str]] = {}
         self._top: dict[str, tuple[int, int]] = {}
+        self._files: dict[str, str] = {}  # the last signature written: relative path -> MAC
 
     def __reduce__(self) -> tuple:
         # Tune pickles its callbacks into tune/tuner.pkl: the key must never travel with them into the
@@ -124,30 +125,38 @@ class DirectorySigner:
                     top[path.name] = (st.st_size, st.st_mtime_ns)
         if top != self._top:
             self._top = top
-            self.sign()
+            self.sign(top_level_only=bool(self._files))
 
-    def sign(self) -> None:
-        files: dict[str, str] = {}
+    def sign(self, top_level_only: bool = False) -> None:
+        """Sign the loadable files under tune/: all of them (a walk over every trial directory), or, with
+        `top_level_only`, just Tune's state files directly under tune/ (Tune rewrites those every step; trial
+        checkpoints are signed as they arrive, by `on_checkpoint`)."""
         root = self.out / "tune"
-        if root.is_dir():
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
-                rel = path.relative_to(self.out)
-                if not _needs_signature(rel):
-                    continue
-                try:
-                    st = path.stat()
-                    cached = self._cache.get(str(rel))
-                    if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
-                        cached = (st.st_size, st.st_mtime_ns, _sha256(path))
-                        self._cache[str(rel)] = cached
-                except FileNotFoundError:  # Tune replaced or pruned it while we walked
-                    continue
-                files[rel.as_posix()] = _mac(self.key, rel.as_posix(), cached[2])
-                if path.parent == root and path.name.startswith(_REWRITTEN):
-                    kept = self._snapshot(path, cached[2])
-                    if kept is not None:
-                        snap_rel = kept[0].relative_to(self.out).as_posix()
-                        files[snap_rel] = _mac(self.key, snap_rel, kept[1])
+        if top_level_only:
+            files = {k: v for k, v in self._files.items() if Path(k).parent.name != "tune"}
+            paths = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else []
+        else:
+            files = {}
+            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+        for path in paths:
+            rel = path.relative_to(self.out)
+            if not _needs_signature(rel):
+                continue
+            try:
+                st = path.stat()
+                cached = self._cache.get(str(rel))
+                if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
+                    cached = (st.st_size, st.st_mtime_ns, _sha256(path))
+                    self._cache[str(rel)] = cached
+            except FileNotFoundError:  # Tune replaced or pruned it while we walked
+                continue
+            files[rel.as_posix()] = _mac(self.key, rel.as_posix(), cached[2])
+            if path.parent == root and path.name.startswith(_REWRITTEN):
+                kept = self._snapshot(path, cached[2])
+                if kept is not None:
+                    snap_rel = kept[0].relative_to(self.out).as_posix()
+                    files[snap_rel] = _mac(self.key, snap_rel, kept[1])
+        self._files = files
         tmp = self.out / f"{SIGNATURE_FILE}.tmp"
         tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0))
         os.replace(tmp, self.out / SIGNATURE_FILE)  # atomic: a reader sees the old or the new signature
