@@ -148,3 +148,42 @@ def test_bf16_setting_changes_nothing_on_cpu():
     x = _batch(8)
     a, b = fp32.forward_inference(x), bf16.forward_inference(x)
     torch.testing.assert_close(a[Columns.ACTION_DIST_INPUTS], b[Columns.ACTION_DIST_INPUTS], rtol=0, atol=0)
+
+
+def _tiny_learner(stock: bool = False):
+    from himari_ray.data.dataset import DataSpec
+    from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+    from himari_ray.rl.config import TrainConfig, TrialConfig
+    from himari_ray.rl.model import MODEL_PRESETS
+
+    env = EnvConfig(data=DataSpec(source="synthetic", n_bars=1000), context_len=8, episode_len=64)
+    trial = TrialConfig(env=env, model=MODEL_PRESETS["tiny"], train=TrainConfig(train_batch_size=64, minibatch_size=32))
+    config = build_ppo_config(trial)
+    if stock:
+        from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+
+        config = config.training(learner_class=PPOTorchLearner)
+    return config.build_learner(env=HimariTradingEnv(env))
+
+
+def test_sync_free_learner_applies_gradients_as_rllibs_default_does():
+    """rl/learner.py drops RLlib's per-tensor finiteness checks (GPU syncs) but must keep their outcome:
+    the same step on finite gradients, and non-finite entries made finite (RLlib's nan_to_num) with a step."""
+    import torch
+
+    from himari_ray.rl.learner import HimariPPOLearner
+
+    ours, stock = _tiny_learner(), _tiny_learner(stock=True)
+    assert isinstance(ours, HimariPPOLearner) and not isinstance(stock, HimariPPOLearner)
+    stock.module.set_state(ours.module.get_state())
+    before = [p.detach().clone() for p in ours._params.values()]
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) for p in ours._params.values()]
+    grads[0].view(-1)[0] = float("nan")
+    grads[1].view(-1)[0] = float("inf")
+    for learner in (ours, stock):
+        learner.apply_gradients({pid: g.clone() for pid, g in zip(learner._params, grads, strict=True)})
+    for a, b in zip(ours._params.values(), stock._params.values(), strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b)
+    assert all(not torch.equal(a, b) for a, b in zip(before, ours._params.values(), strict=True))  # it stepped

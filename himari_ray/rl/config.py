@@ -20,6 +20,7 @@ from himari_ray.env.preflight import (
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, carried_horizon
 from himari_ray.rl.fast_runner import FastEnvRunner
+from himari_ray.rl.learner import HimariPPOLearner
 from himari_ray.rl.model import MODEL_PRESETS, PRECISION_KEY, ModelConfig, RegimeTransformerModule
 from himari_ray.types import REGIME_NAMES
 
@@ -216,6 +217,7 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
             num_epochs=t.num_epochs,
             minibatch_size=t.minibatch_size,
             train_batch_size_per_learner=t.train_batch_size,
+            learner_class=HimariPPOLearner,  # RLlib's PPO learner minus its per-tensor GPU syncs (rl/learner.py)
         )
         .debugging(seed=t.seed, log_level="ERROR")
     )

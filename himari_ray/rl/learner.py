@@ -1,0 +1,33 @@
+"""RLlib's PPO torch learner with one change: applying gradients never waits for the GPU.
+
+RLlib's `TorchLearner.apply_gradients` (torch_skip_nan_gradients=False, its default) asks, for every
+parameter tensor, `torch.isfinite(grad).all()` in a Python `if`, then asks it again for every tensor before
+`optimizer.step()`: each is a GPU->CPU synchronisation, about a hundred per minibatch update for the
+production module (48 tensors). On a GPU the host then stalls until the queue drains instead of queueing the
+next minibatch (issue 11, bench/README.md). The result of RLlib's default path is kept, without asking:
+non-finite gradient entries become finite (`nan_to_num`, what RLlib does after its check) and the optimizer
+steps. The loss, GAE, minibatching, KL adaptation and metrics are RLlib's, untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.utils.annotations import override
+from ray.rllib.utils.typing import ParamDict
+
+
+class HimariPPOLearner(PPOTorchLearner):
+    """`PPOTorchLearner` whose `apply_gradients` queues its work without a host-device synchronisation."""
+
+    @override(PPOTorchLearner)
+    def apply_gradients(self, gradients_dict: ParamDict) -> None:
+        # Schedulers and AMP grad scalers have their own stepping logic: leave those setups to RLlib.
+        if self._lr_scheduler_classes is not None or self._grad_scalers is not None:
+            return super().apply_gradients(gradients_dict)
+        for pid, grad in gradients_dict.items():
+            self._params[pid].grad = torch.nan_to_num_(grad) if grad is not None else None
+        for module_id, names in self._module_optimizers.items():
+            for name in names:
+                self.get_optimizer(module_id, name).step()
+        return None
