@@ -158,6 +158,12 @@ LEARNER_SAMPLES_PER_S = key("learner_samples_per_s", float, "Samples the learner
 SAMPLE_S = key("sample_s", float, "Seconds sampling took (RLlib's smoothed timer).", "s")
 LEARN_S = key("learn_s", float, "Seconds the learner update took (RLlib's smoothed timer).", "s")
 GPU_PEAK_MEM_GB = key("gpu_peak_mem_gb", float, "Peak CUDA memory allocated by the trial process (NaN: no GPU).", "GB")
+GPU_RESERVED_GB = key(
+    "gpu_reserved_gb",
+    float,
+    "Peak CUDA memory the trial's caching allocator held (what nvidia-smi sees, less the context).",
+    "GB",
+)
 HOST_PEAK_RSS_GB = key("host_peak_rss_gb", float, "Peak resident memory of the trial process.", "GB")
 POLICY_LOSS = key("policy_loss", float, "PPO's clipped policy loss of the last update.")
 ENTROPY = key("entropy", float, "Mean policy entropy in the last update.", "nats")
