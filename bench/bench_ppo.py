@@ -11,9 +11,11 @@ Prints one line per figure and, with --json FILE, writes them. Nothing here is a
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
 import platform
+import pstats
 import resource
 import time
 from typing import Any
@@ -153,11 +155,16 @@ def bench_module(trial, device, reps: int) -> None:
 class RllibRun:
     """RLlib PPO built from the trial; `step()` is one timed `algo.train()` (sampling and learning)."""
 
-    def __init__(self, trial, label: str):
+    def __init__(self, trial, label: str, stock_learner: bool = False):
         from himari_ray.rl.config import build_ppo_config
 
         self.label, self.trial = label, trial
-        self.algo = build_ppo_config(trial).build_algo()
+        config = build_ppo_config(trial)
+        if stock_learner:  # RLlib's own PPOTorchLearner, to measure what rl/learner.py changes
+            from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+
+            config = config.training(learner_class=PPOTorchLearner)
+        self.algo = config.build_algo()
         self.step()  # warm-up: the first iteration pays for lazy initialisation (and compilation)
 
     def step(self) -> tuple[int, float]:
@@ -312,7 +319,8 @@ def main() -> None:
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the learner's forward (RLlib and reference).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU).")
-    p.add_argument("--skip", nargs="*", default=[], choices=["env", "module", "plain", "fast", "reference"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["env", "module", "plain", "fast", "stock", "reference"])
+    p.add_argument("--profile", action="store_true", help="cProfile the fast run; print the top functions by own time.")
     p.add_argument("--json", help="Also write the figures to this JSON file.")
     args = p.parse_args()
     prod = args.preset == "production"
@@ -375,14 +383,21 @@ def main() -> None:
             runs["plain"] = RllibRun(trial.model_copy(update={"train": plain}), "plain")
         if "fast" not in args.skip:
             runs["fast"] = RllibRun(trial, "fast")
+        if "stock" not in args.skip:
+            runs["stock"] = RllibRun(trial, "fast (RLlib's stock PPO learner)", stock_learner=True)
         if "reference" not in args.skip:
             runs["reference"] = reference_ppo(trial, device)
         # Interleaved iteration by iteration: on a shared machine every run sees the same contention.
         totals = {k: [0, 0.0, 0.0] for k in runs}  # steps, seconds, peak GPU GB
+        profile = cProfile.Profile() if args.profile else None
         for _ in range(args.iterations):
             for name, run in runs.items():
                 reset_gpu_peak(device)
+                if profile is not None and name == "fast":
+                    profile.enable()
                 steps, seconds = run.step()
+                if profile is not None and name == "fast":
+                    profile.disable()
                 totals[name][0] += steps
                 totals[name][1] += seconds
                 totals[name][2] = max(totals[name][2], gpu_peak_gb(device)) if device.type == "cuda" else float("nan")
@@ -396,6 +411,11 @@ def main() -> None:
         if "fast" in rates and "reference" in rates:
             ratio = rates["fast"] / rates["reference"]
             emit("ratio_fast_to_reference", ratio, f"RLlib fast path / pure-torch reference: {ratio:.2f}x")
+        if "fast" in rates and "stock" in rates:
+            ratio = rates["fast"] / rates["stock"]
+            emit("ratio_fast_to_stock_learner", ratio, f"himari learner / RLlib's stock PPO learner: {ratio:.2f}x")
+        if profile is not None:
+            pstats.Stats(profile).sort_stats("tottime").print_stats(18)
         if "fast" in rates and "plain" in rates:
             ratio = rates["fast"] / rates["plain"]
             emit("ratio_fast_to_plain", ratio, f"RLlib fast path / plain runner: {ratio:.2f}x")

@@ -4,7 +4,7 @@
 # production search sharing the GPU, and prints the figures. Budget: under 6 minutes (each stage has its
 # own timeout; a stage that runs out is reported and the next one still runs).
 #
-#   here (package access):  bash /work/shared/offline/bundle.sh .offline     # ~42 MB; in the worktree root
+#   here (package access):  bash /work/shared/offline/bundle.sh "$PWD/.offline"  # ~42 MB; an absolute path (the script cd-s)
 #   there:                  bash bench/gpu_check.sh [.offline] [OUT_DIR]     # OUT_DIR default: $OUT or /tmp
 #
 # Every figure also lands as JSON under OUT_DIR (bench_fp32.json, bench_bf16_compile.json, search_summary.json,
@@ -21,7 +21,7 @@ stage() { echo "== [$((SECONDS - t0)) s] $*"; }
 # limited SECONDS CMD...: run with a time limit, drop warning lines, say how it ended.
 limited() {
   local limit=$1; shift
-  timeout "$limit" "$@" 2>&1 | grep -v -i -e warn -e 'new api stack' -e 'migration guide'
+  timeout "$limit" "$@" 2>&1 | grep --line-buffered -v -i -e warn -e 'new api stack' -e 'migration guide'
   local rc=${PIPESTATUS[0]}
   [ "$rc" -eq 0 ] || echo "-- stopped: exit $rc$([ "$rc" -eq 124 ] && echo " (ran past ${limit} s)")"
 }
@@ -33,7 +33,7 @@ if [ ! -x "$bundle/install.sh" ]; then
 fi
 bash "$bundle/install.sh" "$bundle" "$site" || { echo "bundle install failed"; exit 2; }
 export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export RAY_AUTH_MODE=token RAY_DEDUP_LOGS=1 PYTHONWARNINGS=ignore
+export RAY_AUTH_MODE=token RAY_DEDUP_LOGS=1 PYTHONWARNINGS=ignore PYTHONUNBUFFERED=1
 
 # Fail in seconds, not minutes, when the machine lacks something the bundle assumed it has.
 python3 - <<'EOF' || exit 3
@@ -56,13 +56,17 @@ print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.
       f"{__import__('os').cpu_count()} CPUs")
 EOF
 
-stage "production benchmark, fp32: env, module, RLlib plain vs fast runner, pure-torch reference"
+stage "production benchmark, fp32: env, module, RLlib plain vs fast runner (himari and stock learner), pure-torch reference"
 limited 100 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
   --threads "$(nproc)" --json "$out/bench_fp32.json"
 
 stage "production benchmark, bf16 autocast + torch.compile: module (bf16 vs fp32), fast runner, reference"
 limited 120 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
   --threads "$(nproc)" --precision bf16 --compile --skip env plain --json "$out/bench_bf16_compile.json"
+
+stage "where the fast run's time goes: cProfile of 2 bf16 iterations (no compile), top functions by own time"
+limited 60 python3 bench/bench_ppo.py --preset production --device cuda --data sample --iterations 2 \
+  --threads "$(nproc)" --precision bf16 --skip env module plain stock reference --profile | tail -30
 
 stage "4-trial production search sharing the GPU (pnl_cost, 3 iterations, preflight off)"
 space=$work/gpu_check.yaml
@@ -79,7 +83,8 @@ stage "search figures"
 python3 - "$work/search" "$out" <<'EOF'
 import json, sys, pathlib
 search, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-keys = ["env_steps_per_s", "learner_samples_per_s", "sample_s", "learn_s", "gpu_peak_mem_gb", "host_peak_rss_gb",
+keys = ["env_steps_per_s", "learner_samples_per_s", "sample_s", "learn_s", "gpu_peak_mem_gb", "gpu_reserved_gb",
+        "host_peak_rss_gb",
         "policy_loss", "entropy", "kl", "vf_explained_var"]
 trials = {}
 for f in sorted(search.glob("tune/*/result.json")):
