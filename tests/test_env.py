@@ -221,18 +221,18 @@ def test_carried_reward_is_a_function_of_the_observation(small_dataset):
     assert rewards[1].pop() - rewards[0].pop() == pytest.approx(0.05)
 
 
-def test_greedy_carried_actions_follow_the_policys_path():
+def test_carried_actions_follow_the_policys_path():
     # Position p prefers action (p + 1) % 3 at even bars and stays put at odd bars.
     n = 6
     logits = np.zeros((n, 3, 3))
     for t in range(n):
         for p in range(3):
             logits[t, p, (p + 1) % 3 if t % 2 == 0 else p] = 1.0
-    from himari_ray.env.trading import greedy_carried_actions
+    from himari_ray.env.trading import carried_actions
 
-    np.testing.assert_array_equal(greedy_carried_actions(logits), [1, 1, 2, 2, 0, 0])
+    np.testing.assert_array_equal(carried_actions(logits), [1, 1, 2, 2, 0, 0])
     with pytest.raises(ValueError, match="shape"):
-        greedy_carried_actions(np.zeros((n, 3)))
+        carried_actions(np.zeros((n, 3)))
 
 
 def test_module_sees_the_position_and_carried_evaluation_matches_the_env(small_dataset):

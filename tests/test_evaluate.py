@@ -71,6 +71,31 @@ def test_probabilities_decisiveness_and_both_band_distances(small_dataset):
     )
 
 
+def test_a_sampling_policy_is_scored_by_its_expected_hold_share_and_trades_its_draws(small_dataset):
+    """eval.deploy: sample: band distance is that of the mean P(HOLD) (noise-free), the trading metrics come
+    from seeded draws whose HOLD share matches the probabilities, and the same seed draws the same actions."""
+    probs = [0.40, 0.35, 0.25]
+    greedy = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig())
+    sampler = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample"))
+    mg, ms = greedy(FixedProbabilities(probs)), sampler(FixedProbabilities(probs))
+    assert ms["band_distance"] == ms["band_distance_prob"] == mg["band_distance_prob"] != mg["band_distance"]
+    assert ms["hold_pct_ALL"] == 100.0  # greedy shares are reported whatever the deployment
+    drawn = sampler.actions(FixedProbabilities(probs))
+    shares = np.bincount(drawn, minlength=3) / len(drawn)
+    assert len(drawn) > 500 and np.abs(shares - probs).max() < 0.08  # 4 sigma at n = 500
+    assert mg["val_turnover"] == 0.0 < ms["val_turnover"]  # the greedy policy only ever holds; draws trade
+    np.testing.assert_array_equal(drawn, sampler.actions(FixedProbabilities(probs)))
+    other = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample", sample_seed=1))
+    assert not np.array_equal(drawn, other.actions(FixedProbabilities(probs)))
+
+
+def test_sample_actions_inverts_the_cdf():
+    from himari_ray.env.trading import sample_actions
+
+    probs = np.array([[0.5, 0.3, 0.2]] * 5)
+    np.testing.assert_array_equal(sample_actions(probs, np.array([0.0, 0.49, 0.5, 0.79, 0.999999])), [0, 0, 1, 1, 2])
+
+
 def baseline_policy(ev: GreedyEvaluator, share: float) -> SelectiveOnColumn:
     """The train-only logistic baseline as a policy trading its `share` most confident validation bars."""
     w = ev.baseline.w

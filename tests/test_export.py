@@ -177,6 +177,25 @@ def test_act_on_raw_bars_reproduces_the_evaluator_on_the_validation_split(tmp_pa
     assert (got.to_numpy() == expected.to_numpy()).all()
 
 
+def test_a_policy_scored_as_a_sampler_acts_by_seeded_draws(tmp_path, bars_file):
+    """eval.deploy: sample travels in the bundle: `act` then draws each action from the probabilities it
+    writes beside it, the same draws for the same --seed, others for another."""
+    ds = import_ohlcv(bars_file)
+    save_dataset(ds, tmp_path / "data")
+    config = trial_config(tmp_path / "data")
+    config = config.model_copy(update={"eval": EvalConfig(deploy="sample")})
+    export_module(make_module(ds.n_features), ds, config, tmp_path / "bundle", NO_SEARCH, onnx=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    frame, skipped = act_on_bars(bundle, bars_file, seed=3)
+    acted = frame.iloc[skipped:]
+    probs = acted[["p_hold", "p_long", "p_short"]].to_numpy()
+    assert (acted["action"].to_numpy() != np.asarray(ACTION_NAMES)[probs.argmax(axis=1)]).mean() > 0.1
+    shares = acted["action"].value_counts(normalize=True).reindex(ACTION_NAMES).to_numpy()
+    assert np.abs(shares - probs.mean(axis=0)).max() < 0.08
+    assert act_on_bars(bundle, bars_file, seed=3)[0]["action"].equals(frame["action"])
+    assert not act_on_bars(bundle, bars_file, seed=4)[0]["action"].equals(frame["action"])
+
+
 def test_act_cli_writes_one_row_per_bar_and_refuses_an_existing_out(tmp_path, bars_file, shared, capsys):
     bundle_dir = shared[3]
     out = tmp_path / "actions.csv"

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from himari_ray.cli.common import add_command, new_path, positive
+from himari_ray.cli.common import add_command, new_path, positive, seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("bars", type=Path, help="OHLCV file: CSV, Parquet, freqtrade .json/.feather, Binance klines.")
     a.add_argument("--out", type=Path, help="New CSV file (default: standard output).")
     a.add_argument("--sha256", help="Refuse the bundle unless its manifest.json has this SHA-256 (from export).")
+    a.add_argument(
+        "--seed",
+        type=seed(),
+        default=0,
+        help="Seed of the draws of a policy scored as a sampler (eval.deploy: sample); a greedy policy ignores it.",
+    )
     a.set_defaults(run=run_act)
 
 
@@ -52,7 +58,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_act(args: argparse.Namespace) -> int:
-    from himari_ray.policy.act import act_on_bars, write_actions
+    from himari_ray.policy.act import act_on_bars, deployment, write_actions
     from himari_ray.policy.bundle import load_bundle
     from himari_ray.types import UserInputError
 
@@ -61,11 +67,11 @@ def run_act(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.parent.is_dir():
         raise UserInputError(f"{args.out}: no such directory {args.out.parent}")
     bundle = load_bundle(args.bundle, args.sha256)
-    frame, skipped = act_on_bars(bundle, args.bars)
+    frame, skipped = act_on_bars(bundle, args.bars, args.seed)
     write_actions(frame, args.out)
     first = frame["timestamp"].iloc[skipped] if skipped < len(frame) else "-"
     print(
-        f"act: {len(frame) - skipped} actions; the first {skipped} bars have none (the detector's warm-up over "
+        f"act: {len(frame) - skipped} actions ({deployment(bundle)}); the first {skipped} bars have none (the detector's warm-up over "
         f"real bars, then a context of {bundle.spec.context_len}); first action at {first}"
         + (f"; wrote {args.out}" if args.out else ""),
         file=sys.stderr,

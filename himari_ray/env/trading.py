@@ -43,21 +43,33 @@ def carried_horizon(gamma: float) -> float:
     return round(1.0 / max(1.0 - gamma, 1e-6), 6) if gamma < 1.0 else float("inf")
 
 
-def greedy_carried_actions(logits: np.ndarray) -> np.ndarray:
-    """Greedy actions of a carried-mode policy along its own path.
+def sample_actions(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Actions drawn from `probs` (n, 3) by inverse CDF with the given uniforms in [0, 1): how a policy deployed
+    as a sampler acts (`eval.deploy: sample`). The same uniforms give the same draws, so evaluations of
+    different policies share their randomness (common random numbers)."""
+    cdf = np.cumsum(probs, axis=-1)
+    return np.minimum((np.asarray(uniforms)[..., None] >= cdf).sum(axis=-1), probs.shape[-1] - 1).astype(np.int64)
+
+
+def carried_actions(logits: np.ndarray, uniforms: np.ndarray | None = None) -> np.ndarray:
+    """Actions of a carried-mode policy along its own path: greedy, or sampled with `uniforms`.
 
     `logits[t, p]` are the policy's action logits at decision t when its position (previous action id) is p, for
-    every p; the path starts flat (p = 0, as an episode does) and each argmax becomes the next position. One
+    every p; the path starts flat (p = 0, as an episode does) and each action becomes the next position. One
     cheap sequential pass after the batched forward passes, so evaluation stays batched.
     """
     logits = np.asarray(logits)
     if logits.ndim != 3 or logits.shape[1:] != (N_ACTIONS, N_ACTIONS):
         raise ValueError(f"logits must have shape (n, {N_ACTIONS}, {N_ACTIONS}), got {logits.shape}")
-    best = logits.argmax(axis=2)  # (n, position): the greedy action from each position
-    out = np.empty(len(best), dtype=np.int64)
+    if uniforms is None:
+        choice = logits.argmax(axis=2)  # (n, position): the greedy action from each position
+    else:
+        z = np.exp(logits - logits.max(axis=2, keepdims=True))
+        choice = sample_actions(z / z.sum(axis=2, keepdims=True), np.asarray(uniforms)[:, None])
+    out = np.empty(len(choice), dtype=np.int64)
     pos = 0
-    for t in range(len(best)):
-        pos = int(best[t, pos])
+    for t in range(len(choice)):
+        pos = int(choice[t, pos])
         out[t] = pos
     return out
 

@@ -21,7 +21,7 @@ import pandas as pd
 from himari_ray.data.dataset import causal_columns, finite_features
 from himari_ray.data.denoise import denoise_features
 from himari_ray.data.ohlcv import read_ohlcv
-from himari_ray.env.trading import decision_windows
+from himari_ray.env.trading import decision_windows, sample_actions
 from himari_ray.policy.bundle import Bundle
 from himari_ray.types import UserInputError
 
@@ -40,10 +40,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def act_on_bars(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, int]:
+def deployment(bundle: Bundle) -> str:
+    """How the policy was scored, hence how it acts: `greedy` or `sample` (the trial's `eval.deploy`)."""
+    return str(bundle.spec.trial_config.get("eval", {}).get("deploy", "greedy"))
+
+
+def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[pd.DataFrame, int]:
     """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
 
-    `action` is the greedy (argmax) action; `p_*` the policy's probabilities (softmax of its logits).
+    `action` is what the policy was scored as doing (`deployment`): the argmax, or a draw from its
+    probabilities with a generator seeded by `seed` (same file, same seed: same actions); `p_*` are the
+    policy's probabilities (softmax of its logits).
     """
     spec = bundle.spec
     path = Path(bars_path)
@@ -64,7 +71,10 @@ def act_on_bars(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, in
     regimes = columns["regime_ids"][c - 1 :]
     logits = bundle.logits(windows, regimes)
     probs = softmax(logits)
-    actions = logits.argmax(axis=-1)
+    if deployment(bundle) == "sample":
+        actions = sample_actions(probs, np.random.default_rng(seed).random(len(probs)))
+    else:
+        actions = logits.argmax(axis=-1)
 
     n = len(bars)
     skipped = warmup + c - 1  # bars before the first decision bar

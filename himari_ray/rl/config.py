@@ -85,6 +85,12 @@ class EvalConfig(BaseModel):
     bands: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
     )
+    deploy: Literal["greedy", "sample"] = Field(
+        "greedy",
+        description="How the policy acts once deployed, hence how it is scored: greedy (argmax; band distance of "
+        "its HOLD shares) or sample (draws from its probabilities; band distance of its mean P(HOLD)).",
+    )
+    sample_seed: int = Field(0, ge=0, description="Seed of the draws of a sampling policy (eval.deploy: sample).")
     fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
     batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
     leak_alarm: LeakAlarmConfig = Field(

@@ -16,7 +16,7 @@ from himari_ray.env.metrics import action_shares, band_distance, trading_metrics
 from himari_ray.env.preflight import (
     RegimePreflight,
 )
-from himari_ray.env.trading import EnvConfig, decision_windows, greedy_carried_actions
+from himari_ray.env.trading import EnvConfig, carried_actions, decision_windows, sample_actions
 from himari_ray.rl.config import EvalConfig
 from himari_ray.schema import (
     BAND_DISTANCE,
@@ -91,11 +91,13 @@ class GreedyEvaluator:
     Decision bars are t in C-1 .. n-2 of the split; the action at t earns `returns[t+1]`. Bars around exchange
     outages are not scored. Windows are views; each batch is gathered once into a tensor.
 
-    Greedy (argmax) shares are what the objective scores, because greedy is how the policy is deployed:
-    RLlib's `forward_inference` and an exported policy act deterministically, and sampling would pay fees to
-    trade on noise. The mean probabilities are reported beside them, with decisiveness, so a near-uniform
-    policy whose greedy shares ride on tiny logit differences is visible as such. In carried mode the policy
-    follows its own path of positions (the probabilities are those along that path).
+    The objective scores the policy as it is deployed (`eval.deploy`). A greedy policy (the default: RLlib's
+    `forward_inference` and `act` take the argmax) is scored by its HOLD shares. A sampling policy draws each
+    action from its probabilities (`act` does, seeded): its expected HOLD share is its mean P(HOLD), which is
+    what it is scored by, and its trading metrics and leak alarm come from one seeded draw per bar (the same
+    uniforms at every evaluation). Greedy shares, mean probabilities and decisiveness are reported either
+    way, so a near-uniform policy whose greedy shares ride on tiny logit differences is visible as such
+    (docs/SCORING.md). In carried mode the policy follows its own path of positions.
     """
 
     def __init__(self, env: EnvConfig, cfg: EvalConfig, split: str = "val", dataset: Dataset | None = None):
@@ -117,6 +119,8 @@ class GreedyEvaluator:
         self.decision_regimes = arrays.regime_ids[bars].copy()
         self.regimes = self.decision_regimes[self.scored]
         self.next_returns = arrays.returns[bars + 1][self.scored].copy()
+        # One fixed uniform per decision for a sampling policy: every evaluation draws with the same numbers.
+        self.uniforms = np.random.default_rng(cfg.sample_seed).random(len(bars))
         self.features_t = scaled[bars][self.scored]
         # What honest features at bar t achieve: fitted on the train split only, whatever split is scored.
         train = ds.train
@@ -142,8 +146,10 @@ class GreedyEvaluator:
             out.append(logits.double().cpu().numpy())
         return np.concatenate(out)
 
-    def probabilities(self, module: RLModule) -> np.ndarray:
-        """(n, 3) action probabilities at the scored bars; in carried mode along the policy's greedy path."""
+    def policy(self, module: RLModule) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 3) action probabilities and the deployed policy's actions at the scored bars: argmax, or draws
+        with the evaluator's fixed uniforms (`eval.deploy`). In carried mode both follow the policy's own path
+        of positions, which its actions make."""
         was_training = module.training
         module.eval()
         try:
@@ -152,23 +158,35 @@ class GreedyEvaluator:
                     logits = self._logits(module, 0)
                 else:
                     by_position = np.stack([self._logits(module, p) for p in range(3)], axis=1)
-                    path = greedy_carried_actions(by_position)
+                    path = carried_actions(by_position, None if self.cfg.deploy == "greedy" else self.uniforms)
                     positions = np.r_[0, path[:-1]]  # the path starts flat; each action is the next position
                     logits = by_position[np.arange(len(path)), positions]
         finally:
             module.train(was_training)
         z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        return (z / z.sum(axis=-1, keepdims=True))[self.scored]
+        probs = z / z.sum(axis=-1, keepdims=True)
+        if self.carried and self.cfg.deploy == "sample":
+            actions = path
+        elif self.cfg.deploy == "sample":
+            actions = sample_actions(probs, self.uniforms)
+        else:
+            actions = probs.argmax(axis=-1)
+        return probs[self.scored], actions[self.scored]
+
+    def probabilities(self, module: RLModule) -> np.ndarray:
+        """(n, 3) action probabilities at the scored bars (in carried mode along the deployed policy's path)."""
+        return self.policy(module)[0]
 
     def actions(self, module: RLModule) -> np.ndarray:
-        """Greedy actions at the scored bars (in carried mode along the policy's own path of positions)."""
-        return self.probabilities(module).argmax(axis=-1)
+        """The deployed policy's actions at the scored bars (greedy or sampled, see `eval.deploy`)."""
+        return self.policy(module)[1]
 
     def __call__(self, module: RLModule) -> dict[str, float]:
         """Flat metrics: `<action>_pct_<regime>` (greedy), `hold_prob_<regime>`, `decisiveness_<regime>`,
-        `band_distance` (greedy), `band_distance_prob`, `<split>_<trading metric>`, the leak alarm and its
-        statistics, `profit_ok` and the scalar `objective`."""
-        probs = self.probabilities(module)
+        `band_distance` (of the deployed policy: greedy shares, or mean P(HOLD) for a sampler),
+        `band_distance_prob`, `<split>_<trading metric>` and the leak alarm of the deployed policy's actions,
+        `profit_ok` and the scalar `objective`."""
+        probs, deployed = self.policy(module)
         actions = probs.argmax(axis=-1)
         shares = action_shares(actions, self.regimes)
         metrics: dict[str, float] = {}
@@ -179,12 +197,15 @@ class GreedyEvaluator:
             empty = not mask.any()
             metrics[hold_prob(regime)] = float("nan") if empty else 100.0 * float(probs[mask, 0].mean())
             metrics[decisiveness(regime)] = float("nan") if empty else float(probs[mask].max(-1).mean())
-        metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
         metrics[BAND_DISTANCE_PROB] = band_distance({r: metrics[hold_prob(r)] for r in REGIME_NAMES}, self.cfg.bands)
-        trading = trading_metrics(actions, self.next_returns, self.cfg.fee)
+        if self.cfg.deploy == "greedy":
+            metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
+        else:  # a sampler's expected HOLD share is its mean P(HOLD): scored without the draws' noise
+            metrics[BAND_DISTANCE] = metrics[BAND_DISTANCE_PROB]
+        trading = trading_metrics(deployed, self.next_returns, self.cfg.fee)
         for key, value in trading.items():
             metrics[split_metric(self.split, key)] = value
-        leak = leak_verdict(actions, self.next_returns, self.features_t, self.baseline, self.cfg.leak_alarm)
+        leak = leak_verdict(deployed, self.next_returns, self.features_t, self.baseline, self.cfg.leak_alarm)
         metrics[LEAK_ALARM] = leak.alarm
         metrics[LEAK_BASELINE_HIT_RATE] = leak.baseline_hit_rate
         metrics[LEAK_P_VS_BASELINE] = leak.p_vs_baseline
