@@ -140,6 +140,26 @@ for _regime in SHARE_GROUPS:
     key(decisiveness(_regime), float, f"Mean top-action probability over {_regime} decisions (1/3 uniform .. 1).")
 
 BAND_DISTANCE_PROB = key("band_distance_prob", float, "Band distance of the mean HOLD probabilities.", "pp")
+DEPLOYED_HOLD_PCT = key(
+    "deployed_hold_pct",
+    float,
+    "Overall HOLD% of the policy as deployed (eval.deploy): its greedy share, or its mean P(HOLD) as a sampler.",
+    "%",
+)
+
+
+def deployed_hold(report: Mapping[str, Any]) -> float:
+    """Overall HOLD% of the deployed policy; a report from before `eval.deploy` existed was greedy."""
+    v = number(report, DEPLOYED_HOLD_PCT)
+    return number(report, HOLD_PCT_ALL) if math.isnan(v) else v
+
+
+def deployment(report: Mapping[str, Any]) -> str:
+    """`greedy` or `sample`: how the trial's policy is deployed, from the trial config Tune puts in each result."""
+    trial = (report.get("config") or {}).get("trial") or {}
+    return str((trial.get("eval") or {}).get("deploy", "greedy"))
+
+
 LEAK_BASELINE_HIT_RATE = key(
     "leak_baseline_hit_rate", float, "Hit rate of a train-only logistic baseline trading as many bars.", "fraction"
 )

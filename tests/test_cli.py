@@ -340,3 +340,33 @@ def test_progress_eta_credits_trials_that_end_early():
     assert format_duration(3725) == "1h02m" and format_duration(float("nan")) == "?"
     line = format_report(3, {"training_iteration": 1, "band_distance": 5.0, "val_sharpe": 1.0}, of=8, progress="x")
     assert line.startswith("trial   3/8  it   1") and line.endswith("  x") and "LOW_VOL=  nan" in line
+
+
+def test_a_sampling_trial_is_printed_and_stopped_by_the_hold_share_it_is_scored_by():
+    """eval.deploy: sample: the report line shows mean P(HOLD), and the collapse stopper (and `analyze`'s
+    status) read the deployed HOLD%, not a greedy share that sits at 100% while the sampler holds half."""
+    from himari_ray.report.runs import COLLAPSED, STOPPED, TrialRun, trial_status
+    from himari_ray.search.callbacks import collapse_stopper, format_report
+    from himari_ray.search.space import CollapseSettings
+
+    report = {
+        "training_iteration": 5,
+        "hold_pct_LOW_VOL": 100.0,
+        "hold_prob_LOW_VOL": 48.5,
+        "hold_pct_ALL": 100.0,
+        "hold_prob_ALL": 52.0,
+        "deployed_hold_pct": 52.0,
+        "config": {"trial": {"eval": {"deploy": "sample"}}},
+    }
+    line = format_report(1, report)
+    assert "P(HOLD)% LOW_VOL= 48.5" in line and "100.0" not in line
+    greedy = {**report, "deployed_hold_pct": 100.0, "config": {"trial": {"eval": {"deploy": "greedy"}}}}
+    assert "  HOLD% LOW_VOL=100.0" in format_report(1, greedy)
+    stopper = collapse_stopper(CollapseSettings(warmup=2, hold_high=99.0, hold_low=1.0))
+    assert not stopper("t", report) and stopper("t", greedy)
+    old = {k: v for k, v in greedy.items() if k != "deployed_hold_pct"}  # a report from before eval.deploy
+    assert stopper("t", old)
+    manifest = {"iterations": 10, "collapse": {"warmup": 2, "hold_high": 99.0, "hold_low": 1.0}}
+    for last, status in ((report, STOPPED), (greedy, COLLAPSED)):
+        run = TrialRun(number=1, trial_id="t", path=Path("."), reports=[last])
+        assert trial_status(run, manifest, "TERMINATED", search_over=True) == status

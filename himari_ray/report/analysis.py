@@ -33,6 +33,7 @@ from himari_ray.schema import (
     VAL_TURNOVER,
     action_pct,
     hold_pct,
+    hold_prob,
     number,
     value,
 )
@@ -63,6 +64,7 @@ def trials_frame(search: SearchRun) -> pd.DataFrame:
         for regime in REGIME_NAMES:
             for action in ACTION_NAMES:
                 row[action_pct(action, regime)] = number(report, action_pct(action, regime))
+            row[hold_prob(regime)] = number(report, hold_prob(regime))
         for metric in (*TABLE_METRICS, OBJECTIVE, BAND_DISTANCE_WORST, VAL_SHARPE_WORST):
             row[metric] = number(report, metric)
         row[PROFIT_OK] = bool(value(report, PROFIT_OK)) if report else False

@@ -16,10 +16,10 @@ from typing import Any
 
 from himari_ray.schema import (
     CONFIG,
-    HOLD_PCT_ALL,
     OBJECTIVE,
     PREFLIGHT_SKIPPED,
     TRAINING_ITERATION,
+    deployed_hold,
     number,
     read_report,
     value,
@@ -155,7 +155,7 @@ def trial_status(run: TrialRun, manifest: dict[str, Any], tune_status: str | Non
     if last is None:
         return RUNNING if not search_over else CRASHED
     c = manifest["collapse"]
-    hold = number(last, HOLD_PCT_ALL)
+    hold = deployed_hold(last)
     if number(last, TRAINING_ITERATION) >= c["warmup"] and (hold > c["hold_high"] or hold < c["hold_low"]):
         return COLLAPSED
     return STOPPED

@@ -24,6 +24,7 @@ from himari_ray.schema import (
     VAL_SHARPE_WORST,
     VAL_TURNOVER,
     action_pct,
+    hold_prob,
 )
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
@@ -54,6 +55,8 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
         out[f"{regime} H/L/S%"] = [
             "/".join(_pct(t[action_pct(a, regime)].iloc[i]) for a in ACTION_NAMES) for i in range(len(t))
         ]
+    # Beside the greedy shares, what a sampling policy expects: its mean P(HOLD) per regime (docs/SCORING.md).
+    out["P(HOLD)% LV/TR/HV/CR"] = ["/".join(_pct(t[hold_prob(r)].iloc[i]) for r in REGIME_NAMES) for i in range(len(t))]
     out["band pp"] = [_pct(v) for v in t[BAND_DISTANCE]]
     if BAND_DISTANCE_WORST in t.columns:
         out["band worst"] = [_pct(v) for v in t[BAND_DISTANCE_WORST]]

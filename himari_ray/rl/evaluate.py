@@ -27,6 +27,7 @@ from himari_ray.schema import (
     BEST_ITERATION,
     BEST_OBJECTIVE,
     BEST_VAL_SHARPE,
+    DEPLOYED_HOLD_PCT,
     HOLD_PCT_ALL,
     ITERATION,
     LEAK_ALARM,
@@ -200,8 +201,10 @@ class GreedyEvaluator:
         metrics[BAND_DISTANCE_PROB] = band_distance({r: metrics[hold_prob(r)] for r in REGIME_NAMES}, self.cfg.bands)
         if self.cfg.deploy == "greedy":
             metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)
+            metrics[DEPLOYED_HOLD_PCT] = shares["ALL"]["HOLD"]
         else:  # a sampler's expected HOLD share is its mean P(HOLD): scored without the draws' noise
             metrics[BAND_DISTANCE] = metrics[BAND_DISTANCE_PROB]
+            metrics[DEPLOYED_HOLD_PCT] = metrics[hold_prob("ALL")]
         trading = trading_metrics(deployed, self.next_returns, self.cfg.fee)
         for key, value in trading.items():
             metrics[split_metric(self.split, key)] = value
@@ -232,6 +235,7 @@ def skipped_report(results: list[RegimePreflight], verdicts: str, penalty: float
         report[hold_prob(r.regime)] = report[hold_pct(r.regime)]
         report[decisiveness(r.regime)] = float("nan")
     report[HOLD_PCT_ALL] = report[hold_prob("ALL")] = report[decisiveness("ALL")] = float("nan")
+    report[DEPLOYED_HOLD_PCT] = float("nan")
     report[BAND_DISTANCE] = report[BAND_DISTANCE_PROB] = penalty
     report[OBJECTIVE] = penalty + CONSTRAINT_PENALTY  # below every trained trial, constraint or not
     report[LEAK_ALARM] = False

@@ -9,14 +9,16 @@ from typing import Any
 
 from himari_ray.schema import (
     BAND_DISTANCE,
-    HOLD_PCT_ALL,
     LEAK_ALARM,
     PREFLIGHT,
     PREFLIGHT_SKIPPED,
     TRAINING_ITERATION,
     VAL_SHARPE,
     VAL_WIN_RATE,
+    deployed_hold,
+    deployment,
     hold_pct,
+    hold_prob,
     number,
     value,
 )
@@ -28,12 +30,13 @@ def collapse_stopper(cfg: CollapseSettings):
     from ray import tune
 
     class CollapseStopper(tune.Stopper):
-        """Stops a trial whose overall HOLD% left (hold_low, hold_high) after the warm-up."""
+        """Stops a trial whose overall HOLD% (as deployed: greedy, or expected for a sampler) left (hold_low,
+        hold_high) after the warm-up."""
 
         def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
             if result[TRAINING_ITERATION] < cfg.warmup:
                 return False
-            hold = number(result, HOLD_PCT_ALL)  # NaN (a skipped trial) compares False: never stopped here
+            hold = deployed_hold(result)  # NaN (a skipped trial) compares False: never stopped here
             return hold > cfg.hold_high or hold < cfg.hold_low
 
         def stop_all(self) -> bool:
@@ -61,9 +64,12 @@ def format_report(trial_no: int, result: dict[str, Any], of: int = 0, progress: 
     tail = f"  {progress}" if progress else ""
     if value(result, PREFLIGHT_SKIPPED):
         return f"{head}  skipped by preflight, not trained: {value(result, PREFLIGHT)}{tail}"
-    holds = " ".join(f"{r}={number(result, hold_pct(r)):5.1f}" for r in REGIME_NAMES)
+    # The HOLD shares the trial is scored by: greedy, or a sampler's mean P(HOLD).
+    sampler = deployment(result) == "sample"
+    share, label = (hold_prob, "P(HOLD)%") if sampler else (hold_pct, "HOLD%")
+    holds = " ".join(f"{r}={number(result, share(r)):5.1f}" for r in REGIME_NAMES)
     return (
-        f"{head}  it {int(number(result, TRAINING_ITERATION)):3d}  HOLD% {holds}"
+        f"{head}  it {int(number(result, TRAINING_ITERATION)):3d}  {label} {holds}"
         f"  band {number(result, BAND_DISTANCE):6.1f}  sharpe {number(result, VAL_SHARPE):6.2f}"
         + (f"  LEAK? hit rate {number(result, VAL_WIN_RATE):.0%}" if value(result, LEAK_ALARM) else "")
         + tail
