@@ -237,3 +237,22 @@ def test_random_search_is_a_sampler_choice_of_the_budget(tmp_path):
     space, _ = load_space(str(write_space(tmp_path, **{"budget.sampler": "random"})))
     assert isinstance(make_searcher(space, seed=0).searcher._sampler, optuna.samplers.RandomSampler)
     assert isinstance(make_searcher(load_space("smoke")[0], seed=0).searcher._sampler, optuna.samplers.TPESampler)
+
+
+def test_the_space_env_section_is_built_from_the_runtime_configs():
+    """One name per concept: each key of a space's `env:` section is the very field of EnvConfig or
+    RewardConfig (type, default, bounds, description), and every searchable env name is one of them."""
+    from himari_ray.rl.config import ENV_PARAMS
+    from himari_ray.search.space import ENV_SECTION_SOURCES, EnvSettings
+
+    for key, cls in ENV_SECTION_SOURCES.items():
+        ours, theirs = EnvSettings.model_fields[key], cls.model_fields[key]
+        assert (ours.annotation, ours.default, ours.description, ours.metadata) == (
+            theirs.annotation,
+            theirs.default,
+            theirs.description,
+            theirs.metadata,
+        ), key
+    assert set(ENV_PARAMS) <= set(ENV_SECTION_SOURCES)
+    base = load_space("smoke")[0].trial_config()
+    assert (base.env.context_len, base.env.reward.norm_stats) == (16, "train")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from himari_ray.data.dataset import DataSpec, load_dataset
 from himari_ray.env.coordinates import BREAKEVEN_NAMES, BREAKEVEN_PREFIX, COORDINATE_PARAMS, coordinate_problem
@@ -61,16 +61,33 @@ class ParamRange(BaseModel):
         return self.when is None or all(params.get(k) in values for k, values in self.when.items())
 
 
-class EnvSettings(BaseModel):
-    """Environment settings of a space (the reward family and parameters are top-level keys)."""
+#: Where each key of a space's `env:` section is defined: the runtime configs the section is built from.
+ENV_SECTION_SOURCES: dict[str, type[BaseModel]] = {
+    "context_len": EnvConfig,
+    "episode_len": EnvConfig,
+    "position_mode": EnvConfig,
+    "norm_stats": RewardConfig,
+    "trailing_window": RewardConfig,
+}
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
-    context_len: int = Field(100, ge=1, description="Bars per observation window.")
-    episode_len: int | None = Field(512, ge=1, description="Decisions per training episode.")
-    position_mode: Literal["per_bar", "carried"] = Field("per_bar", description="How trades are counted.")
-    norm_stats: Literal["train", "trailing"] = Field("train", description="Where sigma and E come from.")
-    trailing_window: int = Field(168, ge=8, description="Bars in a trailing sigma window.")
+def _section(name: str, doc: str, sources: dict[str, type[BaseModel]]) -> type[BaseModel]:
+    """A space-file section whose fields *are* the runtime configs' fields (type, default, bounds and
+    description copied from their one definition), so a setting has one name and one meaning everywhere."""
+    fields: dict[str, Any] = {
+        key: (cls.model_fields[key].annotation, cls.model_fields[key]) for key, cls in sources.items()
+    }
+    model = create_model(name, __config__=ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False), **fields)
+    model.__doc__ = doc
+    return model
+
+
+EnvSettings = _section(
+    "EnvSettings",
+    "A space's `env:` section: the environment's and the reward's settings of `EnvConfig` and `RewardConfig` "
+    "(the reward family and its parameters are the space's top-level `family`, `fixed` and `search`).",
+    ENV_SECTION_SOURCES,
+)
 
 
 class Budget(BaseModel):
@@ -260,19 +277,13 @@ class SearchSpace(BaseModel):
     def trial_config(self) -> TrialConfig:
         """The base configuration every trial starts from (searched values are overlaid per trial)."""
         model = MODEL_PRESETS[self.model] if isinstance(self.model, str) else self.model
-        reward = RewardConfig(
-            family=self.family,
-            params=self.fixed,
-            norm_stats=self.env.norm_stats,
-            trailing_window=self.env.trailing_window,
-        )
-        env = EnvConfig(
-            data=self.data,
-            context_len=self.env.context_len,
-            episode_len=self.env.episode_len,
-            position_mode=self.env.position_mode,
-            reward=reward,
-        )
+        section = self.env.model_dump()
+        by_config = {
+            cls: {k: section[k] for k, c in ENV_SECTION_SOURCES.items() if c is cls}
+            for cls in (EnvConfig, RewardConfig)
+        }
+        reward = RewardConfig(family=self.family, params=self.fixed, **by_config[RewardConfig])
+        env = EnvConfig(data=self.data, reward=reward, **by_config[EnvConfig])
         return TrialConfig(
             env=env,
             model=model,
