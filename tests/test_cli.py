@@ -288,6 +288,19 @@ def test_an_unreachable_address_is_refused_in_seconds(capsys, in_tmp, address, n
     assert not (in_tmp / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [("ftp://host/x", "expected an absolute directory or a URI"), ("s3://", "with a bucket"),
+     ("rel/dir", "must be absolute"), ("OUT/inside", "outside --out")],
+)  # fmt: skip
+def test_a_tune_storage_nobody_else_could_reach_is_refused(capsys, in_tmp, uri, needle):
+    uri = uri.replace("OUT", str(in_tmp / "o"))
+    code, _, err = run_main(capsys, "search", str(REPO / "tests" / "spaces" / "e2e.yaml"), "--out", "o",
+                            "--tune-storage", uri)  # fmt: skip
+    assert_one_line_error(code, err, "--tune-storage", needle)
+    assert not (in_tmp / "o").exists()
+
+
 def _subcommands(parser):
     import argparse
 

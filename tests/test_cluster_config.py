@@ -59,6 +59,10 @@ def test_cloud_template_has_a_cpu_head_a_gpu_worker_type_and_pinned_install():
     assert 0 <= workers[0]["min_workers"] <= workers[0]["max_workers"] <= cluster["max_workers"]
     installs = [c for c in cluster["setup_commands"] if "pip install" in c and "himari-ray" in c]
     assert len(installs) == 1 and re.search(r"@v?\d+\.\d+\.\d+|==\d", installs[0])  # pinned, not latest
+    # Tune's storage_path on object storage: the documented search names it, and every node may reach it.
+    text = FILES[1].read_text()
+    assert re.search(r"himari-ray search .*--tune-storage s3://", text, re.S)
+    assert all("IamInstanceProfile" in t["node_config"] for t in types.values())
 
 
 def _key_lines(text: str) -> list[tuple[int, str]]:

@@ -69,17 +69,17 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         worker = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.2")
-        out = tmp_path / "out"
+        out, shared = tmp_path / "out", tmp_path / "shared"  # shared: the storage every node reaches
         space = space_file(tmp_path, "multinode", iterations=6)
         driver = subprocess.Popen(
-            [*CLI, "search", str(space), "--out", str(out), "--address", cluster.address],
+            [*CLI, "search", str(space), "--out", str(out), "--address", cluster.address, "--tune-storage", str(shared)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )  # fmt: skip
         # Lose the worker node once its trial has checkpointed twice and before that trial ends.
         killed_at, lost = None, None
         deadline = time.monotonic() + 240
         while killed_at is None and time.monotonic() < deadline and driver.poll() is None:
-            for trial_dir in (out / "tune").glob("trial_*") if (out / "tune").exists() else []:
+            for trial_dir in shared.glob("multinode-*/trial_*"):
                 rs = reports(trial_dir)
                 if rs and rs[-1]["node_ip"] == "127.0.0.2" and 2 <= rs[-1]["iteration"] < 6:
                     cluster.remove_node(worker, allow_graceful=False)
@@ -90,6 +90,13 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
         _, stderr = driver.communicate(timeout=300)
         assert driver.returncode == 0, stderr[-3000:]
 
+        # The trials ran in the shared storage; the search directory got a copy, which analyze reads.
+        remote = json.loads((out / "search.json").read_text())["tune_storage"]
+        assert Path(remote).parent == shared and (Path(remote) / lost.name / "result.json").is_file()
+        lost = out / "tune" / lost.name
+        assert sorted(p.name for p in (out / "tune").glob("trial_*")) == sorted(
+            p.name for p in Path(remote).glob("trial_*")
+        )
         placement = {d.name: sorted({r["node_ip"] for r in reports(d)}) for d in sorted((out / "tune").glob("trial_*"))}
         print(f"\ntrial placement (node ips per trial): {placement}; node 127.0.0.2 lost at iteration {killed_at}")
         assert {ip for ips in placement.values() for ip in ips} >= {"127.0.0.2", cluster.head_node.node_ip_address}
@@ -105,6 +112,11 @@ def test_trials_land_on_both_nodes_and_a_trial_on_a_lost_node_resumes_from_its_c
         assert iterations == sorted(iterations)
         study = optuna.load_study(study_name="multinode", storage=f"sqlite:///{out / 'study.db'}")
         assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+        # The Tune state in the shared storage was written by every node, not signed here: no resume from it.
+        again = subprocess.run(
+            [*CLI, "search", "--resume", str(out)], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert again.returncode == 2 and "resume reads signed state only" in again.stderr.strip().splitlines()[-1]
 
         no_token = subprocess.run(
             [*CLI, "search", str(space), "--out", str(tmp_path / "x"), "--address", cluster.address],

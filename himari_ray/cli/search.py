@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
     s.add_argument("--storage", help="Optuna study storage, any SQLAlchemy URL (default: sqlite in --out).")
     s.add_argument("--address", help="Join this Ray cluster (token authentication) instead of starting one.")
+    s.add_argument(
+        "--tune-storage",
+        metavar="URI",
+        help="Keep trials and checkpoints where every node of a multi-node cluster reaches them while the search "
+        "runs (s3://bucket/prefix, gs://..., or an absolute shared directory); --out gets a copy at the end.",
+    )
     s.add_argument("--resume", type=Path, metavar="DIR", help="Continue the search in DIR after its driver died.")
 
     p = add_command(
@@ -58,9 +64,12 @@ def run_search_cmd(args: argparse.Namespace) -> int:
     from himari_ray.search.space import load_space, with_dataset
 
     if args.resume is not None:
-        given = [f for f in ("trials", "out", "seed", "data", "storage") if getattr(args, f) is not None]
+        given = [
+            f for f in ("trials", "out", "seed", "data", "storage", "tune_storage") if getattr(args, f) is not None
+        ]
         if given:
-            raise UserInputError(f"--resume: cannot be combined with --{given[0]} (the search keeps its settings)")
+            flag = "--" + given[0].replace("_", "-")
+            raise UserInputError(f"--resume: cannot be combined with {flag} (the search keeps its settings)")
         print(f"himari-ray search: resuming {args.resume}", flush=True)
         return print_table(resume_search(args.resume, address=args.address), write_pareto=True)
     space, path = load_space(args.space)
@@ -78,7 +87,16 @@ def run_search_cmd(args: argparse.Namespace) -> int:
     else:
         seed = space.budget.seed
     print(f"himari-ray search: space {space.name} ({path}), {trials} trials, seed {seed}, out {out}", flush=True)
-    out = run_search(space, path, out, trials=trials, seed=seed, storage_url=args.storage, address=args.address)
+    out = run_search(
+        space,
+        path,
+        out,
+        trials=trials,
+        seed=seed,
+        storage_url=args.storage,
+        address=args.address,
+        tune_storage=args.tune_storage,
+    )
     return print_table(out, write_pareto=True)
 
 

@@ -60,6 +60,48 @@ def default_storage_url(out: Path) -> str:
     return f"sqlite:///{Path(out).resolve() / 'study.db'}"
 
 
+#: URI schemes Tune's storage_path takes through pyarrow (object stores and cluster file systems).
+TUNE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "az")
+
+
+def check_tune_storage(uri: str | None, out: Path) -> str | None:
+    """Where Tune keeps trials and checkpoints when the search directory is not on storage every node
+    reaches: an object-store URI (s3://bucket/prefix) or an absolute directory of a shared file system.
+    One line naming --tune-storage when it cannot be."""
+    if uri is None:
+        return None
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0].lower()
+        if scheme not in TUNE_STORAGE_SCHEMES or not uri.split("://", 1)[1].strip("/"):
+            raise UserInputError(
+                f"--tune-storage {uri!r}: expected an absolute directory or a URI with a bucket "
+                f"({', '.join(s + '://' for s in TUNE_STORAGE_SCHEMES)})"
+            )
+        return uri.rstrip("/")
+    path = Path(uri)
+    if not path.is_absolute():
+        raise UserInputError(f"--tune-storage {uri!r}: a directory must be absolute (every node resolves it alike)")
+    if path.resolve().is_relative_to(out.resolve()):
+        raise UserInputError(f"--tune-storage {uri!r}: must lie outside --out (the search directory mirrors it)")
+    return str(path)
+
+
+def mirror_trials(remote: str, out: Path) -> None:
+    """Copy the Tune experiment from its storage into `out/tune`, so analyze, report, confirm and export read
+    the search directory alone. Copies only; the remote experiment stays as Tune left it."""
+    import pyarrow.fs as pafs
+
+    local = out / "tune"
+    local.mkdir(parents=True, exist_ok=True)
+    if "://" in remote:
+        fs, root = pafs.FileSystem.from_uri(remote)
+    else:
+        fs, root = pafs.LocalFileSystem(), remote
+    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+        return  # nothing was written (a search refused before its first trial)
+    pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
 def _trainable(space: SearchSpace):
     from ray import tune
 
@@ -117,9 +159,13 @@ def run_search(
     seed: int,
     storage_url: str | None = None,
     address: str | None = None,
+    tune_storage: str | None = None,
 ) -> Path:
     """Run the search; returns the output directory. Layout: space.yaml, search.json, study.db (unless
-    another storage is given), tune/<trial dirs>. Everything is checked before anything is written."""
+    another storage is given), tune/<trial dirs>. Everything is checked before anything is written.
+
+    `tune_storage` (a multi-node cluster's object store or shared file system) holds the trials while they
+    run, so a trial restarted on another node finds its checkpoint; `tune/` receives a copy at the end."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
@@ -128,6 +174,7 @@ def run_search(
     check_out_dir(out)
     if address is not None:
         check_address(address)
+    tune_storage = check_tune_storage(tune_storage, out)
     out = out.resolve()
     url = storage_url or default_storage_url(out)
     _, mode = objective_spec(space)
@@ -162,10 +209,13 @@ def run_search(
         "storage": storage_url if space.scheduler.kind == "asha" else None,
         "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
         "search_id": uuid.uuid4().hex,
+        "tune_storage": None,
         "data": space.data.model_dump(),
         "targets": {k: list(v) for k, v in space.eval.bands.items()},
         "version": __version__,
     }
+    if tune_storage is not None:  # one experiment per search under the given storage
+        manifest["tune_storage"] = f"{tune_storage}/{space.name}-{manifest['search_id'][:12]}"
     (out / "search.json").write_text(json.dumps(manifest, indent=2))
     pbt = space.scheduler.kind in ("pbt", "pb2")
     storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
@@ -224,8 +274,8 @@ def run_search(
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name="tune",
-            storage_path=str(out),
+            name="tune" if tune_storage is None else manifest["tune_storage"].rsplit("/", 1)[1],
+            storage_path=str(out) if tune_storage is None else tune_storage,
             stop=collapse_stopper(space.collapse),
             callbacks=[
                 report_printer(total_trials=trials, iterations=iterations),
@@ -245,13 +295,21 @@ def run_search(
             ),
         ),
     )
-    return _fit(tuner, interrupt, out, storage, space.name, manifest["search_id"])
+    return _fit(tuner, interrupt, out, storage, space.name, manifest["search_id"], manifest["tune_storage"])
 
 
-def _fit(tuner: Any, interrupt: GracefulInterrupt, out: Path, storage: Any, study: str, owner: str) -> Path:
+def _fit(
+    tuner: Any,
+    interrupt: GracefulInterrupt,
+    out: Path,
+    storage: Any,
+    study: str,
+    owner: str,
+    remote: str | None = None,
+) -> Path:
     """Run Tune with Ctrl-C handled and the directory signed; what ends the run decides the study's states:
     an interrupt leaves interrupted trials RUNNING (resume continues them), a finish or a crash (a full disk)
-    leaves none RUNNING."""
+    leaves none RUNNING. Trials kept on other storage (`remote`) are copied into the directory first."""
     from himari_ray.search.study import fail_running
 
     reserve = DiskReserve(out)
@@ -266,8 +324,14 @@ def _fit(tuner: Any, interrupt: GracefulInterrupt, out: Path, storage: Any, stud
     finally:
         interrupt.uninstall()
         reserve.release()
+        if remote is not None:
+            mirror_trials(remote, out)
         DirectorySigner(out).sign()
     if interrupt.requested:
+        if remote is not None:
+            raise SearchInterrupted(
+                f"interrupted; the trials so far are in {out} (a --tune-storage search does not resume)"
+            )
         raise SearchInterrupted(f"interrupted; resume with: himari-ray search --resume {out}")
     if storage is not None:
         fail_running(storage, study, owner)
@@ -332,6 +396,12 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     space, _ = load_space(str(out / "space.yaml"))
     if data_spec.source == "dataset":  # a search run with --data: train on that dataset again
         space = space.model_copy(update={"data": data_spec})
+    if manifest.get("tune_storage"):
+        # Its Tune state lives in the storage, written there by every node: nothing this driver signed.
+        raise UserInputError(
+            f"{out}: its trials live in {manifest['tune_storage']}; resume reads signed state only, so add "
+            f"trials to its study with a new search instead (himari-ray search {space.name} --storage <its study>)"
+        )
     if not tune.Tuner.can_restore(str(out / "tune")):
         raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
     if address is not None:
