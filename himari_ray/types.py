@@ -136,6 +136,8 @@ class SearchFailed(Exception):
 
 #: The study database inside a search directory when no --storage URL was given.
 STUDY_FILE = "study.db"
+#: In every trial checkpoint: {"iteration": n, "best": {best_iteration, ...}} (written by rl/trainable.py).
+TRIAL_STATE_FILE = "himari_trial_state.json"
 
 
 def search_storage_url(out: str | Path, manifest: dict[str, Any]) -> str | None:

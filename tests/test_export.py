@@ -30,6 +30,7 @@ from himari_ray.env.trading import EnvConfig, decision_windows
 from himari_ray.policy.act import act_on_bars
 from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
+from himari_ray.report import load_search
 from himari_ray.rl.config import EvalConfig, TrialConfig
 from himari_ray.rl.evaluate import GreedyEvaluator
 from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
@@ -333,11 +334,12 @@ def test_export_of_a_real_search_round_trips_through_act(real_search, bars_file,
     bundle_dir = tmp_path / "bundle"
     code, stdout, err = run_cli(capsys, "export", out, "--out", bundle_dir)
     assert code == 0, err
-    assert "exported trial 1 (iteration 2" in stdout
     found = find_trial(out, None)
+    best = int(load_search(out).trials.set_index("trial").loc[1, "iteration"])  # the report the table shows
+    assert found.iteration == best and f"exported trial 1 (iteration {best}," in stdout
     module = RLModule.from_checkpoint(str(found.checkpoint / "member_0" / MODULE_IN_CHECKPOINT)).eval()
     bundle = load_bundle(bundle_dir)
-    assert bundle.spec.trial == 1 and bundle.spec.iteration == 2
+    assert bundle.spec.trial == 1 and bundle.spec.iteration == best
     assert bundle.spec.trial_config == found.config.model_dump(mode="json")
     assert bundle.spec.search["space"] == "e2e" and (bundle_dir / "space.yaml").read_text()
 
@@ -368,3 +370,22 @@ def test_export_refuses_a_trial_that_does_not_exist_and_an_existing_out(real_sea
     code, _, err = run_cli(capsys, "export", out, "--out", tmp_path / "b")
     assert_one_line_error(code, err, "already exists")
     assert not any((tmp_path / "b").iterdir())
+
+
+def test_export_takes_the_checkpoint_of_the_best_report_not_the_latest(tmp_path):
+    """The table ranks a trial by its best report; export must ship that policy (the search keeps its
+    checkpoint beside the latest), and falls back to the latest only where the best is not on disk."""
+    from himari_ray.policy.export import MODULE_IN_CHECKPOINT, _best_checkpoint
+
+    def checkpoint(n: int, iteration: int, best: int) -> None:
+        d = tmp_path / f"checkpoint_{n:06d}"
+        (d / "member_0" / MODULE_IN_CHECKPOINT).mkdir(parents=True)
+        (d / "himari_trial_state.json").write_text(
+            json.dumps({"iteration": iteration, "best": {"best_iteration": best}})
+        )
+
+    checkpoint(6, 7, 7)
+    checkpoint(11, 12, 7)
+    assert _best_checkpoint(tmp_path).name == "checkpoint_000006"
+    shutil.rmtree(tmp_path / "checkpoint_000006")
+    assert _best_checkpoint(tmp_path).name == "checkpoint_000011"

@@ -40,7 +40,8 @@ from himari_ray.policy.bundle import (
 )
 from himari_ray.report import load_search
 from himari_ray.rl.config import TrialConfig
-from himari_ray.types import Dataset, UserInputError, quote
+from himari_ray.schema import BEST_ITERATION
+from himari_ray.types import TRIAL_STATE_FILE, Dataset, UserInputError, quote
 
 #: Where an RLlib Algorithm checkpoint keeps the module (Ray 2.60, single-agent, one local learner).
 MODULE_IN_CHECKPOINT = Path("learner_group") / "learner" / "rl_module" / "default_policy"
@@ -93,9 +94,21 @@ def _trial_dirs(search_dir: Path) -> dict[int, Path]:
     return dirs
 
 
-def _latest_checkpoint(trial_dir: Path) -> Path | None:
+def _state(checkpoint: Path) -> dict[str, Any]:
+    try:
+        return json.loads((checkpoint / TRIAL_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _best_checkpoint(trial_dir: Path) -> Path | None:
+    """The checkpoint of the trial's best report (lowest objective: the one its table row shows and the
+    search keeps beside the latest); the latest where that one is not on disk (an older search)."""
     ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / "member_0" / MODULE_IN_CHECKPOINT).is_dir())
-    return ckpts[-1] if ckpts else None
+    if not ckpts:
+        return None
+    best = (_state(ckpts[-1]).get("best") or {}).get(BEST_ITERATION)
+    return next((c for c in ckpts if _state(c).get("iteration") == best), ckpts[-1])
 
 
 def _trial_config(trial_dir: Path) -> TrialConfig:
@@ -111,7 +124,8 @@ def _trial_config(trial_dir: Path) -> TrialConfig:
 
 
 def find_trial(search_dir: Path, trial: int | None) -> TrialCheckpoint:
-    """The trial to export (`trial`, or the best by band distance with a checkpoint) and its latest checkpoint."""
+    """The trial to export (`trial`, or the best by band distance with a checkpoint) and the checkpoint of its
+    best report."""
     search_dir = Path(search_dir)
     if not (search_dir / "search.json").is_file():
         raise UserInputError(f"{search_dir}: not a himari-ray search directory (no search.json)")
@@ -121,20 +135,19 @@ def find_trial(search_dir: Path, trial: int | None) -> TrialCheckpoint:
         if table.empty:
             raise UserInputError(f"{search_dir}: no trial has reported yet; nothing to export")
         order = table.sort_values("band_distance", kind="stable")["trial"].tolist()
-        with_ckpt = [int(n) for n in order if int(n) in dirs and _latest_checkpoint(dirs[int(n)]) is not None]
+        with_ckpt = [int(n) for n in order if int(n) in dirs and _best_checkpoint(dirs[int(n)]) is not None]
         if not with_ckpt:
             raise UserInputError(f"{search_dir}: no trial has a checkpoint (all skipped by the preflight?)")
         trial = with_ckpt[0]
     if trial not in dirs:
         known = ", ".join(map(str, sorted(dirs))) or "none"
         raise UserInputError(f"--trial {trial}: no such trial in {search_dir} (trials: {quote(known)})")
-    ckpt = _latest_checkpoint(dirs[trial])
+    ckpt = _best_checkpoint(dirs[trial])
     if ckpt is None:
         raise UserInputError(
             f"--trial {trial}: {dirs[trial]} has no checkpoint (skipped by the preflight or stopped before one)"
         )
-    state = ckpt / "himari_trial_state.json"
-    iteration = json.loads(state.read_text())["iteration"] if state.is_file() else None
+    iteration = _state(ckpt).get("iteration")
     return TrialCheckpoint(trial, dirs[trial], ckpt, iteration, _trial_config(dirs[trial]))
 
 

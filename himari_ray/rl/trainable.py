@@ -46,8 +46,7 @@ from himari_ray.schema import (
     VF_EXPLAINED_VAR,
     applied,
 )
-
-_STATE_FILE = "himari_trial_state.json"
+from himari_ray.types import TRIAL_STATE_FILE
 
 
 def _learner_values(learner: Any) -> dict[str, float]:
@@ -162,7 +161,7 @@ def train_trial(config: dict[str, Any]) -> None:
             # configured); `applied_values` records what acts, so a regression would show in every report.
             for i, algo in enumerate(algos):
                 algo.restore_from_path(Path(d) / f"member_{i}")
-            state = json.loads((Path(d) / _STATE_FILE).read_text())
+            state = json.loads((Path(d) / TRIAL_STATE_FILE).read_text())
             start, best = state["iteration"], state.get("best")
     try:
         for it in range(start + 1, trial.train.iterations + 1):
@@ -185,7 +184,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 with tempfile.TemporaryDirectory() as d:
                     for i, algo in enumerate(algos):
                         algo.save_to_path(Path(d) / f"member_{i}")
-                    (Path(d) / _STATE_FILE).write_text(json.dumps({"iteration": it, "best": best}))
+                    (Path(d) / TRIAL_STATE_FILE).write_text(json.dumps({"iteration": it, "best": best}))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
             else:
                 tune.report(metrics)
