@@ -27,7 +27,7 @@ from himari_ray.data.dataset import BuildSettings, DataSpec, import_ohlcv, sampl
 from himari_ray.data.ohlcv import read_ohlcv
 from himari_ray.data.store import load_dataset_dir, save_dataset
 from himari_ray.env.trading import EnvConfig, decision_windows
-from himari_ray.policy.act import act_on_bars
+from himari_ray.policy.act import act_on_bars, decision_inputs
 from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
 from himari_ray.report import load_search
@@ -49,16 +49,17 @@ def bars_file(tmp_path_factory) -> Path:
     return path
 
 
-def make_module(n_features: int, seed: int = 4) -> RegimeTransformerModule:
+def make_module(n_features: int, seed: int = 4, carried: bool = False) -> RegimeTransformerModule:
     """A real RegimeTransformerModule with its actor's last layer widened so greedy actions vary by input
-    (seed 4: each action on about a fifth or more of the validation windows)."""
+    (seed 4: each action on about a fifth or more of the validation windows); `carried`: it sees a position."""
     torch.manual_seed(seed)
-    obs = gym.spaces.Dict(
-        {
-            "window": gym.spaces.Box(-10.0, 10.0, (CONTEXT, n_features), np.float32),
-            "regime": gym.spaces.Discrete(N_REGIMES),
-        }
-    )
+    spaces = {
+        "window": gym.spaces.Box(-10.0, 10.0, (CONTEXT, n_features), np.float32),
+        "regime": gym.spaces.Discrete(N_REGIMES),
+    }
+    if carried:
+        spaces["position"] = gym.spaces.Discrete(N_ACTIONS)
+    obs = gym.spaces.Dict(spaces)
     module = RegimeTransformerModule(
         observation_space=obs,
         action_space=gym.spaces.Discrete(N_ACTIONS),
@@ -152,7 +153,8 @@ def test_onnx_file_computes_the_same_logits(shared):
     onnx.checker.check_model(model)
     windows = np.ascontiguousarray(decision_windows(ds.scaler.transform(ds.val.features), CONTEXT))[:64]
     regimes = ds.val.regime_ids[CONTEXT - 1 :][:64]
-    got = ReferenceEvaluator(model).run(None, {"window": windows, "regime": regimes})[0]
+    feeds = {"window": windows, "regime": regimes, "position": np.zeros_like(regimes)}
+    got = ReferenceEvaluator(model).run(None, {i.name: feeds[i.name] for i in model.graph.input})[0]
     ref = load_bundle(bundle_dir).logits(windows, regimes)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4)
     np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
@@ -195,6 +197,36 @@ def test_a_policy_scored_as_a_sampler_acts_by_seeded_draws(tmp_path, bars_file):
     assert np.abs(shares - probs.mean(axis=0)).max() < 0.08
     assert act_on_bars(bundle, bars_file, seed=3)[0]["action"].equals(frame["action"])
     assert not act_on_bars(bundle, bars_file, seed=4)[0]["action"].equals(frame["action"])
+
+
+def test_a_carried_policy_is_exported_and_acts_along_its_own_path_of_positions(tmp_path, bars_file):
+    """A carried policy's action depends on the position its previous action left it in: the bundle takes
+    the position, and `act` follows the path from flat, as the evaluator does over a split."""
+    from himari_ray.env.trading import carried_actions
+
+    ds = import_ohlcv(bars_file)
+    save_dataset(ds, tmp_path / "data")
+    config = trial_config(tmp_path / "data")
+    config = config.model_copy(update={"env": config.env.model_copy(update={"position_mode": "carried"})})
+    module = make_module(ds.n_features, carried=True)
+    export_module(module, ds, config, tmp_path / "bundle", NO_SEARCH, onnx=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    assert bundle.carried and bundle.spec.format_version == 2
+    frame, skipped = act_on_bars(bundle, bars_file)
+
+    # The same path from the RLModule itself, over the windows act decided on.
+    _, _, windows, regimes = decision_inputs(bundle, bars_file)
+    by_position = []
+    for p in range(3):
+        obs = {"window": torch.from_numpy(np.ascontiguousarray(windows)), "regime": torch.from_numpy(regimes.copy())}
+        obs["position"] = torch.full_like(obs["regime"], p)
+        with torch.no_grad():
+            by_position.append(module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS].numpy())
+    expected = np.asarray(ACTION_NAMES)[carried_actions(np.stack(by_position, axis=1))]
+    got = frame["action"].iloc[skipped:].to_numpy()
+    assert (got == expected).all()
+    # The position matters: acting as if always flat gives other actions somewhere.
+    assert (np.asarray(ACTION_NAMES)[by_position[0].argmax(-1)] != got).any()
 
 
 def test_act_cli_writes_one_row_per_bar_and_refuses_an_existing_out(tmp_path, bars_file, shared, capsys):

@@ -21,7 +21,7 @@ import pandas as pd
 from himari_ray.data.dataset import causal_columns, finite_features
 from himari_ray.data.denoise import denoise_features
 from himari_ray.data.ohlcv import read_ohlcv
-from himari_ray.env.trading import decision_windows, sample_actions
+from himari_ray.env.trading import carried_actions, decision_windows, sample_actions
 from himari_ray.policy.bundle import Bundle
 from himari_ray.types import UserInputError
 
@@ -45,13 +45,9 @@ def deployment(bundle: Bundle) -> str:
     return str(bundle.spec.trial_config.get("eval", {}).get("deploy", "greedy"))
 
 
-def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[pd.DataFrame, int]:
-    """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
-
-    `action` is what the policy was scored as doing (`deployment`): the argmax, or a draw from its
-    probabilities with a generator seeded by `seed` (same file, same seed: same actions); `p_*` are the
-    policy's probabilities (softmax of its logits).
-    """
+def decision_inputs(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, dict, np.ndarray, np.ndarray]:
+    """The bars of the file, their causal columns (with `warmup`), and the scaled windows and regime ids of
+    every decision bar, computed exactly as the training dataset was."""
     spec = bundle.spec
     path = Path(bars_path)
     bars, _ = read_ohlcv(path)
@@ -68,13 +64,30 @@ def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[p
     features = finite_features(raw, str(path))
     c = spec.context_len
     windows = decision_windows(bundle.scaler.transform(features), c)
-    regimes = columns["regime_ids"][c - 1 :]
-    logits = bundle.logits(windows, regimes)
-    probs = softmax(logits)
-    if deployment(bundle) == "sample":
-        actions = sample_actions(probs, np.random.default_rng(seed).random(len(probs)))
+    return bars, {**columns, "warmup": warmup}, windows, columns["regime_ids"][c - 1 :]
+
+
+def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
+
+    `action` is what the policy was scored as doing (`deployment`): the argmax, or a draw from its
+    probabilities with a generator seeded by `seed` (same file, same seed: same actions); `p_*` are the
+    policy's probabilities (softmax of its logits). A carried policy acts on the position its previous action
+    left it in, starting flat at the first decision bar; its probabilities are those along that path.
+    """
+    bars, columns, windows, regimes = decision_inputs(bundle, bars_path)
+    warmup = columns["warmup"]
+    spec = bundle.spec
+    c = spec.context_len
+    uniforms = np.random.default_rng(seed).random(len(regimes)) if deployment(bundle) == "sample" else None
+    if bundle.carried:
+        # The policy follows its own path of positions, flat at the file's first decision bar, as in training.
+        by_position = np.stack([bundle.logits(windows, regimes, p) for p in range(3)], axis=1)
+        actions = carried_actions(by_position, uniforms)
+        probs = softmax(by_position[np.arange(len(actions)), np.r_[0, actions[:-1]]])
     else:
-        actions = logits.argmax(axis=-1)
+        probs = softmax(bundle.logits(windows, regimes))
+        actions = probs.argmax(axis=-1) if uniforms is None else sample_actions(probs, uniforms)
 
     n = len(bars)
     skipped = warmup + c - 1  # bars before the first decision bar

@@ -35,7 +35,8 @@ from himari_ray.data.regime import RegimeDetectorConfig
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES, FeatureScaler, UserInputError, quote
 
 FORMAT = "himari-ray-policy"
-FORMAT_VERSION = 1
+#: 2: the module takes (window, regime, position); 1 took (window, regime), and `act` still reads those.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 POLICY_FILE = "policy.json"
 SCALER_FILE = "scaler.npz"
@@ -80,14 +81,21 @@ class Bundle:
     module: torch.jit.ScriptModule
     manifest_sha256: str
 
-    def logits(self, windows: np.ndarray, regimes: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-        """(B, 3) float32 logits for scaled windows (B, C, F) and regime ids (B,)."""
+    @property
+    def carried(self) -> bool:
+        """Whether the policy acts on the position it holds (its trial's `position_mode` is carried)."""
+        return (self.spec.trial_config.get("env") or {}).get("position_mode") == "carried"
+
+    def logits(self, windows: np.ndarray, regimes: np.ndarray, position: int = 0, batch_size: int = 4096) -> np.ndarray:
+        """(B, 3) float32 logits for scaled windows (B, C, F) and regime ids (B,), the policy holding
+        `position` (the previous action id; only a carried policy reads it)."""
         out = []
         with torch.no_grad():
             for lo in range(0, len(regimes), batch_size):
                 w = torch.from_numpy(np.ascontiguousarray(windows[lo : lo + batch_size], dtype=np.float32))
                 r = torch.from_numpy(np.ascontiguousarray(regimes[lo : lo + batch_size], dtype=np.int64))
-                out.append(self.module(w, r).numpy())
+                args = (w, r) if self.spec.format_version < 2 else (w, r, torch.full_like(r, position))
+                out.append(self.module(*args).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.spec.actions)), dtype=np.float32)
 
 

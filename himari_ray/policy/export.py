@@ -54,9 +54,8 @@ class PolicyNet(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, window: torch.Tensor, regime: torch.Tensor) -> torch.Tensor:
-        # An exported policy is a per_bar one: its position input (the previous action) is always flat there.
-        position = torch.zeros_like(regime)
+    def forward(self, window: torch.Tensor, regime: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        # The position (previous action id) matters to a carried policy only; a per_bar module ignores it.
         obs = {"window": window, "regime": regime, "position": position}
         return self.module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
 
@@ -170,19 +169,27 @@ def _example_inputs(ds: Dataset, context_len: int) -> tuple[np.ndarray, np.ndarr
     return np.ascontiguousarray(windows), val.regime_ids[context_len - 1 :].astype(np.int64)
 
 
-def module_logits(module: nn.Module, windows: np.ndarray, regimes: np.ndarray, batch: int = 4096) -> np.ndarray:
+def module_logits(
+    module: nn.Module, windows: np.ndarray, regimes: np.ndarray, position: int = 0, batch: int = 4096
+) -> np.ndarray:
     out = []
     with torch.no_grad():
         for lo in range(0, len(regimes), batch):
-            out.append(module(torch.from_numpy(windows[lo : lo + batch]), torch.from_numpy(regimes[lo : lo + batch])))
+            r = torch.from_numpy(regimes[lo : lo + batch])
+            out.append(module(torch.from_numpy(windows[lo : lo + batch]), r, torch.full_like(r, position)))
     return torch.cat(out).numpy()
+
+
+def _example(windows: np.ndarray, regimes: np.ndarray) -> tuple[torch.Tensor, ...]:
+    r = torch.from_numpy(regimes[:2])
+    return torch.from_numpy(windows[:2]), r, torch.zeros_like(r)
 
 
 def to_torchscript(module: RLModule, windows: np.ndarray, regimes: np.ndarray) -> torch.jit.ScriptModule:
     """Trace the inference pass (eval mode: no dropout) on real windows; the batch size stays free."""
     module.eval()
     net = PolicyNet(module).eval()
-    example = (torch.from_numpy(windows[:2]), torch.from_numpy(regimes[:2]))
+    example = _example(windows, regimes)
     with warnings.catch_warnings(), torch.no_grad():
         # torch 2.13 marks jit.trace deprecated; TorchScript stays the one format that loads without pickle.
         warnings.simplefilter("ignore")
@@ -192,7 +199,7 @@ def to_torchscript(module: RLModule, windows: np.ndarray, regimes: np.ndarray) -
 def write_onnx(module: RLModule, windows: np.ndarray, regimes: np.ndarray, path: Path) -> None:
     net = PolicyNet(module).eval()
     batch = torch.export.Dim("batch", min=1)
-    example = (torch.from_numpy(windows[:2]), torch.from_numpy(regimes[:2]))
+    example = _example(windows, regimes)
     # The exporter narrates every stage on stdout; `act` and `export` keep stdout for their results.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), torch.no_grad(), _quiet():
         warnings.simplefilter("ignore")
@@ -201,9 +208,9 @@ def write_onnx(module: RLModule, windows: np.ndarray, regimes: np.ndarray, path:
             example,
             str(path),
             dynamo=True,
-            input_names=["window", "regime"],
+            input_names=["window", "regime", "position"],
             output_names=["logits"],
-            dynamic_shapes={"window": {0: batch}, "regime": {0: batch}},
+            dynamic_shapes={"window": {0: batch}, "regime": {0: batch}, "position": {0: batch}},
             external_data=False,  # one self-contained file: the bundle is small
         )
 
@@ -225,10 +232,14 @@ def export_module(
     c = config.env.context_len
     windows, regimes = _example_inputs(ds, c)
     scripted = to_torchscript(module, windows, regimes)
-    expected = module_logits(PolicyNet(module).eval(), windows, regimes).argmax(-1)
-    got = module_logits(scripted, windows, regimes).argmax(-1)
-    if not np.array_equal(expected, got):  # a tracing bug must never ship
-        raise RuntimeError(f"exported module disagrees with the RLModule on {int((expected != got).sum())} windows")
+    for position in range(3) if config.env.position_mode == "carried" else [0]:
+        expected = module_logits(PolicyNet(module).eval(), windows, regimes, position).argmax(-1)
+        got = module_logits(scripted, windows, regimes, position).argmax(-1)
+        if not np.array_equal(expected, got):  # a tracing bug must never ship
+            raise RuntimeError(
+                f"exported module disagrees with the RLModule on {int((expected != got).sum())} windows "
+                f"(position {position})"
+            )
     with_onnx = find_spec("onnx") is not None if onnx is None else onnx
     spec = PolicySpec(
         created_by=f"himari-ray {__version__}",
@@ -258,9 +269,6 @@ def export_search(search_dir: Path, trial: int | None, out: Path) -> tuple[Trial
     check_new_bundle_path(out)
     found = find_trial(search_dir, trial)
     member = found.config.members()[0]
-    if member.env.position_mode == "carried":
-        # Its actions depend on the position it holds, which a bar-by-bar bundle does not track yet.
-        raise UserInputError(f"trial {found.number}: a carried-mode policy cannot be exported; per_bar trials can")
     ds = load_dataset(member.env.data)
     feedable_from_bars(ds, f"trial {found.number}")  # before loading Ray's checkpoint: refuse early
     with _quiet():  # a deprecation notice from inside RLlib's own loader
