@@ -13,21 +13,7 @@ import os
 import platform
 import time
 
-import numpy as np
-
-
-def bench_env(env_cfg, steps: int) -> float:
-    from himari_ray.env.trading import HimariTradingEnv
-
-    env = HimariTradingEnv(env_cfg)
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).integers(0, 3, size=steps)
-    t0 = time.perf_counter()
-    for a in actions:
-        *_, truncated, _ = env.step(a)
-        if truncated:
-            env.reset()
-    return steps / (time.perf_counter() - t0)
+from bench_ppo import env_rate as bench_env  # run as a script: bench/ is on sys.path
 
 
 def bench_ppo(trial, iterations: int) -> dict[str, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -65,3 +66,22 @@ def real_search(tmp_path_factory):
     stdout, stderr = proc.communicate(timeout=max(1, deadline - time.monotonic()))
     assert proc.returncode == 0, stderr[-3000:]
     return out, stdout, running
+
+
+def edited_space(raw: dict, tmp_path, **changes) -> Path:
+    """Write a space (a parsed YAML dict) to tmp_path/space.yaml with dotted keys changed (`train.lr=...`;
+    None deletes the key): how the space tests make the file they load."""
+    import yaml
+
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        if value is None:
+            del node[leaf]
+        else:
+            node[leaf] = value
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path

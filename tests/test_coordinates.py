@@ -16,6 +16,7 @@ from himari_ray.rl.config import TrialConfig
 from himari_ray.search.landscape import preflight_space
 from himari_ray.search.space import bundled_spaces, load_space
 from himari_ray.types import REGIME_NAMES, UserInputError
+from tests.conftest import edited_space
 
 SAMPLE = DataSpec()
 
@@ -92,18 +93,7 @@ def test_trial_config_inverts_coordinates_last():
 def _space(tmp_path, **changes):
     raw = yaml.safe_load(bundled_spaces()["calibrate"].read_text())
     raw.update(model="tiny")
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        node = raw
-        for p in parents:
-            node = node[p]
-        if value is None:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return str(path)
+    return str(edited_space(raw, tmp_path, **changes))
 
 
 @pytest.mark.parametrize(

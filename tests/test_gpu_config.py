@@ -80,21 +80,9 @@ def test_production_search_on_two_cpus_refuses_in_one_line(two_cpu_ray, tmp_path
 
 
 def _module(**overrides):
-    import gymnasium as gym
-    import numpy as np
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+    from tests.test_model import build
 
-    from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
-
-    obs = gym.spaces.Dict({"window": gym.spaces.Box(-10, 10, (12, 5), np.float32), "regime": gym.spaces.Discrete(4)})
-    cfg = {**MODEL_PRESETS["tiny"].to_model_config(), **overrides}
-    spec = RLModuleSpec(
-        module_class=RegimeTransformerModule,
-        observation_space=obs,
-        action_space=gym.spaces.Discrete(3),
-        model_config=cfg,
-    )
-    return spec.build()
+    return build("tiny", 12, 5, **overrides)
 
 
 def _batch(n: int):

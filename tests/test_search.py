@@ -10,6 +10,7 @@ from himari_ray.env.rewards import REWARD_FAMILIES
 from himari_ray.search.sampling import make_searcher
 from himari_ray.search.space import bundled_spaces, load_space
 from himari_ray.types import UserInputError
+from tests.conftest import edited_space
 
 
 @pytest.mark.parametrize("name", sorted(bundled_spaces()))
@@ -62,18 +63,7 @@ def write_space(tmp_path, **changes):
         "trade_cost": {"low": 0.0005, "high": 0.05, "log": True},
         "entropy_coeff": {"low": 0.001, "high": 0.05, "log": True},
     }
-    for dotted, value in changes.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        if value is None:
-            del node[leaf]
-        else:
-            node[leaf] = value
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    return edited_space(raw, tmp_path, **changes)
 
 
 @pytest.mark.parametrize(
