@@ -211,3 +211,18 @@ def test_carried_trials_discount_and_preflight_over_the_same_horizon():
     explicit = TrialConfig(env=EnvConfig(data=LESSON_SPEC), train=TrainConfig(gamma=0.9))
     chosen = explicit.with_params({"position_mode": "carried"})
     assert chosen.train.gamma == 0.9 and chosen.preflight.holding_bars == pytest.approx(10.0)
+
+
+def test_a_sampler_is_not_skipped_where_the_preflight_rules_a_greedy_policy_out():
+    """p* above the skill band makes a regime HOLD-dominant: a greedy policy would hold 100% there and is
+    skipped; a sampler's HOLD share follows the cost against the entropy bonus, so it trains."""
+    from himari_ray.rl.trainable import preflight_skip
+    from himari_ray.search.space import load_space
+
+    space, _ = load_space("smoke")
+    params = {f"breakeven_{r}": 0.7 for r in ("LOW_VOL", "TRENDING", "HIGH_VOL", "CRISIS")}
+    sampler = space.trial_config().with_params(params)
+    greedy = sampler.model_copy(update={"eval": sampler.eval.model_copy(update={"deploy": "greedy"})})
+    assert sampler.eval.deploy == "sample" and preflight_skip(sampler) is None
+    skipped = preflight_skip(greedy)
+    assert skipped is not None and skipped["preflight_skipped"] and "HOLD-dominant" in skipped["preflight"]

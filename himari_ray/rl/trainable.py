@@ -118,8 +118,11 @@ def cap_gpu_memory(share: float) -> None:
 def preflight_skip(trial: TrialConfig) -> dict[str, Any] | None:
     """The skipped report when the preflight rules the configuration out, else None. It reads only bars the
     trial may train on: with walk-forward folds each fold's own training bars (the base train split holds
-    the folds' validation bars), and a conflict in any fold skips the trial (the worst fold's report)."""
-    if not trial.preflight.enabled:
+    the folds' validation bars), and a conflict in any fold skips the trial (the worst fold's report).
+
+    Only a greedy policy is ruled out this way: the preflight's verdicts force its HOLD share to 0% or 100%,
+    while a sampler's HOLD share is set by the cost against the entropy bonus whatever the verdict."""
+    if not trial.preflight.enabled or trial.eval.deploy == "sample":
         return None
     worst = None
     for env in {m.env.data: m.env for m in trial.members()}.values():  # one per fold; seeds share the bars
