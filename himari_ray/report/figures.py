@@ -17,7 +17,7 @@ import pandas as pd
 
 from himari_ray.report.results import SearchResults
 from himari_ray.report.runs import COLLAPSED, CRASHED, FINISHED, RUNNING, SKIPPED, STOPPED
-from himari_ray.schema import BAND_DISTANCE, ITERATION, VAL_SHARPE, hold_pct
+from himari_ray.schema import BAND_DISTANCE, ITERATION, VAL_SHARPE, hold_pct, hold_prob
 from himari_ray.types import REGIME_NAMES
 
 STATUS_COLOR = {
@@ -44,9 +44,11 @@ def _label(row: pd.Series) -> str:
 
 
 def hold_vs_bands(results: SearchResults) -> bytes:
-    """Per regime, the validation HOLD share of the best trials as bars, the target band as a shaded box
-    whose edges are drawn over the bars."""
+    """Per regime, the validation HOLD share the best trials were scored by (greedy, or a sampler's mean
+    P(HOLD)) as bars, the target band as a shaded box whose edges are drawn over the bars."""
     best = results.best
+    sampler = results.deployment == "sample"
+    share = hold_prob if sampler else hold_pct
     fig, ax = plt.subplots(figsize=(9, 5.2))
     n = max(len(best), 1)
     width = 0.8 / n
@@ -64,17 +66,20 @@ def hold_vs_bands(results: SearchResults) -> bytes:
     colors = plt.cm.viridis(np.linspace(0, 0.85, n))
     for j, (_, row) in enumerate(best.iterrows()):
         xs = np.arange(len(REGIME_NAMES)) - 0.4 + width * (j + 0.5)
-        ys = [row[hold_pct(r)] for r in REGIME_NAMES]
+        ys = [row[share(r)] for r in REGIME_NAMES]
         bars = ax.bar(xs, ys, width=width * 0.92, color=colors[j], alpha=0.9, zorder=2, label=_label(row))
         ax.bar_label(bars, labels=[f"{y:.0f}" if not math.isnan(y) else "" for y in ys], fontsize=7, padding=1)
     for i, regime in enumerate(REGIME_NAMES):
-        if best.empty or best[hold_pct(regime)].isna().all():
+        if best.empty or best[share(regime)].isna().all():
             ax.text(i, 50, "no validation\nbars in this\nregime", ha="center", va="center", fontsize=8, color="0.4")
     ax.set_xticks(range(len(REGIME_NAMES)), ticks)
     ax.set_ylim(0, 108)  # room for a label over a 100% bar
     ax.set_yticks(range(0, 101, 20))
-    ax.set_ylabel("HOLD share of validation decisions (%)")
-    ax.set_title(f"HOLD share per regime: the {len(best)} best trials (best report) vs the target bands")
+    what = "expected HOLD share, mean P(HOLD) (sampling policy)" if sampler else "HOLD share (greedy policy)"
+    ax.set_ylabel("mean P(HOLD) on validation (%)" if sampler else "HOLD share of validation decisions (%)")
+    ax.set_title(
+        f"{what[0].upper() + what[1:]} per regime: the {len(best)} best trials vs the target bands", fontsize=10
+    )
     ax.legend(
         fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3,
         title="trial (band distance, iteration of its best report)", title_fontsize=8, frameon=False,

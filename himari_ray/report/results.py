@@ -82,6 +82,11 @@ class SearchResults:
         return bands_of(self.run)
 
     @property
+    def deployment(self) -> str:
+        """How the trials' policies were scored (`eval.deploy`): `greedy`, or `sample` (searches before it: greedy)."""
+        return str((self.manifest.get("eval") or {}).get("deploy", "greedy"))
+
+    @property
     def status_counts(self) -> dict[str, int]:
         return status_counts(self.trials)
 
