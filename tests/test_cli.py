@@ -45,7 +45,7 @@ def test_missing_space(capsys, in_tmp):
 
 def test_misspelled_key(capsys, in_tmp):
     raw = yaml.safe_load(bundled_spaces()["smoke"].read_text())
-    raw["search"]["entropy_coef"] = raw["search"].pop("entropy_coeff")
+    raw["search"]["entropy_coef"] = {"low": 0.01, "high": 0.1}  # entropy_coeff, misspelled
     (in_tmp / "bad.yaml").write_text(yaml.safe_dump(raw))
     code, _, err = run_main(capsys, "search", "bad.yaml", "--out", "out")
     assert_one_line_error(code, err, "bad.yaml", "search.entropy_coef")

@@ -118,7 +118,7 @@ def suggestions(seed: int, n: int = 14) -> list[dict]:
         tid = f"t{i}"
         cfg = searcher.suggest(tid)
         out.append(cfg)
-        score = abs(cfg["breakeven_LOW_VOL"] - 0.505) * 1000 + cfg["entropy_coeff"]
+        score = abs(cfg["breakeven_LOW_VOL"] - 0.505) * 1000 + cfg["breakeven_CRISIS"]
         searcher.on_trial_complete(tid, {"band_distance": score, "training_iteration": 1})
     return out
 
