@@ -6,6 +6,8 @@ Nothing here imports from the rest of the package.
 from __future__ import annotations
 
 import enum
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,3 +175,43 @@ def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
 def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
     """`repr(value)` for an error message, cut like `shorten`: user data quoted in a `UserInputError`."""
     return shorten(repr(value), limit)
+
+
+def open_storage(url: str, flag: str = "--storage", attempts: int = 5, grpc_wait_s: float | None = None) -> Any:
+    """An RDB storage for `url` (SQLite, PostgreSQL, ... any SQLAlchemy URL), or an Optuna gRPC storage proxy
+    for `grpc://host:port` (how rented boxes reach one study through an SSH tunnel), or one line saying why not.
+
+    Two drivers opening a fresh study database at once race to create its schema and one of them fails
+    (a UNIQUE constraint on the schema version); by the next attempt the other has created it."""
+    import optuna
+
+    if url.startswith("grpc://"):
+        return _grpc_proxy(url, flag, timeout=10.0 * attempts if grpc_wait_s is None else grpc_wait_s)
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if "sqlite" not in url else {})
+        except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
+            if attempt + 1 < attempts:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserInputError(f"{flag} {url}: cannot open the study storage ({first})") from None
+    raise AssertionError("unreachable")
+
+
+def _grpc_proxy(url: str, flag: str, timeout: float) -> Any:
+    import optuna
+
+    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserInputError(f"{flag} {url}: expected grpc://HOST:PORT")
+    try:
+        with warnings.catch_warnings():  # "experimental since 4.2": known, and not the user's to act on
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
+        proxy.wait_server_ready(timeout=timeout)
+    except ImportError:
+        raise UserInputError(f"{flag} {url}: the gRPC storage proxy needs grpcio (pip install grpcio)") from None
+    except ConnectionError:
+        raise UserInputError(f"{flag} {url}: no Optuna storage proxy answers there within {timeout:.0f} s") from None
+    return proxy

@@ -232,6 +232,9 @@ def test_offers_create_ready_run_pull_destroy(fake, tmp_path, box_env):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2  # the box searched into our study
     assert (box / ".ray" / "auth_token").is_file()  # its Ray ran with a token
     assert "ray start --head" in (box / "onstart.sh").read_text()
+    # The box's final table read the study through the gRPC proxy (importance included), not SQLAlchemy.
+    log = (box / "himari" / "search.log").read_text()
+    assert "parameter importance: needs at least 4 complete trials in the study, it has 2" in log
 
     for fn in (manage.status, manage.logs, manage.pull):
         got: list[str] = []

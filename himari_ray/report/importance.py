@@ -9,6 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from himari_ray.types import open_storage
+
 #: Below this many COMPLETE trials an importance is noise, not a finding: say so instead.
 MIN_COMPLETE_TRIALS = 4
 
@@ -28,7 +30,8 @@ def param_importance(manifest: dict[str, Any], url: str | None) -> tuple[pd.Data
 
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         logging.getLogger("sqlalchemy").setLevel(logging.ERROR)
-        study = optuna.load_study(study_name=name, storage=url)
+        # The same opener as the search's: SQLAlchemy URLs, and grpc:// through Optuna's storage proxy.
+        study = optuna.load_study(study_name=name, storage=open_storage(url, "study", attempts=1, grpc_wait_s=2.0))
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     except Exception as exc:  # a moved or remote storage: the table still stands without importance
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]

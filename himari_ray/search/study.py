@@ -13,7 +13,6 @@ import math
 import os
 import pickle
 import re
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from himari_ray.schema import (
     number,
     value,
 )
-from himari_ray.types import REGIME_NAMES, UserInputError
+from himari_ray.types import REGIME_NAMES, UserInputError, open_storage
 
 #: Trial user attributes (what `optuna-dashboard` shows beside each trial): the report's headline numbers
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
@@ -41,42 +40,6 @@ TRIAL_ATTR_METRICS = (*(hold_pct(r) for r in REGIME_NAMES), BAND_DISTANCE, VAL_S
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
 #: Tune's trial id (the suffix of the trial directory), recorded when the trial is suggested.
 TUNE_TRIAL_ID_ATTR = "tune_trial_id"
-
-
-def open_storage(url: str, flag: str = "--storage", attempts: int = 5) -> optuna.storages.BaseStorage:
-    """An RDB storage for `url` (SQLite, PostgreSQL, ... any SQLAlchemy URL), or an Optuna gRPC storage proxy
-    for `grpc://host:port` (how rented boxes reach one study through an SSH tunnel), or one line saying why not.
-
-    Two drivers opening a fresh study database at once race to create its schema and one of them fails
-    (a UNIQUE constraint on the schema version); by the next attempt the other has created it."""
-    if url.startswith("grpc://"):
-        return _grpc_proxy(url, flag, timeout=10.0 * attempts)
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if "sqlite" not in url else {})
-        except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
-            if attempt + 1 < attempts:
-                time.sleep(0.5 * (attempt + 1))
-                continue
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(f"{flag} {url}: cannot open the study storage ({first})") from None
-    raise AssertionError("unreachable")
-
-
-def _grpc_proxy(url: str, flag: str, timeout: float) -> optuna.storages.BaseStorage:
-    host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
-    if not host or not port.isdigit():
-        raise UserInputError(f"{flag} {url}: expected grpc://HOST:PORT")
-    try:
-        with warnings.catch_warnings():  # "experimental since 4.2": known, and not the user's to act on
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
-        proxy.wait_server_ready(timeout=timeout)
-    except ImportError:
-        raise UserInputError(f"{flag} {url}: the gRPC storage proxy needs grpcio (pip install grpcio)") from None
-    except ConnectionError:
-        raise UserInputError(f"{flag} {url}: no Optuna storage proxy answers there within {timeout:.0f} s") from None
-    return proxy
 
 
 def check_compatible(
