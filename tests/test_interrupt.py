@@ -85,6 +85,34 @@ def test_signature_refuses_unsigned_and_changed_files(tmp_path):
         verify_directory(out)
 
 
+def test_a_kill_after_a_new_snapshot_but_before_its_signature_still_rolls_back(tmp_path, monkeypatch):
+    """Signing copies each rewritten state file to a snapshot, then writes the signature. A driver killed in
+    between must still find a snapshot the signature names (the previous version stays until then)."""
+    from himari_ray.search import integrity
+
+    out = tmp_path / "s"
+    (out / "tune").mkdir(parents=True)
+    exp = out / "tune" / "experiment_state-1.json"
+    exp.write_text('{"v": 1}')
+    signer = DirectorySigner(out)
+    signer.sign(top_level_only=True)
+    exp.write_text('{"v": 2}')
+
+    def killed(*args, **kwargs):  # the driver dies right after the new snapshot, before the new signature
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(integrity.os, "replace", lambda src, dst, _real=os.replace: (
+        _real(src, dst) if Path(dst).parent.name == integrity.SNAPSHOT_DIR else killed()))  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        signer.sign(top_level_only=True)
+    monkeypatch.undo()
+    exp.write_text('{"v": 3}')  # and Tune wrote once more
+    notes = verify_directory(out)
+    assert exp.read_text() == '{"v": 1}' and len(notes) == 1 and "rolled back" in notes[0]
+    signer.sign(top_level_only=True)
+    assert len(list((out / integrity.SNAPSHOT_DIR).iterdir())) == 1  # older versions pruned once signed
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_at_the_next_report_and_resume_finishes_the_search(tmp_path):
     out = tmp_path / "out"

@@ -94,21 +94,35 @@ class DirectorySigner:
 
     def _snapshot(self, path: Path, digest: str) -> tuple[Path, str] | None:
         """Keep the signed version of a rewritten state file: the snapshot and its digest (the previous
-        snapshot if Tune rewrote the file while it was being copied; None if there is none yet)."""
+        snapshot if Tune rewrote the file while it was being copied; None if there is none yet).
+
+        Each version gets its own name (`<file>.<digest prefix>`) and older ones are deleted only after the
+        new signature is written, so a driver killed at any instant leaves a snapshot its signature names."""
         snap_dir = self.out / SNAPSHOT_DIR
         snap_dir.mkdir(exist_ok=True)
-        snap = snap_dir / path.name
+        snap = snap_dir / f"{path.name}.{digest[:16]}"
         previous = self._cache.get(f"snap:{path.name}")
-        if previous is not None and previous[2] == digest:
+        if snap.is_file() and previous is not None and previous[2] == digest:
             return snap, digest
         tmp = snap_dir / f".{path.name}.tmp"
         shutil.copyfile(path, tmp)
         if _sha256(tmp) != digest:  # rewritten under us: keep the last good snapshot, sign the new one next step
             tmp.unlink()
-            return (snap, previous[2]) if previous is not None else None
+            if previous is None:
+                return None
+            return snap_dir / f"{path.name}.{previous[2][:16]}", previous[2]
         os.replace(tmp, snap)
         self._cache[f"snap:{path.name}"] = (0, 0, digest)
         return snap, digest
+
+    def _prune_snapshots(self, files: dict[str, str]) -> None:
+        """Delete the snapshots the signature just written no longer names (called after writing it)."""
+        snap_dir = self.out / SNAPSHOT_DIR
+        if not snap_dir.is_dir():
+            return
+        for snap in snap_dir.iterdir():
+            if snap.is_file() and not snap.name.startswith(".") and snap.relative_to(self.out).as_posix() not in files:
+                snap.unlink(missing_ok=True)
 
     def sign_if_state_changed(self) -> None:
         """Sign when a file directly under tune/ (Tune's experiment and searcher state) changed: a few
@@ -133,7 +147,7 @@ class DirectorySigner:
         checkpoints are signed as they arrive, by `on_checkpoint`)."""
         root = self.out / "tune"
         if top_level_only:
-            files = {k: v for k, v in self._files.items() if Path(k).parent.name != "tune"}
+            files = {k: v for k, v in self._files.items() if Path(k).parent.name not in ("tune", SNAPSHOT_DIR)}
             paths = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else []
         else:
             files = {}
@@ -160,6 +174,7 @@ class DirectorySigner:
         tmp = self.out / f"{SIGNATURE_FILE}.tmp"
         tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0))
         os.replace(tmp, self.out / SIGNATURE_FILE)  # atomic: a reader sees the old or the new signature
+        self._prune_snapshots(files)
 
 
 def verify_directory(out: Path) -> list[str]:
@@ -190,8 +205,14 @@ def verify_directory(out: Path) -> list[str]:
         if not _needs_signature(Path(rel)) or valid(rel, path):
             continue
         rewritten = path.parent == out / "tune" and path.name.startswith(_REWRITTEN)
-        snap = out / SNAPSHOT_DIR / path.name
-        if rewritten and snap.is_file() and valid(snap.relative_to(out).as_posix(), snap):
+        # Its signed snapshot: `<file>.<digest prefix>` (searches signed before that kept `<file>`).
+        snaps = [
+            out / r
+            for r in signed
+            if r == f"{SNAPSHOT_DIR}/{path.name}" or r.startswith(f"{SNAPSHOT_DIR}/{path.name}.")
+        ]
+        snap = next((p for p in snaps if p.is_file() and valid(p.relative_to(out).as_posix(), p)), None)
+        if rewritten and snap is not None:
             shutil.copyfile(snap, path)
             notes.append(f"{rel}: written after the last signature; rolled back to its signed copy")
         elif rel in signed and not rewritten:
