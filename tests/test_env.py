@@ -235,6 +235,24 @@ def test_carried_actions_follow_the_policys_path():
         carried_actions(np.zeros((n, 3)))
 
 
+def test_a_sampled_carried_path_draws_each_action_from_the_position_it_is_in():
+    """carried_actions with uniforms: at each bar the draw (inverse CDF) is from the row of the position the
+    previous draw left, starting flat; the same uniforms give the same path."""
+    from himari_ray.env.trading import carried_actions, sample_actions
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 3, 3)) * 2
+    u = rng.random(200)
+    path = carried_actions(logits, u)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=2, keepdims=True)
+    pos = 0
+    for t in range(200):
+        pos = int(sample_actions(probs[t, pos][None], u[t : t + 1])[0])
+        assert path[t] == pos
+    np.testing.assert_array_equal(path, carried_actions(logits, u))
+    assert len(set(path.tolist())) == 3 and not np.array_equal(path, carried_actions(logits))
+
+
 def test_module_sees_the_position_and_carried_evaluation_matches_the_env(small_dataset):
     """The RLModule built from the env's observation space embeds the position (its output depends on it), and
     the batched greedy evaluator's carried actions are exactly those of stepping the env with the argmax."""
