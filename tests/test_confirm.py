@@ -100,6 +100,7 @@ def test_real_search_then_confirm_with_two_seeds_then_a_second_confirm_is_refuse
     assert own["val"]["band_distance"] == pytest.approx(record["search_best"]["band_distance"])
     md = (out / "confirm.md").read_text()
     assert "## Test" in md and "mean ± std" in md and f"trial {record['trial']}" in md
+    assert record["deploy"] == "greedy" and "Scored as deployed: greedy" in md
     assert "test net return" in capsys.readouterr().out
 
     before = snapshot(out)

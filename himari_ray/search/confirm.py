@@ -235,6 +235,7 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
         "iterations": configs[0].train.iterations,
         "bands": {r: list(b) for r, b in configs[0].eval.bands.items()},
         "fee": configs[0].eval.fee,
+        "deploy": configs[0].eval.deploy,
         "test_read_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": "reading the test split",
     }
@@ -278,6 +279,13 @@ def format_confirm(record: dict[str, Any]) -> str:
         f"Retrained {len(record['seeds'])} times (seeds {', '.join(map(str, record['seeds']))}) for "
         f"{record['iterations']} iterations each; each seed's policy is its best validation iteration. "
         f"Trading metrics net of a {record['fee'] * 1e4:.1f} bps fee. Test split read at {record['test_read_at']}.",
+        # A record written before eval.deploy scored greedily.
+        "Scored as deployed: "
+        + (
+            "a sampler (band distance of the mean P(HOLD); trading metrics of seeded draws)."
+            if record.get("deploy") == "sample"
+            else "greedy (band distance of the argmax HOLD shares)."
+        ),
         "",
     ]
     for split in ("val", "test"):
