@@ -41,11 +41,12 @@ REPORT_SPACE = "tests/spaces/report.yaml"
 def real_search(tmp_path_factory):
     """One real, tiny search (6 trials: finished, stopped or collapsed, and preflight-skipped ones) through
     the real CLI in its own process, shared by the analyze/report/study tests. While it runs, the results
-    are read once (`running`: what `analyze` sees mid-search). Returns (out dir, driver stdout, running)."""
+    are read until a read shows a running trial (`running`: what `analyze` sees mid-search). Returns (out dir,
+    driver stdout, running)."""
+    import contextlib
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from himari_ray.report import load_search
 
@@ -54,14 +55,16 @@ def real_search(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(repo), "RAY_AUTH_MODE": "token"}
     cmd = [sys.executable, "-m", "himari_ray", "search", str(repo / REPORT_SPACE), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    from himari_ray.report.runs import RUNNING
+
     running = None
     deadline = time.monotonic() + 600
     while proc.poll() is None and time.monotonic() < deadline:
-        if running is None and any(p.stat().st_size for p in out.glob("tune/trial_*/result.json")):
-            try:
+        # Read until a read catches a trial running: the first reports may all be the preflight's instant skips.
+        seen = running is not None and RUNNING in set(running["status"])
+        if not seen and any(p.stat().st_size for p in out.glob("tune/trial_*/result.json")):
+            with contextlib.suppress(Exception):  # a half-created directory: try again on the next poll
                 running = load_search(out).trials
-            except Exception:  # a half-created directory: try again on the next poll
-                running = None
         time.sleep(0.3)
     stdout, stderr = proc.communicate(timeout=max(1, deadline - time.monotonic()))
     assert proc.returncode == 0, stderr[-3000:]
