@@ -20,12 +20,9 @@ from himari_ray.data.regime import (
     regime_confidence,
     regime_decision,
     regime_shares,
-    rolling_vol,
-    trend_strength,
-    vol_percentile,
-    vol_trend,
     warmup_bars,
 )
+from himari_ray.data.regime_stats import rolling_vol, trend_strength, vol_percentile, vol_trend
 from himari_ray.types import Regime
 
 

@@ -6,14 +6,12 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from himari_ray.env.normalization import decision_sigma, expected_abs_z, trailing_sigma
 from himari_ray.env.rewards import (
     REWARD_FAMILIES,
     RewardConfig,
     RewardInputs,
     compute_terms,
-    decision_sigma,
-    expected_abs_z,
-    trailing_sigma,
 )
 from himari_ray.types import Regime
 

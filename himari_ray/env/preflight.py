@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from himari_ray.env.rewards import decision_sigma
+from himari_ray.env.normalization import decision_sigma
 from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, carried_horizon, reward_table
 from himari_ray.types import Dataset, Regime
 

@@ -6,8 +6,8 @@ named reward terms; the reward is their sum. The env precomputes every term for 
 these run once per split, never per step.
 
 Normalisation statistics (sigma, E = mean|r/sigma|) are defined without look-ahead: either fixed from the
-train split (`norm_stats: train`) or a trailing window ending at the decision bar (`norm_stats: trailing`).
-The seed took them per training batch, which mixes future bars into the present bar's reward.
+train split (`norm_stats: train`) or a trailing window ending at the decision bar (`norm_stats: trailing`);
+they are computed in `env/normalization.py`. The seed took them per training batch, which mixes future bars into the present bar's reward.
 """
 
 from __future__ import annotations
@@ -222,6 +222,7 @@ _NORMALIZED_COSTS = (
     "wrong_penalty",
 )
 
+
 REWARD_FAMILIES: dict[str, RewardFamily] = {
     f.name: f
     for f in (
@@ -258,6 +259,7 @@ REWARD_FAMILIES: dict[str, RewardFamily] = {
         ),
     )
 }
+
 
 #: The seed's hand-tuned attempts as (family, parameters): the lessons the preflight must reproduce.
 SEED_SESSIONS: dict[str, tuple[str, dict[str, float]]] = {
@@ -378,31 +380,6 @@ class RewardConfig(BaseModel):
     def resolved_params(self) -> dict[str, float]:
         """Seed defaults overlaid with this config's parameters."""
         return {**REWARD_FAMILIES[self.family].defaults, **self.params}
-
-
-def trailing_sigma(returns: np.ndarray, window: int, fallback: float) -> np.ndarray:
-    """Std of returns[t-window+1 .. t] for each t: known at bar t. Early bars use `fallback`."""
-    r = np.asarray(returns, dtype=np.float64)
-    out = np.full(len(r), fallback, dtype=np.float64)
-    if len(r) >= window:
-        win = np.lib.stride_tricks.sliding_window_view(r, window)
-        out[window - 1 :] = win.std(axis=1)
-    return np.maximum(out, 1e-8)
-
-
-def decision_sigma(returns: np.ndarray, train_returns: np.ndarray, cfg: RewardConfig) -> np.ndarray:
-    """The return scale known at each decision bar of a split, per `cfg.norm_stats`."""
-    train_sigma = float(np.std(train_returns)) + 1e-12
-    if cfg.norm_stats == "train":
-        return np.full(len(returns), train_sigma)
-    return trailing_sigma(returns, cfg.trailing_window, fallback=train_sigma)
-
-
-def expected_abs_z(train_returns: np.ndarray, cfg: RewardConfig) -> float:
-    """E = mean |r[t+1] / sigma[t]| over the train split only."""
-    r = np.asarray(train_returns, dtype=np.float64)
-    sigma = decision_sigma(r, r, cfg)
-    return float(np.mean(np.abs(r[1:] / sigma[:-1])))
 
 
 def compute_terms(family: str, inp: RewardInputs, params: Mapping[str, float]) -> RewardTerms:

@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from himari_ray.data.dataset import DataSpec, load_dataset
-from himari_ray.env.rewards import RewardConfig, RewardInputs, compute_terms, decision_sigma, expected_abs_z
+from himari_ray.env.normalization import decision_sigma, expected_abs_z
+from himari_ray.env.rewards import RewardConfig, RewardInputs, compute_terms
 from himari_ray.types import N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, Dataset, SplitArrays
 
 
