@@ -154,10 +154,14 @@ def deployed_hold(report: Mapping[str, Any]) -> float:
     return number(report, HOLD_PCT_ALL) if math.isnan(v) else v
 
 
+def deploy_of(eval_section: Mapping[str, Any] | None) -> str:
+    """`greedy` or `sample`: an `eval:` section's (dumped `EvalConfig`) deployment; older ones were greedy."""
+    return str((eval_section or {}).get("deploy", "greedy"))
+
+
 def deployment(report: Mapping[str, Any]) -> str:
-    """`greedy` or `sample`: how the trial's policy is deployed, from the trial config Tune puts in each result."""
-    trial = (report.get("config") or {}).get("trial") or {}
-    return str((trial.get("eval") or {}).get("deploy", "greedy"))
+    """How a report's trial is deployed, from the trial config Tune puts in each result."""
+    return deploy_of(((report.get("config") or {}).get("trial") or {}).get("eval"))
 
 
 LEAK_BASELINE_HIT_RATE = key(

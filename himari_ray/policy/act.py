@@ -23,6 +23,7 @@ from himari_ray.data.denoise import denoise_features
 from himari_ray.data.ohlcv import read_ohlcv
 from himari_ray.env.trading import carried_actions, decision_windows, sample_actions
 from himari_ray.policy.bundle import Bundle
+from himari_ray.schema import deploy_of
 from himari_ray.types import UserInputError
 
 #: Columns of `act`'s output, in order.
@@ -42,7 +43,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def deployment(bundle: Bundle) -> str:
     """How the policy was scored, hence how it acts: `greedy` or `sample` (the trial's `eval.deploy`)."""
-    return str(bundle.spec.trial_config.get("eval", {}).get("deploy", "greedy"))
+    return deploy_of(bundle.spec.trial_config.get("eval"))
 
 
 def decision_inputs(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, dict, np.ndarray, np.ndarray]:

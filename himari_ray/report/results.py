@@ -22,6 +22,7 @@ import pandas as pd
 from himari_ray.report.analysis import best_trials, curves, pareto_front, status_counts, trials_frame
 from himari_ray.report.importance import param_importance
 from himari_ray.report.runs import SearchRun, bands_of, load_search_run
+from himari_ray.schema import deploy_of
 from himari_ray.types import UserInputError, search_storage_url
 
 
@@ -84,7 +85,7 @@ class SearchResults:
     @property
     def deployment(self) -> str:
         """How the trials' policies were scored (`eval.deploy`): `greedy`, or `sample` (searches before it: greedy)."""
-        return str((self.manifest.get("eval") or {}).get("deploy", "greedy"))
+        return deploy_of(self.manifest.get("eval"))
 
     @property
     def status_counts(self) -> dict[str, int]:
