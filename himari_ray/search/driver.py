@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ def _start_ray(address: str | None) -> None:
     for name in ("ray.tune", "ray.train", "ray._common.deprecation"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # A resumed trial repeats the report it was interrupted at; the study keeps the first (as it should).
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
     if ray.is_initialized():
         return
     if address is not None:
