@@ -287,7 +287,12 @@ def _fit(
         interrupt.uninstall()
         reserve.release()
         if remote is not None:
-            mirror_trials(remote, out)
+            try:
+                mirror_trials(remote, out)
+            except OSError as exc:  # the store went away: the trials are still there, the run's outcome stands
+                print(
+                    f"himari-ray search: could not copy the trials from {remote} ({exc}); they stay there", flush=True
+                )
         DirectorySigner(out).sign()
     if interrupt.requested:
         if remote is not None:
