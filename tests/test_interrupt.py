@@ -17,7 +17,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from himari_ray.search.integrity import QUARANTINE_DIR, SIGNATURE_FILE, DirectorySigner, verify_directory
+from himari_ray.search.integrity import (
+    QUARANTINE_DIR,
+    REWRITTEN,
+    SIGNATURE_FILE,
+    WRITTEN_ONCE,
+    DirectorySigner,
+    verify_directory,
+)
 from himari_ray.types import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +118,28 @@ def test_a_kill_after_a_new_snapshot_but_before_its_signature_still_rolls_back(t
     assert exp.read_text() == '{"v": 1}' and len(notes) == 1 and "rolled back" in notes[0]
     signer.sign(top_level_only=True)
     assert len(list((out / integrity.SNAPSHOT_DIR).iterdir())) == 1  # older versions pruned once signed
+
+
+def test_every_state_file_tune_rewrites_rolls_back_after_a_kill(real_search, tmp_path):
+    """A driver killed between Tune's write of a state file and its signature must resume from the signed
+    version. Every file a real search leaves directly under tune/ is either written once (a change is
+    tampering) or known to be rewritten (rolled back); a new kind of Tune file fails here, not in a resume."""
+    out = tmp_path / "out"
+    shutil.copytree(real_search[0], out)
+    top = sorted(p for p in (out / "tune").iterdir() if p.is_file())
+    unknown = [p.name for p in top if p.name not in WRITTEN_ONCE and not p.name.startswith(REWRITTEN)]
+    assert not unknown, f"Tune state files the signer does not know: {unknown}"
+    rewritten = [p for p in top if p.name.startswith(REWRITTEN)]
+    assert {p.name.split("-")[0] for p in rewritten} >= {"experiment_state", "searcher", "search_gen_state"}
+    signed = {p: p.read_bytes() for p in rewritten}
+    for p in rewritten:  # Tune's next step, written just before the kill
+        p.write_bytes(b"written after the last signature")
+    notes = verify_directory(out)
+    assert len(notes) == len(rewritten) and all("rolled back" in n for n in notes)
+    assert all(p.read_bytes() == data for p, data in signed.items())
+    (out / "tune" / "tuner.pkl").write_bytes(b"x")
+    with pytest.raises(UserInputError, match=r"tuner\.pkl: changed since the search signed it"):
+        verify_directory(out)
 
 
 @pytest.mark.slow

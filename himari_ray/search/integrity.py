@@ -37,7 +37,10 @@ SNAPSHOT_DIR = ".himari-signed"
 #: Where a resume moves files that were written after the last signature.
 QUARANTINE_DIR = ".himari-quarantine"
 #: Tune state files rewritten during a run (directly under tune/): rolled back, not refused, on mismatch.
-_REWRITTEN = ("experiment_state-", "searcher-state-", "basic-variant-state-")
+#: `search_gen_state-*.json` is a cloudpickle despite its name (Tune's `_atomic_save`).
+REWRITTEN = ("experiment_state-", "searcher-state-", "search_gen_state-", "basic-variant-state-")
+#: Files directly under tune/ that Tune writes once, at the start: a later change is tampering.
+WRITTEN_ONCE = ("tuner.pkl", ".validate_storage_marker")
 #: Files Tune writes that a resume only parses as plain text or JSON, never unpickles; left unsigned
 #: because the driver appends to them continuously.
 _PLAIN_DATA = ("result.json", "progress.csv", "error.txt")
@@ -165,7 +168,7 @@ class DirectorySigner:
             except FileNotFoundError:  # Tune replaced or pruned it while we walked
                 continue
             files[rel.as_posix()] = _mac(self.key, rel.as_posix(), cached[2])
-            if path.parent == root and path.name.startswith(_REWRITTEN):
+            if path.parent == root and path.name.startswith(REWRITTEN):
                 kept = self._snapshot(path, cached[2])
                 if kept is not None:
                     snap_rel = kept[0].relative_to(self.out).as_posix()
@@ -204,7 +207,7 @@ def verify_directory(out: Path) -> list[str]:
         rel = path.relative_to(out).as_posix()
         if not _needs_signature(Path(rel)) or valid(rel, path):
             continue
-        rewritten = path.parent == out / "tune" and path.name.startswith(_REWRITTEN)
+        rewritten = path.parent == out / "tune" and path.name.startswith(REWRITTEN)
         # Its signed snapshot: `<file>.<digest prefix>` (searches signed before that kept `<file>`).
         snaps = [
             out / r
