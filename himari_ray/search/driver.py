@@ -106,11 +106,15 @@ def _start_ray(address: str | None) -> None:
             try:
                 ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
                 break
-            except RuntimeError:  # GCS slow to come up (two drivers starting on a busy machine): try again
+            except Exception as exc:  # Ray raises a bare Exception when its raylet is late
+                # Two drivers starting Ray on one busy machine at the same moment: the GCS is slow to come up,
+                # or the raylet misses Ray's fixed 30 s registration wait. A fresh start usually succeeds.
+                if not isinstance(exc, RuntimeError) and "timed out during startup" not in str(exc):
+                    raise
                 ray.shutdown()
                 if attempt == 2:
                     raise
-                time.sleep(2.0)
+                time.sleep(2.0 + 3.0 * attempt)
 
 
 def run_search(
