@@ -179,8 +179,8 @@ ENV_STEPS_PER_S = key(
     "env_steps_per_s", float, "Env steps per second of this iteration, sampling and learning.", "steps/s"
 )
 LEARNER_SAMPLES_PER_S = key("learner_samples_per_s", float, "Samples the learner trained per second of update.", "1/s")
-SAMPLE_S = key("sample_s", float, "Seconds sampling took (RLlib's smoothed timer).", "s")
-LEARN_S = key("learn_s", float, "Seconds the learner update took (RLlib's smoothed timer).", "s")
+SAMPLE_S = key("sample_s", float, "Seconds sampling took in this iteration.", "s")
+LEARN_S = key("learn_s", float, "Seconds the learner update took in this iteration.", "s")
 GPU_PEAK_MEM_GB = key("gpu_peak_mem_gb", float, "Peak CUDA memory allocated by the trial process (NaN: no GPU).", "GB")
 GPU_RESERVED_GB = key(
     "gpu_reserved_gb",

@@ -163,3 +163,31 @@ def test_fast_path_trains_a_ppo_iteration(own_ray):
         assert any(not torch.equal(before[k], after[k]) for k in before)
     finally:
         algo.stop()
+
+
+def test_reported_seconds_are_each_iterations_own(own_ray):
+    """RLlib smooths its sampling and learning timers (EMA 0.01), so one slow first iteration (a compile, a
+    CUDA warm-up) would stay in every later report. Made slow on purpose here (the learner update sleeps
+    first), the next report must hold only what that next iteration took."""
+    import time
+
+    algo = build_ppo_config(trial("per_bar", env_runner="fast")).build_algo()
+    update, calls = algo.learner_group.update, []
+
+    def slow_first_update(*args, **kwargs):
+        if not calls:
+            time.sleep(3.0)
+        calls.append(1)
+        return update(*args, **kwargs)
+
+    algo.learner_group.update = slow_first_update
+    try:
+        _, first = timed_train(algo)
+        t0 = time.perf_counter()
+        _, second = timed_train(algo)
+        wall = time.perf_counter() - t0
+        assert first["learn_s"] >= 3.0 and len(calls) == 2
+        assert 0 < second["learn_s"] < wall and 0 < second["sample_s"] < wall
+    finally:
+        algo.stop()
+

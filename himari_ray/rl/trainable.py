@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 from ray.rllib.core import DEFAULT_MODULE_ID
-from ray.rllib.utils.metrics import ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    TIMERS,
+)
 from ray.rllib.utils.metrics import EPISODE_RETURN_MEAN as RLLIB_EPISODE_RETURN_MEAN
 
 from himari_ray.data.dataset import load_dataset
@@ -80,8 +86,14 @@ def applied_values(algo: Any) -> dict[str, float]:
 
 def timed_train(algo: Any) -> tuple[dict[str, Any], dict[str, float]]:
     """One `algo.train()` and its per-report throughput, memory and PPO statistics (issue 11). Env steps/s
-    counts sampling and learning together; RLlib's sampling/learning timers are smoothed over iterations."""
+    counts sampling and learning together; the sampling and learning seconds are this iteration's own."""
     steps0 = algo.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME), default=0)
+    for timer in (ENV_RUNNER_SAMPLING_TIMER, LEARNER_UPDATE_TIMER):
+        # RLlib smooths these timers (EMA, coefficient 0.01): one slow first iteration (torch.compile, CUDA
+        # warm-up) would stay in every later report for hundreds of iterations. Recreated empty with a
+        # window of one, the report holds what this iteration measured.
+        algo.metrics.delete(TIMERS, timer, key_error=False)
+        algo.metrics.log_time((TIMERS, timer), reduce="mean", window=1)
     t0 = time.perf_counter()
     result = algo.train()
     wall_s = time.perf_counter() - t0
