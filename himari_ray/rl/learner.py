@@ -1,4 +1,5 @@
-"""RLlib's PPO torch learner with one change: applying gradients never waits for the GPU.
+"""RLlib's PPO torch learner with two changes: applying gradients never waits for the GPU, and
+`torch_compile_learner` compiles the module.
 
 RLlib's `TorchLearner.apply_gradients` (torch_skip_nan_gradients=False, its default) asks, for every
 parameter tensor, `torch.isfinite(grad).all()` in a Python `if`, then asks it again for every tensor before
@@ -7,18 +8,33 @@ production module (48 tensors). On a GPU the host then stalls until the queue dr
 next minibatch (issue 11, bench/README.md). The result of RLlib's default path is kept, without asking:
 non-finite gradient entries become finite (`nan_to_num`, what RLlib does after its check) and the optimizer
 steps. The loss, GAE, minibatching, KL adaptation and metrics are RLlib's, untouched.
+
+RLlib 2.60's `TorchLearner.build` compiles a MultiRLModule's sub-modules only `if isinstance(self._module,
+TorchRLModule)`: it tests the container, not the sub-module, so on the new API stack (where the learner
+always holds a MultiRLModule) `torch_compile_learner=True` compiled nothing. `build` here compiles each torch
+sub-module as RLlib meant to (its `compile_wrapper`: the forward passes, with the configured backend and mode).
 """
 
 from __future__ import annotations
 
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
+from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
 from ray.rllib.utils.typing import ParamDict
 
 
 class HimariPPOLearner(PPOTorchLearner):
-    """`PPOTorchLearner` whose `apply_gradients` queues its work without a host-device synchronisation."""
+    """`PPOTorchLearner` whose `apply_gradients` queues its work without a host-device synchronisation and
+    whose forward passes are compiled when the config asks for it."""
+
+    @override(PPOTorchLearner)
+    def build(self) -> None:
+        super().build()
+        if self._torch_compile_forward_train and not self._torch_compile_complete_update:
+            for module in self.module.values():
+                if isinstance(module, TorchRLModule) and not is_compiled(module._forward_train):
+                    module.compile(self._torch_compile_cfg)
 
     @override(PPOTorchLearner)
     def apply_gradients(self, gradients_dict: ParamDict) -> None:
@@ -31,3 +47,8 @@ class HimariPPOLearner(PPOTorchLearner):
             for name in names:
                 self.get_optimizer(module_id, name).step()
         return None
+
+
+def is_compiled(fn: object) -> bool:
+    """Whether `fn` is what `torch.compile` returns for a function or method."""
+    return hasattr(fn, "_torchdynamo_orig_callable")
