@@ -14,6 +14,7 @@ from himari_ray.data.dataset import DataSpec
 from himari_ray.env.preflight import PreflightConfig
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig, HimariTradingEnv
+from himari_ray.rl import fast_runner
 from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
 from himari_ray.rl.fast_runner import EnvTables, FastEnvRunner, gather_observations
 from himari_ray.rl.trainable import timed_train
@@ -39,9 +40,8 @@ class ReplayRunner(FastEnvRunner):
 
     replay: dict[tuple[int, int], int]
 
-    def _pick_actions(self, dist, explore):
-        lanes = self._lanes
-        picked = [self.replay.get((int(s), int(b)), 0) for s, b in zip(lanes.start, lanes.bar, strict=True)]
+    def _pick_actions(self, dist, explore, starts, bars):
+        picked = [self.replay.get((int(s), int(b)), 0) for s, b in zip(starts, bars, strict=True)]
         return torch.tensor(picked, dtype=torch.long)
 
 
@@ -72,8 +72,13 @@ def by_episode(chunks: list, start_bar_of) -> dict[int, dict[str, np.ndarray]]:
     return out
 
 
-@pytest.mark.parametrize("position_mode", ["per_bar", "carried"])
-def test_fast_runner_matches_plain_runner(position_mode):
+@pytest.mark.parametrize(("position_mode", "forward_windows"), [("per_bar", None), ("per_bar", 7), ("carried", None)])
+def test_fast_runner_matches_plain_runner(position_mode, forward_windows, monkeypatch):
+    """Same seed and actions: same observations, rewards, episode boundaries, log-probs and episode metrics as
+    RLlib's own runner. per_bar samples a whole fragment in one forward (also cut into forwards of 7 windows,
+    which split steps and episodes); carried steps in lockstep."""
+    if forward_windows is not None:
+        monkeypatch.setattr(fast_runner, "FORWARD_WINDOWS", forward_windows)
     cfg = build_ppo_config(trial(position_mode))
     plain = SingleAgentEnvRunner(config=cfg)
     fast = ReplayRunner(config=cfg)
@@ -90,6 +95,7 @@ def test_fast_runner_matches_plain_runner(position_mode):
                 replay[(starts[c.id_], int(info["bar"]))] = int(a)
         fast.replay = replay
         fast_chunks = [e for _ in range(2) for e in fast.sample(num_timesteps=100, explore=True)]
+        fast_metrics = fast.get_metrics()
     finally:
         plain.stop()
         fast.stop()
@@ -111,6 +117,11 @@ def test_fast_runner_matches_plain_runner(position_mode):
         np.testing.assert_array_equal(g["rewards"], r["rewards"])
         np.testing.assert_allclose(g["dist_inputs"], r["dist_inputs"], atol=1e-6)
         np.testing.assert_allclose(g["logp"], r["logp"], atol=1e-6)
+    # Episode metrics: every episode the fast runner finished started in these samples (the copies started
+    # fresh), so its logged returns are those episodes' reward sums, carried across the two calls.
+    finished = [g for g in got.values() if g["done"][-1]]
+    assert fast_metrics["episode_return_mean"].peek() == pytest.approx(np.mean([g["rewards"].sum() for g in finished]))
+    assert fast_metrics["episode_len_mean"].peek() == 24
     # The replayed actions were not all HOLD: the comparison covered trades (and, carried, position changes).
     assert len({a for s in complete for a in ref[s]["actions"]}) == 3
 

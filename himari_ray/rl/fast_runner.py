@@ -3,9 +3,13 @@
 RLlib's `SingleAgentEnvRunner` runs, per env step, the env-to-module connectors, one small forward pass, the
 module-to-env connectors and per-copy episode bookkeeping; for this env that costs far more than the env
 (a step is a table lookup, see bench/README.md). Because the env's observations and rewards are fixed
-arrays indexed by bar (and, in `carried` mode, by the previous action), all N copies can be stepped at
-once: per step one gather of the N windows, one batched forward on the runner's device, one vectorised
-reward lookup; episodes are built in bulk when `sample()` returns. Learner, loss and GAE stay RLlib's.
+arrays indexed by bar (and, in `carried` mode, by the previous action), the fragment is laid out first (which
+bar each copy decides at, where its episodes end and restart: none of it depends on an action), then:
+- `per_bar`: no observation depends on an action, so all the fragment's windows go through the module in a
+  few large forwards (`FORWARD_WINDOWS` each), not one small forward per step;
+- `carried`: the observation shows the position, so the N copies step in lockstep: per step one gather of
+  the N windows and one batched forward on the runner's device.
+Rewards are one vectorised table lookup; episodes are built in bulk. Learner, loss and GAE stay RLlib's.
 
 What is the same as the plain path (`tests/test_fast_runner.py` checks it against `SingleAgentEnvRunner`):
 the env copies, their seeding and episode starts (each copy's own `reset()` draws them), observations,
@@ -34,6 +38,7 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.typing import ResultDict
 
 from himari_ray.env.trading import HimariTradingEnv
+from himari_ray.rl.model import VALUE_CHUNK
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,33 @@ class EnvTables:
             env.config.position_mode if "position" in env.observation_space.spaces else "none",
         )
         return cls(obs=obs, reward=np.asarray(env._reward))
+
+
+#: Most windows per forward pass when no observation depends on an action (`per_bar`). The production module
+#: grows ~0.9 GB per 1,024 windows in a no-grad forward (CPU, fp32; bench/README.md): chunks of the learner's
+#: value-target size keep sampling under the learner's own peak, so a trial still fits a quarter of 24 GB.
+FORWARD_WINDOWS = VALUE_CHUNK
+
+
+@dataclass
+class _Plan:
+    """One fragment laid out before any action: per step (rows) and copy (columns)."""
+
+    bars: np.ndarray  # decision bar
+    starts: np.ndarray  # first decision bar of the episode the step belongs to
+    done: np.ndarray  # the step is its episode's last (truncation)
+    fresh: np.ndarray  # the step is its episode's first (within this fragment, after a restart)
+    chunks: list[list[tuple[int, str, int, float]]]  # per copy: (first step, episode id, t_started, wall start)
+    carried_return: np.ndarray  # per copy: return so far of the episode its first chunk continues
+
+
+def previous_actions(actions: np.ndarray, fresh: np.ndarray, prev0: np.ndarray) -> np.ndarray:
+    """The action before each step's decision: the copy's last action, 0 (HOLD) where an episode starts."""
+    prevs = np.empty_like(actions)
+    prevs[0] = prev0
+    prevs[1:] = actions[:-1]
+    prevs[fresh] = 0
+    return prevs
 
 
 @dataclass
@@ -156,8 +188,10 @@ class FastEnvRunner(SingleAgentEnvRunner):
             started=[time.perf_counter()] * n,
         )
 
-    def _pick_actions(self, dist: Any, explore: bool) -> torch.Tensor:
-        """Actions from the module's distribution (what RLlib's `GetActions` connector does)."""
+    def _pick_actions(self, dist: Any, explore: bool, starts: np.ndarray, bars: np.ndarray) -> torch.Tensor:
+        """Actions from the module's distribution (what RLlib's `GetActions` connector does), one per row of
+        `dist`; `starts` and `bars` name each row's episode start and decision bar (for subclasses that replay
+        given actions)."""
         return dist.sample() if explore else dist.to_deterministic().sample()
 
     @override(SingleAgentEnvRunner)
@@ -181,83 +215,130 @@ class FastEnvRunner(SingleAgentEnvRunner):
             )
         if force_reset or self._needs_initial_reset or self._lanes is None:
             self._reset_lanes()
-        lanes, tables = self._lanes, self._tables
-        n = len(lanes.bar)
-        n_steps = -(-num_timesteps // n)
-        bars = np.empty((n_steps, n), dtype=np.int64)
-        actions = np.empty((n_steps, n), dtype=np.int64)
-        prevs = np.empty((n_steps, n), dtype=np.int64)
-        logp = np.empty((n_steps, n), dtype=np.float32)
-        dist_inputs = np.empty((n_steps, n, self.env.single_action_space.n), dtype=np.float32)
-        done = np.zeros((n_steps, n), dtype=bool)
-        chunk_start = [[] for _ in range(n)]  # (step index, start bar, t_done, id) per episode chunk
-        for i in range(n):
-            chunk_start[i].append((0, lanes.ids[i], int(lanes.t_done[i])))
-        dist_cls = (
-            self.module.get_exploration_action_dist_cls() if explore else self.module.get_inference_action_dist_cls()
-        )
+        n = len(self._lanes.bar)
+        prev0 = self._lanes.prev.copy()
+        plan = self._schedule(-(-num_timesteps // n))
         # What RLlib's forward_exploration/_inference do, minus switching every module to eval and back on
         # each call (28% of the tiny preset's sampling time): eval once, then the same no-grad forward.
         self.module.eval()
-        forward = self.module._forward_exploration if explore else self.module._forward_inference
+        if self._tables.obs.position == "carried":
+            actions, logp, dist_inputs = self._act_in_lockstep(plan, prev0, explore)
+        else:
+            actions, logp, dist_inputs = self._act_at_once(plan, explore)
+        prevs = previous_actions(actions, plan.fresh, prev0)
+        rewards = self._tables.reward[plan.bars, prevs, actions]
+        episodes = self._episodes(plan, prevs, actions, logp, dist_inputs, rewards)
+        ts = actions.size
+        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
+        self._increase_sampled_metrics(ts, sum(e.is_done for e in episodes))
+        return episodes
+
+    def _schedule(self, n_steps: int) -> _Plan:
+        """Which bar every copy decides at in each of the next `n_steps` steps, and where its episodes end
+        and restart. Bars never depend on actions (only `carried` observations do), so the whole fragment is
+        laid out first; copies restart in the order the lockstep loop restarts them (same seeds, same starts)."""
+        lanes = self._lanes
+        n = len(lanes.bar)
+        plan = _Plan(
+            bars=np.empty((n_steps, n), dtype=np.int64),
+            starts=np.empty((n_steps, n), dtype=np.int64),
+            done=np.zeros((n_steps, n), dtype=bool),
+            fresh=np.zeros((n_steps, n), dtype=bool),
+            chunks=[[(0, lanes.ids[i], int(lanes.t_done[i]), lanes.started[i])] for i in range(n)],
+            carried_return=lanes.ret.copy(),  # a restart below zeroes lanes.ret
+        )
         for s in range(n_steps):
-            bars[s], prevs[s] = lanes.bar, lanes.prev
-            obs = gather_observations(
-                self._device_obs,
-                torch.as_tensor(lanes.bar, device=self._device),
-                torch.as_tensor(lanes.prev, device=self._device),
-            )
-            with torch.no_grad():
-                out = forward({Columns.OBS: obs})
-            logits = out[Columns.ACTION_DIST_INPUTS]
-            dist = dist_cls.from_logits(logits)
-            act = self._pick_actions(dist, explore)
-            lp = dist.logp(act)
-            a = act.cpu().numpy().astype(np.int64)
-            actions[s], logp[s], dist_inputs[s] = a, lp.float().cpu().numpy(), logits.float().cpu().numpy()
-            reward = tables.reward[lanes.bar, lanes.prev, a]
-            lanes.ret += reward
-            done[s] = lanes.bar >= lanes.end
-            lanes.prev = a
+            plan.bars[s], plan.starts[s] = lanes.bar, lanes.start
+            plan.done[s] = lanes.bar >= lanes.end
             lanes.bar = lanes.bar + 1
-            for i in np.flatnonzero(done[s]):
-                self._episode_stats.append(
-                    (
-                        int(lanes.bar[i] - lanes.start[i]),
-                        float(lanes.ret[i]),
-                        time.perf_counter() - lanes.started[i],
-                    )
-                )
+            for i in np.flatnonzero(plan.done[s]):
                 self._restart_lane(i)
                 if s + 1 < n_steps:
-                    chunk_start[i].append((s + 1, lanes.ids[i], 0))
-        episodes = []
-        for i in range(n):
-            bounds = [c[0] for c in chunk_start[i]] + [n_steps]
-            for (s0, eid, t0), s1 in zip(chunk_start[i], bounds[1:], strict=True):
+                    plan.fresh[s + 1, i] = True
+                    plan.chunks[i].append((s + 1, lanes.ids[i], 0, lanes.started[i]))
+        return plan
+
+    def _forward(self, bars: np.ndarray, prevs: np.ndarray, explore: bool) -> tuple[Any, torch.Tensor]:
+        """The module's action distribution at these (bar, previous action) pairs: one no-grad forward."""
+        obs = gather_observations(
+            self._device_obs,
+            torch.as_tensor(bars, device=self._device),
+            torch.as_tensor(prevs, device=self._device),
+        )
+        forward = self.module._forward_exploration if explore else self.module._forward_inference
+        with torch.no_grad():
+            logits = forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
+        dist_cls = (
+            self.module.get_exploration_action_dist_cls() if explore else self.module.get_inference_action_dist_cls()
+        )
+        return dist_cls.from_logits(logits), logits
+
+    def _act_at_once(self, plan: _Plan, explore: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`per_bar`: no observation depends on an action, so every step's windows go through the module
+        together, in forwards of FORWARD_WINDOWS (4 for a production iteration of 4,096 steps, against 64)."""
+        bars, starts = plan.bars.reshape(-1), plan.starts.reshape(-1)
+        parts = []
+        for lo in range(0, len(bars), FORWARD_WINDOWS):
+            sl = slice(lo, lo + FORWARD_WINDOWS)
+            dist, logits = self._forward(bars[sl], np.zeros_like(bars[sl]), explore)
+            act = self._pick_actions(dist, explore, starts[sl], bars[sl])
+            parts.append((act.cpu().numpy(), dist.logp(act).float().cpu().numpy(), logits.float().cpu().numpy()))
+        shape = plan.bars.shape
+        return (
+            np.concatenate([a for a, _, _ in parts]).astype(np.int64).reshape(shape),
+            np.concatenate([lp for _, lp, _ in parts]).reshape(shape),
+            np.concatenate([d for _, _, d in parts]).reshape(*shape, -1),
+        )
+
+    def _act_in_lockstep(
+        self, plan: _Plan, prev0: np.ndarray, explore: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`carried`: the observation shows the position, i.e. the previous action, so the copies step
+        together one bar at a time: per step one gather of the N windows and one batched forward."""
+        n_steps, n = plan.bars.shape
+        actions = np.empty((n_steps, n), dtype=np.int64)
+        logp = np.empty((n_steps, n), dtype=np.float32)
+        dist_inputs = np.empty((n_steps, n, self.env.single_action_space.n), dtype=np.float32)
+        prev = prev0
+        for s in range(n_steps):
+            prev = np.where(plan.fresh[s], 0, prev)
+            dist, logits = self._forward(plan.bars[s], prev, explore)
+            act = self._pick_actions(dist, explore, plan.starts[s], plan.bars[s])
+            actions[s] = prev = act.cpu().numpy().astype(np.int64)
+            logp[s], dist_inputs[s] = dist.logp(act).float().cpu().numpy(), logits.float().cpu().numpy()
+        return actions, logp, dist_inputs
+
+    def _episodes(
+        self,
+        plan: _Plan,
+        prevs: np.ndarray,
+        actions: np.ndarray,
+        logp: np.ndarray,
+        dist_inputs: np.ndarray,
+        rewards: np.ndarray,
+    ) -> list[SingleAgentEpisode]:
+        """The fragment cut into episode chunks (finished ones first); carries each ongoing episode's
+        progress, return and previous action into the next call."""
+        lanes = self._lanes
+        n_steps = plan.bars.shape[0]
+        finished, ongoing = [], []
+        for i, chunks in enumerate(plan.chunks):
+            bounds = [c[0] for c in chunks[1:]] + [n_steps]
+            for (s0, eid, t0, started), s1 in zip(chunks, bounds, strict=True):
                 if s1 == s0:
                     continue
-                episodes.append(
-                    self._episode(
-                        eid,
-                        t0,
-                        bars[s0:s1, i],
-                        prevs[s0:s1, i],
-                        actions[s0:s1, i],
-                        logp[s0:s1, i],
-                        dist_inputs[s0:s1, i],
-                        bool(done[s1 - 1, i]),
-                    )
-                )
-            # The ongoing episode continues in the next call with the steps returned so far counted.
-            s_last = chunk_start[i][-1][0]
-            if not done[n_steps - 1, i]:
-                lanes.t_done[i] += n_steps - s_last
-        finished = [e for e in episodes if e.is_done]
-        ongoing = [e for e in episodes if not e.is_done]
-        ts = n_steps * n
-        self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
-        self._increase_sampled_metrics(ts, len(finished))
+                sl = slice(s0, s1)
+                episode = self._episode(
+                    eid, t0, plan.bars[sl, i], prevs[sl, i], actions[sl, i], logp[sl, i], dist_inputs[sl, i],
+                    rewards[sl, i], bool(plan.done[s1 - 1, i]),
+                )  # fmt: skip
+                ret = (plan.carried_return[i] if t0 else 0.0) + float(rewards[sl, i].sum())
+                if episode.is_done:
+                    self._episode_stats.append((t0 + s1 - s0, ret, time.perf_counter() - started))
+                    finished.append(episode)
+                else:  # the ongoing episode continues in the next call with the steps returned so far counted
+                    lanes.t_done[i], lanes.ret[i], lanes.prev[i] = t0 + s1 - s0, ret, actions[s1 - 1, i]
+                    ongoing.append(episode)
         return finished + ongoing
 
     def _restart_lane(self, i: int) -> None:
@@ -283,6 +364,7 @@ class FastEnvRunner(SingleAgentEnvRunner):
         actions: np.ndarray,
         logp: np.ndarray,
         dist_inputs: np.ndarray,
+        rewards: np.ndarray,
         truncated: bool,
     ) -> SingleAgentEpisode:
         """One episode chunk built in bulk: observations at bars b_0..b_L (b_L = the one after the last
@@ -292,7 +374,6 @@ class FastEnvRunner(SingleAgentEnvRunner):
         obs_prev = np.append(prevs, actions[-1])
         obs = gather_observations(t.obs, obs_bars, obs_prev)
         length = len(actions)
-        rewards = t.reward[bars, prevs, actions]
 
         def buf(data: Any) -> InfiniteLookbackBuffer:
             return InfiniteLookbackBuffer(data=data, lookback=0)
