@@ -192,6 +192,12 @@ def main() -> None:
     p.add_argument("--envs", type=int, default=None, help="Env copies per runner. Default: 16 (tiny), 64 (production).")
     p.add_argument("--plain-envs", type=int, default=4, help="Env copies for the plain runner (its default).")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument(
+        "--position-mode",
+        choices=["per_bar", "carried"],
+        default="per_bar",
+        help="per_bar: one forward samples a whole batch; carried: one forward per lockstep step.",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the learner's forward (RLlib and reference).")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU).")
     p.add_argument("--skip", nargs="*", default=[], choices=["env", "module", "plain", "fast", "stock", "reference"])
@@ -211,7 +217,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     data = DataSpec(source="sample") if args.data == "sample" else DataSpec(source="synthetic", n_bars=args.n_bars)
-    env_cfg = EnvConfig(data=data, context_len=args.context_len or (100 if prod else 16), episode_len=512)
+    env_cfg = EnvConfig(
+        data=data,
+        context_len=args.context_len or (100 if prod else 16),
+        episode_len=512,
+        position_mode=args.position_mode,
+    )
     train = TrainConfig(
         train_batch_size=args.batch or (4096 if prod else 1024),
         minibatch_size=args.minibatch or (512 if prod else 256),
@@ -236,9 +247,10 @@ def main() -> None:
             **train.model_dump(exclude={"iterations", "checkpoint_every"}),
             "bench_iterations": args.iterations,
             "context_len": env_cfg.context_len,
+            "position_mode": args.position_mode,
             "data": args.data,
         },
-        f"settings: {args.preset} preset, data {args.data}, context_len {env_cfg.context_len}, batch "
+        f"settings: {args.preset} preset, {args.position_mode}, data {args.data}, context_len {env_cfg.context_len}, batch "
         f"{train.train_batch_size}, minibatch {train.minibatch_size}, epochs {train.num_epochs}, envs "
         f"{train.num_envs_per_env_runner} (plain: {args.plain_envs}), {args.precision}"
         f"{' + torch.compile' if args.compile else ''}, device {device}, "
