@@ -86,7 +86,7 @@ def bench_module(trial, device, reps: int) -> None:
         bars = torch.as_tensor(rng.integers(env.first_bar, env.last_bar, n), device=device)
         return {Columns.OBS: gather_observations(obs_arrays, bars, torch.zeros_like(bars))}
 
-    opt = torch.optim.Adam(module.parameters(), lr=t.lr)
+    opt = torch.optim.Adam(module.parameters(), lr=t.lr, fused=True)  # as rl/learner.py
     x = obs(t.minibatch_size)
     reset_gpu_peak(device)
     for i in range(reps + 2):
@@ -152,7 +152,7 @@ class RllibRun:
         if stock_learner:  # RLlib's own PPOTorchLearner, to measure what rl/learner.py changes
             from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
-            config = config.training(learner_class=PPOTorchLearner)
+            config = config.learners(learner_class=PPOTorchLearner)
         self.algo = config.build_algo()
         self.step()  # warm-up: the first iteration pays for lazy initialisation (and compilation)
 

@@ -42,7 +42,7 @@ def reference_ppo(trial, device):
     module, env = build_module(trial, device)
     tables = EnvTables.of(env)
     dev_obs = tables.obs.to(device)
-    opt = torch.optim.Adam(module.parameters(), lr=t.lr)
+    opt = torch.optim.Adam(module.parameters(), lr=t.lr, fused=True)  # as rl/learner.py
     rng = np.random.default_rng(t.seed)
     n = t.num_envs_per_env_runner
     steps = -(-t.train_batch_size // n)

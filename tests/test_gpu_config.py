@@ -150,7 +150,7 @@ def _tiny_learner(stock: bool = False):
     if stock:
         from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 
-        config = config.training(learner_class=PPOTorchLearner)
+        config = config.learners(learner_class=PPOTorchLearner)
     return config.build_learner(env=HimariTradingEnv(env))
 
 
@@ -175,3 +175,17 @@ def test_sync_free_learner_applies_gradients_as_rllibs_default_does():
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a, b)
     assert all(not torch.equal(a, b) for a, b in zip(before, ours._params.values(), strict=True))  # it stepped
+
+
+def test_learner_optimizer_is_fused_adam_at_the_configured_learning_rate():
+    """RLlib's default Adam loops over parameter tensors on CPU; rl/learner.py builds torch's fused Adam (the
+    same update: the test above compares a step with RLlib's) and RLlib's scheduler still sets its lr."""
+    import torch
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    ours, stock = _tiny_learner(), _tiny_learner(stock=True)
+    (_, opt), *rest = ours.get_optimizers_for_module(DEFAULT_MODULE_ID)
+    (_, stock_opt), *_ = stock.get_optimizers_for_module(DEFAULT_MODULE_ID)
+    assert not rest and isinstance(opt, torch.optim.Adam) and opt.defaults["fused"]
+    assert not stock_opt.defaults["fused"]
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in stock_opt.param_groups] == [ours.config.lr]

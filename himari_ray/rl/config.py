@@ -207,7 +207,11 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
             env_runner_cls=runner_cls,
             num_gpus_per_env_runner=t.num_gpus_per_env_runner,
         )
-        .learners(num_learners=0, num_gpus_per_learner=t.num_gpus_per_learner)
+        .learners(
+            num_learners=0,
+            num_gpus_per_learner=t.num_gpus_per_learner,
+            learner_class=HimariPPOLearner,  # RLlib's PPO learner, sync-free and with fused Adam (rl/learner.py)
+        )
         .rl_module(
             rl_module_spec=RLModuleSpec(
                 module_class=RegimeTransformerModule,
@@ -223,7 +227,6 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
             num_epochs=t.num_epochs,
             minibatch_size=t.minibatch_size,
             train_batch_size_per_learner=t.train_batch_size,
-            learner_class=HimariPPOLearner,  # RLlib's PPO learner minus its per-tensor GPU syncs (rl/learner.py)
         )
         .debugging(seed=t.seed, log_level="ERROR")
     )

@@ -1,5 +1,5 @@
-"""RLlib's PPO torch learner with two changes: applying gradients never waits for the GPU, and
-`torch_compile_learner` compiles the module.
+"""RLlib's PPO torch learner with three changes: applying gradients never waits for the GPU, Adam is torch's
+fused implementation, and `torch_compile_learner` compiles the module.
 
 RLlib's `TorchLearner.apply_gradients` (torch_skip_nan_gradients=False, its default) asks, for every
 parameter tensor, `torch.isfinite(grad).all()` in a Python `if`, then asks it again for every tensor before
@@ -9,6 +9,11 @@ next minibatch (issue 11, bench/README.md). The result of RLlib's default path i
 non-finite gradient entries become finite (`nan_to_num`, what RLlib does after its check) and the optimizer
 steps. The loss, GAE, minibatching, KL adaptation and metrics are RLlib's, untouched.
 
+RLlib builds `torch.optim.Adam(params)`, whose default on CPU is a Python loop over the parameter tensors and
+on CUDA a few kernels per group of tensors. The fused implementation is the same update in one pass per
+device: 0.16 against 0.84 ms per step for the tiny module on CPU, 2.3 against 10.8 ms for the production one
+(bench/README.md); on a GPU it removes most of the optimizer's kernel launches.
+
 RLlib 2.60's `TorchLearner.build` compiles a MultiRLModule's sub-modules only `if isinstance(self._module,
 TorchRLModule)`: it tests the container, not the sub-module, so on the new API stack (where the learner
 always holds a MultiRLModule) `torch_compile_learner=True` compiled nothing. `build` here compiles each torch
@@ -17,11 +22,13 @@ sub-module as RLlib meant to (its `compile_wrapper`: the forward passes, with th
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from ray.rllib.algorithms.ppo.torch.ppo_torch_learner import PPOTorchLearner
 from ray.rllib.core.rl_module.torch.torch_rl_module import TorchRLModule
 from ray.rllib.utils.annotations import override
-from ray.rllib.utils.typing import ParamDict
+from ray.rllib.utils.typing import ModuleID, ParamDict
 
 
 class HimariPPOLearner(PPOTorchLearner):
@@ -35,6 +42,17 @@ class HimariPPOLearner(PPOTorchLearner):
             for module in self.module.values():
                 if isinstance(module, TorchRLModule) and not is_compiled(module._forward_train):
                     module.compile(self._torch_compile_cfg)
+
+    @override(PPOTorchLearner)
+    def configure_optimizers_for_module(self, module_id: ModuleID, config: Any = None) -> None:
+        # As RLlib's default (Adam; its lr is set by RLlib's scheduler from config.lr), fused.
+        params = self.get_parameters(self._module[module_id])
+        self.register_optimizer(
+            module_id=module_id,
+            optimizer=torch.optim.Adam(params, fused=True),
+            params=params,
+            lr_or_lr_schedule=config.lr,
+        )
 
     @override(PPOTorchLearner)
     def apply_gradients(self, gradients_dict: ParamDict) -> None:
