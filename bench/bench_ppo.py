@@ -75,7 +75,7 @@ def bench_module(trial, device, reps: int) -> None:
     import torch
     from ray.rllib.core.columns import Columns
 
-    from himari_ray.rl.fast_runner import EnvTables, gather_observations
+    from himari_ray.rl.tables import EnvTables, gather_observations
 
     module, env = build_module(trial, device)
     obs_arrays = EnvTables.of(env).obs.to(device)

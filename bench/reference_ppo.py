@@ -35,7 +35,8 @@ def reference_ppo(trial, device):
     import torch
     from ray.rllib.core.columns import Columns
 
-    from himari_ray.rl.fast_runner import FORWARD_WINDOWS, EnvTables, gather_observations
+    from himari_ray.rl.fast_runner import FORWARD_WINDOWS
+    from himari_ray.rl.tables import EnvTables, gather_observations
 
     t = trial.train
     torch.manual_seed(t.seed)

@@ -16,7 +16,8 @@ from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig, HimariTradingEnv
 from himari_ray.rl import fast_runner
 from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
-from himari_ray.rl.fast_runner import EnvTables, FastEnvRunner, gather_observations
+from himari_ray.rl.fast_runner import FastEnvRunner
+from himari_ray.rl.tables import EnvTables, gather_observations
 from himari_ray.rl.trainable import timed_train
 
 SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
