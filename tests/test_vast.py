@@ -18,14 +18,13 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from sqlalchemy.exc import OperationalError
 
 from himari_ray.launch import manage
 from himari_ray.launch.launcher import LaunchConfig, up
 from himari_ray.launch.offers import OfferFilter, parse_filter
 from himari_ray.launch.vast import VastClient
 from himari_ray.report.cost import search_cost
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, open_storage
 from tests.fake_vast import FakeVast, LocalBox
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,10 +276,13 @@ def test_a_box_dying_mid_search_is_destroyed_and_its_trials_failed(fake, tmp_pat
             try:
                 running = [  # a trial is the box's once its search tagged it (a moment after creating it)
                     t
-                    for t in optuna.load_study(study_name="e2e", storage=url).get_trials(states=(TrialState.RUNNING,))
+                    # open_storage retries the race with the launcher creating the study's tables
+                    for t in optuna.load_study(study_name="e2e", storage=open_storage(url)).get_trials(
+                        states=(TrialState.RUNNING,)
+                    )
                     if "himari_search" in t.user_attrs
                 ]
-            except (KeyError, OperationalError):  # no study yet, or its tables half-created by the launcher
+            except KeyError:  # no study yet
                 running = []
             if len(running) == 2 and fake.instances:  # both trials exist: none can start untagged after the kill
                 fake.die(next(iter(fake.instances)))
