@@ -139,32 +139,18 @@ def test_two_drivers_through_the_grpc_proxy_add_trials_to_one_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = space_file(tmp_path, "shared", iterations=2)
     with StudyProxy(url, port=free_port()) as proxy:
-        drivers = []
-        for name in ("a", "b"):
-            drivers.append(
-                subprocess.Popen(
-                    [
-                        *CLI,
-                        "search",
-                        str(space),
-                        "--out",
-                        str(tmp_path / name),
-                        "--trials",
-                        "1",
-                        "--storage",
-                        proxy.url,
-                    ],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=ENV,
-                )
-            )
-            # The drivers stand for two machines: b starts its own Ray once a's is up (tune/ exists), so the
-            # two local Ray starts do not race for one 2-CPU box; their trials still overlap in the study.
-            deadline = time.monotonic() + 120
-            while not (tmp_path / "a" / "tune").exists() and drivers[0].poll() is None and time.monotonic() < deadline:
-                time.sleep(0.2)
+
+        def start(name: str) -> subprocess.Popen:
+            cmd = [*CLI, "search", str(space), "--out", str(tmp_path / name), "--trials", "1", "--storage", proxy.url]
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+        # The drivers stand for two machines: b starts its own Ray once a's is up (tune/ exists), so the two
+        # local Ray starts do not race for one 2-CPU box; their trials still overlap in the study.
+        first = start("a")
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "a" / "tune").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        drivers = [first, start("b")]
         for d in drivers:
             _, err = d.communicate(timeout=300)
             assert d.returncode == 0, err[-3000:]
