@@ -54,17 +54,16 @@ class _Plan:
     bars: np.ndarray  # decision bar
     starts: np.ndarray  # first decision bar of the episode the step belongs to
     done: np.ndarray  # the step is its episode's last (truncation)
-    fresh: np.ndarray  # the step is its episode's first (within this fragment, after a restart)
     chunks: list[list[tuple[int, str, int, float]]]  # per copy: (first step, episode id, t_started, wall start)
     carried_return: np.ndarray  # per copy: return so far of the episode its first chunk continues
 
 
-def previous_actions(actions: np.ndarray, fresh: np.ndarray, prev0: np.ndarray) -> np.ndarray:
-    """The action before each step's decision: the copy's last action, 0 (HOLD) where an episode starts."""
+def previous_actions(actions: np.ndarray, done: np.ndarray, prev0: np.ndarray) -> np.ndarray:
+    """The action before each step's decision: the copy's last action, 0 (HOLD) where an episode starts
+    (the step after its previous episode's last)."""
     prevs = np.empty_like(actions)
     prevs[0] = prev0
-    prevs[1:] = actions[:-1]
-    prevs[fresh] = 0
+    prevs[1:] = np.where(done[:-1], 0, actions[:-1])
     return prevs
 
 
@@ -167,7 +166,7 @@ class FastEnvRunner(SingleAgentEnvRunner):
             actions, logp, dist_inputs = self._act_in_lockstep(plan, prev0, explore)
         else:
             actions, logp, dist_inputs = self._act_at_once(plan, explore)
-        prevs = previous_actions(actions, plan.fresh, prev0)
+        prevs = previous_actions(actions, plan.done, prev0)
         rewards = self._tables.reward[plan.bars, prevs, actions]
         episodes = self._episodes(plan, prevs, actions, logp, dist_inputs, rewards)
         ts = actions.size
@@ -185,7 +184,6 @@ class FastEnvRunner(SingleAgentEnvRunner):
             bars=np.empty((n_steps, n), dtype=np.int64),
             starts=np.empty((n_steps, n), dtype=np.int64),
             done=np.zeros((n_steps, n), dtype=bool),
-            fresh=np.zeros((n_steps, n), dtype=bool),
             chunks=[[(0, lanes.ids[i], int(lanes.t_done[i]), lanes.started[i])] for i in range(n)],
             carried_return=lanes.ret.copy(),  # a restart below zeroes lanes.ret
         )
@@ -196,7 +194,6 @@ class FastEnvRunner(SingleAgentEnvRunner):
             for i in np.flatnonzero(plan.done[s]):
                 self._restart_lane(i)
                 if s + 1 < n_steps:
-                    plan.fresh[s + 1, i] = True
                     plan.chunks[i].append((s + 1, lanes.ids[i], 0, lanes.started[i]))
         return plan
 
@@ -243,7 +240,7 @@ class FastEnvRunner(SingleAgentEnvRunner):
         dist_inputs = np.empty((n_steps, n, self.env.single_action_space.n), dtype=np.float32)
         prev = prev0
         for s in range(n_steps):
-            prev = np.where(plan.fresh[s], 0, prev)
+            prev = np.where(plan.done[s - 1], 0, prev) if s else prev
             dist, logits = self._forward(plan.bars[s], prev, explore)
             act = self._pick_actions(dist, explore, plan.starts[s], plan.bars[s])
             actions[s] = prev = act.cpu().numpy().astype(np.int64)
