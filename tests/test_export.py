@@ -421,3 +421,13 @@ def test_export_takes_the_checkpoint_of_the_best_report_not_the_latest(tmp_path)
     assert _best_checkpoint(tmp_path).name == "checkpoint_000006"
     shutil.rmtree(tmp_path / "checkpoint_000006")
     assert _best_checkpoint(tmp_path).name == "checkpoint_000011"
+
+
+def test_export_takes_a_relative_search_directory(real_search, tmp_path, capsys, monkeypatch):
+    """`himari-ray export run --out bundle` from the directory holding `run`: RLlib reads checkpoint paths as
+    URIs, and a relative one used to end in pyarrow's traceback ("URI has empty scheme")."""
+    out, _ = real_search
+    monkeypatch.chdir(out.parent)
+    code, stdout, err = run_cli(capsys, "export", out.name, "--out", tmp_path / "bundle")
+    assert code == 0 and "exported trial 1" in stdout, err
+    assert load_bundle(tmp_path / "bundle").spec.trial == 1

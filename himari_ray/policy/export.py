@@ -272,7 +272,8 @@ def export_search(search_dir: Path, trial: int | None, out: Path) -> tuple[Trial
     ds = load_dataset(member.env.data)
     feedable_from_bars(ds, f"trial {found.number}")  # before loading Ray's checkpoint: refuse early
     with _quiet():  # a deprecation notice from inside RLlib's own loader
-        module = RLModule.from_checkpoint(str(found.checkpoint / "member_0" / MODULE_IN_CHECKPOINT))
+        # RLlib reads a checkpoint path as a URI: a relative one (export run, not /abs/run) has no scheme.
+        module = RLModule.from_checkpoint(str((found.checkpoint / "member_0" / MODULE_IN_CHECKPOINT).resolve()))
     manifest = json.loads((search_dir / "search.json").read_text())
     space = search_dir / "space.yaml"
     provenance = {
