@@ -6,7 +6,9 @@ Nothing here imports from the rest of the package.
 from __future__ import annotations
 
 import enum
+import re
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +179,66 @@ def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
     return shorten(repr(value), limit)
 
 
+#: What a secret is replaced by wherever it would be printed or written.
+SECRET_MASK = "***"
+
+#: A URL as it appears in free text (an error message, a command line): up to the next whitespace.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+#: Query parameters that carry credentials in SQLAlchemy and driver URLs (`?password=...`).
+_SECRET_QUERY = re.compile(r"(?i)([?&;](?:password|passwd|pwd|token|secret|api_key|apikey|sslpassword)=)[^&;\s]*")
+
+
+def _userinfo_end(rest: str) -> int:
+    """Where the `user:password` part of a URL's remainder (after `://`) ends, or -1 where it has none. It
+    ends at the last '@': a password may hold '@', ':' or '/' a user forgot to percent-encode. A path
+    (sqlite:///dir/a@b.db) starts with '/', and a user without password (u@h/a@b) has no ':' before a '/'."""
+    at = rest.rfind("@")
+    if at <= 0 or rest.startswith("/"):
+        return -1
+    colon, slash = rest.find(":", 0, at), rest.find("/", 0, at)
+    return at if colon > 0 and (slash < 0 or colon < slash) else -1
+
+
+def _redact_one(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    at = _userinfo_end(rest)
+    if at > 0:
+        rest = f"{rest[: rest.index(':')]}:{SECRET_MASK}{rest[at:]}"
+    return _SECRET_QUERY.sub(lambda m: m.group(1) + SECRET_MASK, scheme + sep + rest)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every URL in it masked (`scheme://user:***@host/db`, `?password=***`)."""
+    return _URL_IN_TEXT.sub(lambda m: _redact_one(m.group(0)), str(text))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL (its password and credential query values), raw and percent-decoded, so a
+    message that quotes one of them on its own (a driver's error) can be scrubbed too."""
+    found: list[str] = []
+    rest = url.partition("://")[2]
+    at = _userinfo_end(rest)
+    if at > 0:
+        found.append(rest[rest.index(":") + 1 : at])
+    found += [m.group(0).split("=", 1)[1] for m in _SECRET_QUERY.finditer(url)]
+    found = [s for s in found if s and s != SECRET_MASK]
+    return sorted({*found, *(urllib.parse.unquote(s) for s in found)}, key=len, reverse=True)
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """`text` with every URL redacted and each of `secrets` (a key, a password) replaced by the mask."""
+    out = redact(text)
+    for secret in secrets:
+        if secret:
+            out = out.replace(secret, SECRET_MASK)
+    return out
+
+
+def is_redacted(url: str) -> bool:
+    """Whether a stored URL had a secret masked out of it (it cannot be opened as it is)."""
+    return redact(url) == url and SECRET_MASK in url
+
+
 def open_storage(url: str, flag: str = "--storage", attempts: int = 5, grpc_wait_s: float | None = None) -> Any:
     """An RDB storage for `url` (SQLite, PostgreSQL, ... any SQLAlchemy URL), or an Optuna gRPC storage proxy
     for `grpc://host:port` (how rented boxes reach one study through an SSH tunnel), or one line saying why not.
@@ -195,7 +257,9 @@ def open_storage(url: str, flag: str = "--storage", attempts: int = 5, grpc_wait
                 time.sleep(0.5 * (attempt + 1))
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(f"{flag} {url}: cannot open the study storage ({first})") from None
+            # Drivers quote the URL, or the password alone, in their errors: neither may reach the terminal.
+            first = scrub(first, *url_secrets(url))
+            raise UserInputError(f"{flag} {redact(url)}: cannot open the study storage ({first})") from None
     raise AssertionError("unreachable")
 
 
@@ -204,14 +268,18 @@ def _grpc_proxy(url: str, flag: str, timeout: float) -> Any:
 
     host, _, port = url.removeprefix("grpc://").rstrip("/").rpartition(":")
     if not host or not port.isdigit():
-        raise UserInputError(f"{flag} {url}: expected grpc://HOST:PORT")
+        raise UserInputError(f"{flag} {redact(url)}: expected grpc://HOST:PORT")
     try:
         with warnings.catch_warnings():  # "experimental since 4.2": known, and not the user's to act on
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             proxy = optuna.storages.GrpcStorageProxy(host=host, port=int(port))
         proxy.wait_server_ready(timeout=timeout)
     except ImportError:
-        raise UserInputError(f"{flag} {url}: the gRPC storage proxy needs grpcio (pip install grpcio)") from None
+        raise UserInputError(
+            f"{flag} {redact(url)}: the gRPC storage proxy needs grpcio (pip install grpcio)"
+        ) from None
     except ConnectionError:
-        raise UserInputError(f"{flag} {url}: no Optuna storage proxy answers there within {timeout:.0f} s") from None
+        raise UserInputError(
+            f"{flag} {redact(url)}: no Optuna storage proxy answers there within {timeout:.0f} s"
+        ) from None
     return proxy

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from himari_ray.types import UserInputError, search_storage_url
+from himari_ray.types import UserInputError, redact, search_storage_url
 
 #: The space `search` and `preflight` use when none is named.
 DEFAULT_SPACE = "smoke"
@@ -155,7 +154,7 @@ def next_steps(out: Path, available: set[str], best: int | None = None, storage:
             arguments = args.format(out=out, best=best if best is not None else "N")
             commands.append((f"himari-ray {name} {arguments}", what.format(out=out)))
     if storage:  # never print a storage password
-        url = re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", storage)
+        url = redact(storage)
         commands.append((f"optuna-dashboard {url}", "the Optuna study in a browser (pip install optuna-dashboard)"))
     commands.append((f"tensorboard --logdir {out}/tune", "Tune's per-trial curves (pip install tensorboard)"))
     width = max(len(c) for c, _ in commands)

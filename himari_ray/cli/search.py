@@ -64,14 +64,15 @@ def run_search_cmd(args: argparse.Namespace) -> int:
     from himari_ray.search.space import load_space, with_dataset
 
     if args.resume is not None:
-        given = [
-            f for f in ("trials", "out", "seed", "data", "storage", "tune_storage") if getattr(args, f) is not None
-        ]
+        # --storage may come again: search.json keeps an external study's URL without its password.
+        given = [f for f in ("trials", "out", "seed", "data", "tune_storage") if getattr(args, f) is not None]
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise UserInputError(f"--resume: cannot be combined with {flag} (the search keeps its settings)")
         print(f"himari-ray search: resuming {args.resume}", flush=True)
-        return print_table(resume_search(args.resume, address=args.address), write_pareto=True)
+        return print_table(
+            resume_search(args.resume, address=args.address, storage_url=args.storage), write_pareto=True
+        )
     space, path = load_space(args.space)
     if args.data is not None:
         space = with_dataset(space, args.data)

@@ -31,7 +31,7 @@ from himari_ray.launch.offers import OfferFilter, matches, vast_query
 from himari_ray.launch.onstart import onstart_script, run_dir
 from himari_ray.launch.vast import VastClient, VastError
 from himari_ray.report.cost import cost_report
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, redact
 
 STATE_FILE = "launch.json"
 #: Consecutive failed Vast API calls a running launch sits out before it gives up (and destroys all).
@@ -301,7 +301,8 @@ def up(
         raise
     label = f"himari-{secrets.token_hex(4)}"
     state = LaunchState(out, {"label": label, "space": space.name, "study": space.name, "instances": {}})
-    state.data["storage"] = cfg.storage
+    # launch.json is on disk: the URL without its password (`vast status` then says it cannot count the study).
+    state.data["storage"] = redact(cfg.storage)
     state.save()
     ledger = Ledger(out)
     ok = False

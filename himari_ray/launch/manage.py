@@ -19,7 +19,7 @@ from himari_ray.launch.launcher import (
 from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.vast import VastClient, VastError
 from himari_ray.report.cost import cost_report
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, is_redacted
 
 
 def _listed(client: VastClient) -> dict[int, dict]:
@@ -42,7 +42,9 @@ def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: 
         gpu = f"{info['num_gpus']}x {info['gpu']}"
         ssh = f"ssh -p {inst['ssh_port']} root@{inst['ssh_host']}" if inst is not None and vast == "running" else ""
         echo(f"{iid:>10} {info['label']:20} {gpu:16} {float(info['dph']):6.3f} {vast:>10}  {phase:12} {ssh}")
-    if state.data.get("storage"):
+    if state.data.get("storage") and is_redacted(state.data["storage"]):
+        echo(f"study: not counted ({state.data['storage']}: its password is not kept on disk)")
+    elif state.data.get("storage"):
         from himari_ray.search.study import open_storage
 
         owners = {v["owner"] for v in state.instances.values() if "owner" in v}

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, scrub
 
 DEFAULT_URL = "https://console.vast.ai"
 KEY_FILES = ("~/.config/vastai/vast_api_key", "~/.vast_api_key")
@@ -38,19 +38,39 @@ class VastError(RuntimeError):
 
 
 def load_api_key() -> str:
-    """The user's Vast API key, or one line saying where to put it."""
+    """The user's Vast API key, or one line saying where to put it. Surrounding whitespace (the newline an
+    editor or `echo` adds) is stripped; a key with whitespace or control characters inside is refused, since
+    it would end in an HTTP library's traceback that quotes the header, key and all. No message quotes it."""
     key = os.environ.get("VAST_API_KEY", "").strip()
     if key:
-        return key
+        return _checked_key(key, "VAST_API_KEY")
     for name in KEY_FILES:
         path = Path(name).expanduser()
         if path.is_file():
-            key = path.read_text().strip()
+            try:
+                text = path.read_bytes()[:MAX_KEY_BYTES].decode("ascii")
+            except UnicodeDecodeError:
+                raise UserInputError(f"{path}: not a Vast.ai API key (not plain text)") from None
+            except OSError as exc:
+                raise UserInputError(f"{path}: cannot read the Vast.ai API key ({exc.strerror})") from None
+            key = text.strip()
             if key:
-                return key
+                return _checked_key(key, str(path))
     raise UserInputError(
         "no Vast.ai API key: set VAST_API_KEY or run `vastai set api-key ...` (writes ~/.config/vastai/vast_api_key)"
     )
+
+
+#: Vast keys are 64 hex characters; a file much longer than any key is not one (and is not read whole).
+MAX_KEY_BYTES = 4096
+
+
+def _checked_key(key: str, source: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in key):
+        raise UserInputError(f"{source}: the Vast.ai API key has whitespace or control characters inside it")
+    if len(key) > 512:
+        raise UserInputError(f"{source}: not a Vast.ai API key ({len(key)} characters)")
+    return key
 
 
 class VastClient:
@@ -62,7 +82,7 @@ class VastClient:
         self.timeout = timeout
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+        return scrub(text, self._key)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
@@ -79,6 +99,8 @@ class VastClient:
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 payload = resp.read()
+        except ValueError as exc:  # http.client refuses a header value it cannot send, quoting it: scrub it
+            raise VastError(self._scrub(f"{method} {path.split('?', 1)[0]}: cannot send the request ({exc})")) from None
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
             try:

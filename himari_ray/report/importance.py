@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from himari_ray.types import open_storage
+from himari_ray.types import open_storage, redact
 
 #: Below this many COMPLETE trials an importance is noise, not a finding: say so instead.
 MIN_COMPLETE_TRIALS = 4
@@ -35,7 +35,7 @@ def param_importance(manifest: dict[str, Any], url: str | None) -> tuple[pd.Data
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     except Exception as exc:  # a moved or remote storage: the table still stands without importance
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        return empty, f"parameter importance: cannot read the study {name!r} at {url} ({first})"
+        return empty, f"parameter importance: cannot read the study {name!r} at {redact(url)} ({redact(first)})"
     if len(complete) < MIN_COMPLETE_TRIALS:
         return empty, (
             f"parameter importance: needs at least {MIN_COMPLETE_TRIALS} complete trials in the study, it has "

@@ -34,6 +34,8 @@ from himari_ray.types import (
     SearchFailed,
     SearchInterrupted,
     UserInputError,
+    is_redacted,
+    redact,
     search_storage_url,
     trial_number,
 )
@@ -70,6 +72,23 @@ def _trainable(space: SearchSpace):
     return tune.with_resources(train_trial, tune.PlacementGroupFactory(trial_bundles(space)))
 
 
+def _redact_ray_entrypoint() -> None:
+    """Ray records the driver's command line (from /proc, not sys.argv) as its job's entrypoint, kept in the
+    GCS, the dashboard and the session logs: a --storage password in it would be kept there. Ray 2.60 reads it
+    through `ray._private.utils.get_entrypoint_name` at `ray.init`, the narrowest seam to redact it at."""
+    import ray._private.utils as ray_utils
+
+    original = ray_utils.get_entrypoint_name
+    if getattr(original, "_himari_redacted", False):
+        return
+
+    def entrypoint() -> str:
+        return redact(original())
+
+    entrypoint._himari_redacted = True  # type: ignore[attr-defined]
+    ray_utils.get_entrypoint_name = entrypoint
+
+
 def _start_ray(address: str | None) -> None:
     import optuna
     import ray
@@ -89,6 +108,7 @@ def _start_ray(address: str | None) -> None:
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
     if ray.is_initialized():
         return
+    _redact_ray_entrypoint()
     if address is not None:
         # Ray 2.60 clusters started with a token require it from every driver (see cluster.yaml).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -171,8 +191,9 @@ def run_search(
         "eval": space.eval.model_dump(mode="json"),
         "robust": space.robust.model_dump(),
         # The default study lives in the directory and is found relative to it (a moved or copied search
-        # resumes against its own files); an external --storage URL is kept as given.
-        "storage": storage_url if space.scheduler.kind == "asha" else None,
+        # resumes against its own files); an external --storage URL is kept without its password, which
+        # `--resume --storage URL` gives again (or the driver reads from its own place, e.g. PGPASSWORD).
+        "storage": redact(storage_url) if storage_url is not None and space.scheduler.kind == "asha" else None,
         "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
         "search_id": uuid.uuid4().hex,
         "tune_storage": None,
@@ -348,9 +369,10 @@ def require_a_trained_trial(out: Path) -> None:
     raise SearchFailed(f"no trial trained: all {len(dirs)} were skipped by the preflight (see analyze {out})")
 
 
-def resume_search(out: Path, address: str | None = None) -> Path:
+def resume_search(out: Path, address: str | None = None, storage_url: str | None = None) -> Path:
     """Continue a search whose driver died: finished trials stay, unfinished ones continue from their last
-    checkpoint, and the total number of trials is the one first asked for."""
+    checkpoint, and the total number of trials is the one first asked for. `storage_url` gives an external
+    study's URL again, password included, since search.json keeps it without."""
     from ray import tune
 
     from himari_ray.search.study import bind_resumed_searcher, require_study
@@ -379,7 +401,7 @@ def resume_search(out: Path, address: str | None = None) -> Path:
         check_address(address)
     for note in verify_directory(out):  # before anything is unpickled
         print(f"himari-ray search: {note}", flush=True)
-    url = search_storage_url(out, manifest)
+    url = resume_storage_url(search_storage_url(out, manifest), storage_url)
     owner = manifest.get("search_id", str(out))
     storage = require_study(url, space.name, flag="--resume") if url else None
     if url:
@@ -395,3 +417,18 @@ def resume_search(out: Path, address: str | None = None) -> Path:
     printer = report_printer(total_trials=int(manifest.get("trials", 0)), iterations=int(manifest.get("iterations", 0)))
     tuner._local_tuner._run_config.callbacks = [printer, signing_callback(out), interrupt.callback()]
     return _fit(tuner, interrupt, out, storage, space.name, owner)
+
+
+def resume_storage_url(kept: str | None, given: str | None) -> str | None:
+    """The study URL a resume opens: the one search.json keeps, or the same one given again with its password."""
+    if given is not None:
+        if kept is None or redact(given) != redact(kept):
+            was = "none (its study is its own study.db)" if kept is None else redact(kept)
+            raise UserInputError(f"--storage {redact(given)}: not this search's study storage, which is {was}")
+        return given
+    if kept is not None and is_redacted(kept):
+        raise UserInputError(
+            f"--resume: search.json keeps the study storage without its password ({kept}); give it again with "
+            "--storage URL, or leave the password out of the URL and give it the driver's way (PGPASSWORD, ~/.pgpass)"
+        )
+    return kept

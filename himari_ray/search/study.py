@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from himari_ray.schema import (
     number,
     value,
 )
-from himari_ray.types import REGIME_NAMES, UserInputError, open_storage
+from himari_ray.types import REGIME_NAMES, UserInputError, open_storage, redact
 
 #: Trial user attributes (what `optuna-dashboard` shows beside each trial): the report's headline numbers
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
@@ -101,7 +100,9 @@ class PruningOptunaSearch(OptunaSearch):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_storage"] = getattr(self._storage, "url", None)
+        # Tune writes this state to disk: the URL without its password (a resume binds the real one).
+        url = getattr(self._storage, "url", None)
+        state["_storage"] = None if url is None else redact(url)
         state["_ot_study"] = None
         state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
         return state
@@ -212,7 +213,7 @@ def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBSt
         optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         raise UserInputError(
-            f"{flag} {url}: holds no study named {study_name!r}; refusing to start it afresh"
+            f"{flag} {redact(url)}: holds no study named {study_name!r}; refusing to start it afresh"
         ) from None
     return storage
 
@@ -232,11 +233,6 @@ def fail_running(storage: optuna.storages.BaseStorage, study_name: str, owner: s
     return n
 
 
-def _redact(arg: str) -> str:
-    """A command-line word without the password of a storage URL (`scheme://user:***@host/db`)."""
-    return re.sub(r"(://[^:/@\s]+:)[^@\s]+@", r"\1***@", arg)
-
-
 def describe_study(
     storage: optuna.storages.BaseStorage, study_name: str, metric_names: list[str], attrs: dict[str, Any]
 ) -> None:
@@ -248,9 +244,9 @@ def describe_study(
         warnings.simplefilter("ignore")  # set_metric_names is marked experimental
         study.set_metric_names(metric_names)
     for key, v in attrs.items():
-        study.set_user_attr(key, _redact(v) if isinstance(v, str) else v)
+        study.set_user_attr(key, redact(v) if isinstance(v, str) else v)
 
 
 def command_line(argv: list[str]) -> str:
     """The command that started this search, as one string without passwords."""
-    return " ".join(_redact(a) for a in argv)
+    return " ".join(redact(a) for a in argv)
