@@ -55,7 +55,7 @@ def real_search(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(repo), "RAY_AUTH_MODE": "token"}
     cmd = [sys.executable, "-m", "himari_ray", "search", str(repo / REPORT_SPACE), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    from himari_ray.report.runs import RUNNING
+    from himari_ray.searchdir import RUNNING
 
     running = None
     deadline = time.monotonic() + 600

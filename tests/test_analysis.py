@@ -17,9 +17,9 @@ import pytest
 from himari_ray.cli import main
 from himari_ray.report import load_search
 from himari_ray.report.analysis import pareto_front
-from himari_ray.report.runs import FINISHED, RUNNING, SKIPPED
 from himari_ray.report.text import render
 from himari_ray.schema import BAND_DISTANCE, ITERATION, OBJECTIVE, VAL_SHARPE, hold_pct
+from himari_ray.searchdir import FINISHED, RUNNING, SKIPPED
 from himari_ray.types import REGIME_NAMES
 
 REPO = Path(__file__).resolve().parents[1]

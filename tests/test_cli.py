@@ -358,9 +358,9 @@ def test_progress_eta_credits_trials_that_end_early():
 def test_a_sampling_trial_is_printed_and_stopped_by_the_hold_share_it_is_scored_by():
     """eval.deploy: sample: the report line shows mean P(HOLD), and the collapse stopper (and `analyze`'s
     status) read the deployed HOLD%, not a greedy share that sits at 100% while the sampler holds half."""
-    from himari_ray.report.runs import COLLAPSED, STOPPED, TrialRun, trial_status
     from himari_ray.search.callbacks import collapse_stopper, format_report
     from himari_ray.search.space import CollapseSettings
+    from himari_ray.searchdir import COLLAPSED, STOPPED, TrialRun, trial_status
 
     report = {
         "training_iteration": 5,

@@ -16,6 +16,7 @@ LAYER = {
     "__init__": 0,
     "types": 0,
     "schema": 0,
+    "searchdir": 1,
     "data": 1,
     "env": 2,
     "rl": 3,
@@ -28,7 +29,7 @@ LAYER = {
 }
 
 #: Layers whose modules must be importable without Ray (analysis never starts Ray).
-RAY_FREE = ("types", "schema", "data", "env", "report")
+RAY_FREE = ("types", "schema", "searchdir", "data", "env", "report")
 
 
 def unit_of(path: Path) -> str:

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from himari_ray.report.runs import CRASHED, RUNNING, SKIPPED, SearchRun, searched_value
 from himari_ray.schema import (
     BAND_DISTANCE,
     BAND_DISTANCE_WORST,
@@ -37,6 +36,7 @@ from himari_ray.schema import (
     number,
     value,
 )
+from himari_ray.searchdir import CRASHED, RUNNING, SKIPPED, SearchRun, searched_value
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
 #: Trading metrics beside the shares, in table order (buy-and-hold next to the net return it compares with).

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from himari_ray.report.results import SearchResults
-from himari_ray.report.runs import COLLAPSED, CRASHED, FINISHED, RUNNING, SKIPPED, STOPPED
 from himari_ray.schema import BAND_DISTANCE, ITERATION, VAL_SHARPE, hold_pct, hold_prob
+from himari_ray.searchdir import COLLAPSED, CRASHED, FINISHED, RUNNING, SKIPPED, STOPPED
 from himari_ray.types import REGIME_NAMES
 
 STATUS_COLOR = {

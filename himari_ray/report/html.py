@@ -11,8 +11,8 @@ from pathlib import Path
 
 from himari_ray import __version__
 from himari_ray.report.results import SearchResults
-from himari_ray.report.runs import STATUS_HELP
 from himari_ray.report.text import display_frame, summary_lines
+from himari_ray.searchdir import STATUS_HELP
 from himari_ray.types import UserInputError
 
 #: Marks a file this command wrote, so regenerating a report replaces it and nothing else is overwritten.

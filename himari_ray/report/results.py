@@ -21,8 +21,8 @@ import pandas as pd
 
 from himari_ray.report.analysis import best_trials, curves, pareto_front, status_counts, trials_frame
 from himari_ray.report.importance import param_importance
-from himari_ray.report.runs import SearchRun, bands_of, load_search_run
 from himari_ray.schema import deploy_of
+from himari_ray.searchdir import SearchRun, bands_of, load_search_run
 from himari_ray.types import UserInputError, search_storage_url
 
 

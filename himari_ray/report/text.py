@@ -9,7 +9,6 @@ from typing import Any
 import pandas as pd
 
 from himari_ray.report.results import SearchResults
-from himari_ray.report.runs import SKIPPED, STATUS_HELP
 from himari_ray.schema import (
     BAND_DISTANCE,
     BAND_DISTANCE_WORST,
@@ -26,6 +25,7 @@ from himari_ray.schema import (
     action_pct,
     hold_prob,
 )
+from himari_ray.searchdir import SKIPPED, STATUS_HELP
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
 FORMATS = ("table", "csv", "json", "markdown")
