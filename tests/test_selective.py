@@ -89,7 +89,8 @@ def test_actions_follow_the_margin(seed, tau, shift):
     probs, regimes = market(seed, 200)
     th = dict.fromkeys(REGIME_NAMES, tau)
     a = selective_actions(probs, regimes, th)
-    m = margin(probs)
+    m = probs[:, 1] - probs[:, 2]
+    np.testing.assert_array_equal(margin(probs), m)
     np.testing.assert_array_equal(a == Action.LONG, m >= tau)
     np.testing.assert_array_equal(a == Action.SHORT, (m <= -tau) & (m < tau))
     up = probs.copy()
@@ -98,6 +99,16 @@ def test_actions_follow_the_margin(seed, tau, shift):
     up[:, Action.LONG] += moved
     b = selective_actions(up, regimes, th)
     assert not ((a == Action.LONG) & (b != Action.LONG)).any()
+
+
+def test_margin_on_the_threshold_trades():
+    """m == tau trades (>=), both ways; at tau = 0 a zero margin goes LONG."""
+    probs = np.array([[0.25, 0.625, 0.125], [0.25, 0.125, 0.625], [0.5, 0.25, 0.25], [0.2, 0.4, 0.4]])
+    regimes = np.array([0, 0, 0, 1])
+    th = {"LOW_VOL": 0.5, "TRENDING": 0.0, "HIGH_VOL": 0.5, "CRISIS": 0.5}
+    np.testing.assert_array_equal(selective_actions(probs, regimes, th), [1, 2, 0, 1])
+    by_position = np.repeat(probs[:, None, :], 3, axis=1)
+    np.testing.assert_array_equal(hysteresis_actions(by_position, regimes, th, 1.0), [1, 2, 0, 1])
 
 
 def test_threshold_above_one_never_trades():
