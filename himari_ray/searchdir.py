@@ -1,9 +1,19 @@
-"""A search directory as files: its manifest, each trial's reports and what became of the trial (no Ray).
+"""The search directory: what a search writes and every reader reads, in one place (no Ray).
 
-Reads what a search writes: `search.json` (the manifest), and under `tune/` one directory per trial
-(`trial_<n:04d>_<trial id>`, n = Tune's trial number, counted from 1: the number every himari-ray output
-uses) holding `result.json` (one JSON object per report), `error.txt` when the trial crashed, and Tune's
-`experiment_state-*.json` (trial statuses, plain JSON; its pickled fields are never decoded).
+A search directory holds `search.json` (the manifest, `SearchManifest`), `space.yaml` (the space used),
+`study.db` (the Optuna study, unless an external storage was given), and under `tune/` one directory per
+trial (`trial_<n:04d>_<trial id>`, n = Tune's trial number, counted from 1: the number every himari-ray
+output uses) holding `result.json` (one JSON object per report), `params.json`, its checkpoints,
+`error.txt` when the trial crashed, and Tune's `experiment_state-*.json` (trial statuses, plain JSON; its
+pickled fields are never decoded).
+
+**One ranking** (`rank`): `analyze`, `report`, `confirm`, `export`, the hints a search prints at its end and
+the Optuna study all name the same best trial. A trial is judged by its best report (lowest objective, ties
+to the later report: more training, same score). Trials that meet the constraints (the profit constraint,
+and a constrained objective's band tolerance) come first; among them, trials that trained every iteration
+come before trials cut short (ASHA's laggards, the collapse stopper's): the study records those PRUNED,
+and Optuna's `best_trial` considers only COMPLETE trials, so the two agree. Then the objective, then the
+validation Sharpe (higher first), then the trial number.
 """
 
 from __future__ import annotations
@@ -14,17 +24,146 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from himari_ray.schema import (
+    BAND_DISTANCE,
+    BEST_ITERATION,
     CONFIG,
     OBJECTIVE,
     PREFLIGHT_SKIPPED,
+    PROFIT_OK,
     TRAINING_ITERATION,
+    VAL_SHARPE,
     deployed_hold,
     number,
     read_report,
     value,
 )
-from himari_ray.types import UserInputError
+from himari_ray.types import STUDY_FILE, TRIAL_STATE_FILE, UserInputError
+
+SEARCH_JSON = "search.json"
+SPACE_YAML = "space.yaml"
+TUNE_DIR = "tune"
+#: Where an RLlib Algorithm checkpoint keeps the module (Ray 2.60, single-agent, one local learner).
+MODULE_IN_CHECKPOINT = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+
+
+class SearchManifest(BaseModel):
+    """`search.json`: what `analyze`, `confirm`, `export` and `--resume` need of a search, from files alone."""
+
+    # Read from disk, written by this or another version: keys a newer version adds are ignored, not refused.
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    space: str = Field("", description="The space's name (also the Optuna study's name).")
+    family: str = Field("", description="The reward family searched.")
+    trials: int = Field(0, description="Trials the search was asked for.")
+    seed: int = Field(0, description="The searcher's seed.")
+    iterations: int = Field(description="PPO iterations a trial trains when not cut short.")
+    searched: list[str] = Field(default_factory=list, description="The searched parameter names.")
+    collapse: dict[str, float] = Field(
+        default_factory=dict, description="The collapse stopper's settings (warmup, hold_low, hold_high)."
+    )
+    objective: dict[str, Any] = Field(default_factory=dict, description="The space's objective section.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="The space's eval section (dumped EvalConfig).")
+    robust: dict[str, Any] = Field(default_factory=dict, description="The space's robustness section.")
+    storage: str | None = Field(None, description="An external study's URL, without its password.")
+    study_file: str | None = Field(None, description="The study's file inside the directory (default storage).")
+    search_id: str = Field("", description="The search's id: the owner tag of its Optuna trials.")
+    tune_storage: str | None = Field(None, description="Where Tune kept the trials, when not in the directory.")
+    data: dict[str, Any] = Field(default_factory=dict, description="The space's data section.")
+    version: str = Field("", description="The himari-ray version that wrote it.")
+
+    @classmethod
+    def migrate(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        """An older manifest's keys in today's places: `targets` was a second copy of `eval.bands`."""
+        raw = dict(raw)
+        targets = raw.pop("targets", None)
+        if targets is not None and "bands" not in (raw.get("eval") or {}):
+            raw["eval"] = {**(raw.get("eval") or {}), "bands": targets}
+        return raw
+
+    @classmethod
+    def load(cls, out: Path) -> SearchManifest:
+        """The manifest of search directory `out`, or one line naming the file and what is wrong."""
+        path = Path(out) / SEARCH_JSON
+        if not Path(out).is_dir():
+            raise UserInputError(f"{out}: no such directory")
+        if not path.is_file():
+            raise UserInputError(f"{out}: not a himari-ray search directory (no {SEARCH_JSON})")
+        try:
+            raw = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserInputError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
+        except OSError as exc:
+            raise UserInputError(f"{path}: unreadable ({exc.strerror})") from None
+        if not isinstance(raw, dict):
+            raise UserInputError(f"{path}: not a himari-ray search manifest (not a JSON object)")
+        try:
+            return cls.model_validate(cls.migrate(raw))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(map(str, err["loc"])) or "?"
+            raise UserInputError(f"{path}: key {where!r}: {err['msg']}; not a himari-ray search manifest") from None
+
+    def write(self, out: Path) -> None:
+        """Write `search.json` atomically: a reader never sees half of it."""
+        tmp = Path(out) / f".{SEARCH_JSON}.tmp"
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(Path(out) / SEARCH_JSON)
+
+    @property
+    def bands(self) -> dict[str, tuple[float, float]]:
+        """The target HOLD% band of each regime the trials were scored against."""
+        return {k: (float(v[0]), float(v[1])) for k, v in (self.eval.get("bands") or {}).items()}
+
+    @property
+    def min_net_return(self) -> float | None:
+        """The profit constraint (eval.min_net_return; older searches: objective.min_val_net_return)."""
+        return self.eval.get("min_net_return", self.objective.get("min_val_net_return"))
+
+    def storage_url(self, out: Path) -> str | None:
+        """The Optuna storage of the search in `out`: its own `study.db` (wherever the directory now lives:
+        a moved or copied search uses its own file), an external URL (without its password), or None (PBT
+        keeps no study)."""
+        out = Path(out).resolve()
+        if self.study_file:
+            return f"sqlite:///{out / self.study_file}"
+        url = self.storage
+        # Searches written before `study_file` stored the absolute path of their own study.db.
+        if url and url.startswith("sqlite:///") and url.endswith(f"/{STUDY_FILE}") and (out / STUDY_FILE).is_file():
+            return f"sqlite:///{out / STUDY_FILE}"
+        return url
+
+
+def trial_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's `himari_trial_state.json` ({"iteration": n, "best": {...}}); empty where unreadable."""
+    try:
+        state = json.loads((checkpoint / TRIAL_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def best_checkpoint(trial_dir: Path) -> Path | None:
+    """The checkpoint of the trial's best report (lowest objective: the one its table row shows and the
+    search keeps beside the latest); the latest where that one is not on disk (an older search)."""
+    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / "member_0" / MODULE_IN_CHECKPOINT).is_dir())
+    if not ckpts:
+        return None
+    best = (trial_state(ckpts[-1]).get("best") or {}).get(BEST_ITERATION)
+    return next((c for c in ckpts if trial_state(c).get("iteration") == best), ckpts[-1])
+
+
+def trial_dirs(out: Path) -> dict[int, Path]:
+    """Trial number -> directory, for every `tune/trial_<n>_<id>` directory of the search in `out`."""
+    dirs: dict[int, Path] = {}
+    for d in sorted((Path(out) / TUNE_DIR).glob("trial_*")):
+        parts = d.name.split("_")
+        if len(parts) >= 3 and parts[1].isdigit() and d.is_dir():
+            dirs[int(parts[1])] = d
+    return dirs
+
 
 #: What became of a trial, in the words every output uses (`STATUS_HELP` explains each).
 FINISHED, STOPPED, COLLAPSED, SKIPPED, CRASHED, RUNNING = (
@@ -78,28 +217,12 @@ class SearchRun:
     """A search directory read from disk: manifest, trials in number order, and what could not be read."""
 
     out: Path
-    manifest: dict[str, Any]
+    manifest: SearchManifest
     trials: list[TrialRun]
     #: One line per unreadable file or line, naming it.
     problems: list[str] = field(default_factory=list)
     #: True when Tune's state says the run is over (no trial running or pending).
     finished: bool = False
-
-
-def load_manifest(out: Path) -> dict[str, Any]:
-    path = Path(out) / "search.json"
-    if not Path(out).is_dir():
-        raise UserInputError(f"{out}: no such directory")
-    if not path.is_file():
-        raise UserInputError(f"{out}: not a himari-ray search directory (no search.json)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"{path}: not valid JSON ({getattr(exc, 'msg', exc)})") from None
-    for key in ("iterations", "searched", "collapse"):
-        if not isinstance(manifest, dict) or key not in manifest:
-            raise UserInputError(f"{path}: missing key {key!r}; not a himari-ray search manifest")
-    return manifest
 
 
 def read_reports(path: Path) -> tuple[list[dict[str, Any]], list[int], bool]:
@@ -140,12 +263,12 @@ def tune_statuses(tune_dir: Path) -> tuple[dict[str, str], bool]:
     return out, bool(out) and all(s in ("TERMINATED", "ERROR") for s in out.values())
 
 
-def trial_status(run: TrialRun, manifest: dict[str, Any], tune_status: str | None, search_over: bool) -> str:
+def trial_status(run: TrialRun, manifest: SearchManifest, tune_status: str | None, search_over: bool) -> str:
     """What became of a trial, from its files: skipped, finished, crashed, running, collapsed or stopped."""
     last = run.last
     if last is not None and value(last, PREFLIGHT_SKIPPED):
         return SKIPPED
-    iterations = int(manifest["iterations"])
+    iterations = manifest.iterations
     if last is not None and number(last, TRAINING_ITERATION) >= iterations:
         return FINISHED
     if run.error or tune_status == "ERROR":
@@ -154,9 +277,10 @@ def trial_status(run: TrialRun, manifest: dict[str, Any], tune_status: str | Non
         return RUNNING  # Tune's state lags a few seconds: a trial it does not list yet has just started
     if last is None:
         return RUNNING if not search_over else CRASHED
-    c = manifest["collapse"]
+    c = manifest.collapse
     hold = deployed_hold(last)
-    if number(last, TRAINING_ITERATION) >= c["warmup"] and (hold > c["hold_high"] or hold < c["hold_low"]):
+    warm = number(last, TRAINING_ITERATION) >= c.get("warmup", math.inf)
+    if warm and (hold > c.get("hold_high", math.inf) or hold < c.get("hold_low", -math.inf)):
         return COLLAPSED
     return STOPPED
 
@@ -173,16 +297,13 @@ def _first_error_line(path: Path) -> str:
 def load_search_run(out: Path) -> SearchRun:
     """Read a search directory; a corrupt trial is named in `problems`, the readable ones still load."""
     out = Path(out)
-    manifest = load_manifest(out)
-    tune_dir = out / "tune"
+    manifest = SearchManifest.load(out)
+    tune_dir = out / TUNE_DIR
     statuses, state_over = tune_statuses(tune_dir) if tune_dir.is_dir() else ({}, False)
     trials: list[TrialRun] = []
     problems: list[str] = []
-    for trial_dir in sorted(tune_dir.glob("trial_*")) if tune_dir.is_dir() else []:
-        parts = trial_dir.name.split("_")
-        if len(parts) < 3 or not parts[1].isdigit() or not trial_dir.is_dir():
-            continue  # not a trial directory of ours (trial_<n:04d>_<id>, see search/driver.py)
-        run = TrialRun(number=int(parts[1]), trial_id="_".join(parts[2:]), path=trial_dir, reports=[])
+    for n, trial_dir in trial_dirs(out).items():
+        run = TrialRun(number=n, trial_id=trial_dir.name.split("_", 2)[2], path=trial_dir, reports=[])
         result, trailing = trial_dir / "result.json", False
         if result.is_file():
             try:
@@ -194,7 +315,7 @@ def load_search_run(out: Path) -> SearchRun:
         if (trial_dir / "error.txt").is_file():
             run.error = _first_error_line(trial_dir / "error.txt")
         trials.append(run)
-    finished = state_over and len(trials) >= int(manifest.get("trials", 0))
+    finished = state_over and len(trials) >= manifest.trials
     for run in trials:
         run.status = trial_status(run, manifest, statuses.get(run.trial_id), finished)
         if run.corrupt_lines:
@@ -223,5 +344,66 @@ def bands_of(search: SearchRun) -> dict[str, tuple[float, float]]:
                 return {k: (float(v[0]), float(v[1])) for k, v in config["trial"]["eval"]["bands"].items()}
             except (KeyError, TypeError, IndexError, ValueError):
                 continue
-    targets = search.manifest.get("targets") or {}
-    return {k: (float(v[0]), float(v[1])) for k, v in targets.items()}
+    return search.manifest.bands
+
+
+# ---- The one ranking --------------------------------------------------------------------------------------
+def trained(run: TrialRun) -> bool:
+    """Whether the trial trained and was scored: a best report with an objective, not a preflight skip, and
+    not crashed (a trial that crashed and was retried to the end is finished, as its status says)."""
+    best = run.best
+    if run.status == CRASHED or best is None or value(best, PREFLIGHT_SKIPPED):
+        return False
+    return math.isfinite(number(best, OBJECTIVE))
+
+
+def feasible(report: dict[str, Any], manifest: SearchManifest) -> bool:
+    """The report meets the search's constraints: the profit constraint and, under a constrained objective,
+    band distance within its tolerance."""
+    if not value(report, PROFIT_OK) and manifest.min_net_return is not None:
+        return False
+    tolerance = manifest.objective.get("band_tolerance") if manifest.objective.get("mode") == "constrained" else None
+    return tolerance is None or number(report, BAND_DISTANCE) <= float(tolerance)
+
+
+def rank_key(run: TrialRun, manifest: SearchManifest) -> tuple[float, ...]:
+    """Sort key of one trial (lower ranks first); see the module docstring. After the trained trials come
+    the preflight's skips (by their penalty), then trials without a usable report (crashed, or running)."""
+    best = run.best
+    if not trained(run):
+        if best is not None and value(best, PREFLIGHT_SKIPPED):
+            return (1.0, 0.0, 0.0, number(best, OBJECTIVE), math.inf, float(run.number))
+        return (2.0, 0.0, 0.0, math.inf, math.inf, float(run.number))
+    assert best is not None
+    full = number(run.last or best, TRAINING_ITERATION) >= manifest.iterations
+    sharpe = number(best, VAL_SHARPE)
+    return (
+        0.0,
+        0.0 if feasible(best, manifest) else 1.0,
+        0.0 if full else 1.0,
+        number(best, OBJECTIVE),
+        -sharpe if math.isfinite(sharpe) else math.inf,
+        float(run.number),
+    )
+
+
+def ranked(search: SearchRun) -> list[TrialRun]:
+    """Every trial, best first, by the one ranking."""
+    return sorted(search.trials, key=lambda run: rank_key(run, search.manifest))
+
+
+def best_trial(search: SearchRun) -> TrialRun | None:
+    """The search's best trained trial by the one ranking, or None when no trial trained."""
+    top = ranked(search)
+    return top[0] if top and trained(top[0]) else None
+
+
+def untrained_reason(run: TrialRun) -> str | None:
+    """Why a trial has no policy to confirm or export (None: it trained)."""
+    if run.status == CRASHED:
+        return "crashed (see error.txt)"
+    if not run.reports:
+        return "never reported"
+    if not trained(run):
+        return "was skipped by the preflight, never trained"
+    return None

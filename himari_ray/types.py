@@ -11,7 +11,6 @@ import time
 import urllib.parse
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +62,7 @@ class SplitArrays:
     returns: np.ndarray  # float64 (n,)
     timestamps: np.ndarray  # int64 ns since epoch, UTC (n,)
     #: bool (n,): a decision at bar t may earn returns[t+1] (bars t and t+1 real and one hour apart).
-    #: False around exchange outages (see himari_ray.ohlcv); None means every bar is tradable.
+    #: False around exchange outages (see himari_ray.data.ohlcv); None means every bar is tradable.
     tradable: np.ndarray | None = None
 
     def __post_init__(self) -> None:
@@ -142,19 +141,6 @@ class SearchFailed(Exception):
 STUDY_FILE = "study.db"
 #: In every trial checkpoint: {"iteration": n, "best": {best_iteration, ...}} (written by rl/trainable.py).
 TRIAL_STATE_FILE = "himari_trial_state.json"
-
-
-def search_storage_url(out: str | Path, manifest: dict[str, Any]) -> str | None:
-    """The Optuna storage of a search: its own `study.db` (wherever the directory now lives: a moved or
-    copied search uses its own file), an external --storage URL, or None (PBT keeps no study)."""
-    out = Path(out).resolve()
-    if manifest.get("study_file"):
-        return f"sqlite:///{out / manifest['study_file']}"
-    url = manifest.get("storage")
-    # Searches written before `study_file` stored the absolute path of their own study.db.
-    if url and url.startswith("sqlite:///") and url.endswith(f"/{STUDY_FILE}") and (out / STUDY_FILE).is_file():
-        return f"sqlite:///{out / STUDY_FILE}"
-    return url
 
 
 def trial_number(experiment_tag: str) -> int:

@@ -360,7 +360,7 @@ def test_a_sampling_trial_is_printed_and_stopped_by_the_hold_share_it_is_scored_
     status) read the deployed HOLD%, not a greedy share that sits at 100% while the sampler holds half."""
     from himari_ray.search.callbacks import collapse_stopper, format_report
     from himari_ray.search.space import CollapseSettings
-    from himari_ray.searchdir import COLLAPSED, STOPPED, TrialRun, trial_status
+    from himari_ray.searchdir import COLLAPSED, STOPPED, SearchManifest, TrialRun, trial_status
 
     report = {
         "training_iteration": 5,
@@ -379,7 +379,9 @@ def test_a_sampling_trial_is_printed_and_stopped_by_the_hold_share_it_is_scored_
     assert not stopper("t", report) and stopper("t", greedy)
     old = {k: v for k, v in greedy.items() if k != "deployed_hold_pct"}  # a report from before eval.deploy
     assert stopper("t", old)
-    manifest = {"iterations": 10, "collapse": {"warmup": 2, "hold_high": 99.0, "hold_low": 1.0}}
+    manifest = SearchManifest.model_validate(
+        {"iterations": 10, "collapse": {"warmup": 2, "hold_high": 99.0, "hold_low": 1.0}}
+    )
     for last, status in ((report, STOPPED), (greedy, COLLAPSED)):
         run = TrialRun(number=1, trial_id="t", path=Path("."), reports=[last])
         assert trial_status(run, manifest, "TERMINATED", search_over=True) == status

@@ -360,7 +360,8 @@ def real_search(tmp_path_factory, bars_file) -> tuple[Path, Path]:
 def test_export_of_a_real_search_round_trips_through_act(real_search, bars_file, tmp_path, capsys):
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    from himari_ray.policy.export import MODULE_IN_CHECKPOINT, find_trial
+    from himari_ray.policy.export import find_trial
+    from himari_ray.searchdir import MODULE_IN_CHECKPOINT
 
     out, data = real_search
     bundle_dir = tmp_path / "bundle"
@@ -407,7 +408,7 @@ def test_export_refuses_a_trial_that_does_not_exist_and_an_existing_out(real_sea
 def test_export_takes_the_checkpoint_of_the_best_report_not_the_latest(tmp_path):
     """The table ranks a trial by its best report; export must ship that policy (the search keeps its
     checkpoint beside the latest), and falls back to the latest only where the best is not on disk."""
-    from himari_ray.policy.export import MODULE_IN_CHECKPOINT, _best_checkpoint
+    from himari_ray.searchdir import MODULE_IN_CHECKPOINT, best_checkpoint
 
     def checkpoint(n: int, iteration: int, best: int) -> None:
         d = tmp_path / f"checkpoint_{n:06d}"
@@ -418,9 +419,9 @@ def test_export_takes_the_checkpoint_of_the_best_report_not_the_latest(tmp_path)
 
     checkpoint(6, 7, 7)
     checkpoint(11, 12, 7)
-    assert _best_checkpoint(tmp_path).name == "checkpoint_000006"
+    assert best_checkpoint(tmp_path).name == "checkpoint_000006"
     shutil.rmtree(tmp_path / "checkpoint_000006")
-    assert _best_checkpoint(tmp_path).name == "checkpoint_000011"
+    assert best_checkpoint(tmp_path).name == "checkpoint_000011"
 
 
 def test_export_takes_a_relative_search_directory(real_search, tmp_path, capsys, monkeypatch):

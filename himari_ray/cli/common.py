@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.types import UserInputError, redact, search_storage_url
+from himari_ray.types import UserInputError, redact
 
 #: The space `search` and `preflight` use when none is named.
 DEFAULT_SPACE = "smoke"
@@ -121,7 +121,7 @@ def print_table(out: Path, write_pareto: bool = False) -> int:
     if write_pareto and not results.pareto.empty:
         results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
     best = int(results.best["trial"].iloc[0]) if not results.best.empty else None
-    storage = search_storage_url(out, results.manifest)
+    storage = results.manifest.storage_url(out)
     print("\n" + next_steps(out, command_names(build_parser()), best, storage))
     from himari_ray.report.cost import cost_report
 
@@ -134,7 +134,7 @@ def print_table(out: Path, write_pareto: bool = False) -> int:
 NEXT_STEPS = (
     ("analyze", "{out}", "this table again; --format csv|json|markdown for programs and notes"),
     ("report", "{out}", "one HTML file with figures ({out}/report.html)"),
-    ("confirm", "{out}", "score the chosen trial on the untouched test split"),
+    ("confirm", "{out} --trial {best}", "score the best trial on the untouched test split (the default)"),
     ("export", "{out} --trial {best} --out bundle", "the trained policy as a bundle that `act` runs on new bars"),
 )
 

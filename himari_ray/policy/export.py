@@ -1,8 +1,9 @@
 """`himari-ray export`: a trial's trained module and its feature pipeline, out of a search, into a bundle.
 
-Which trial: `--trial N`, or by default the best by band distance (the trials table of `himari_ray.report.load_search`) among trials
-that have a checkpoint. Which checkpoint: the trial's latest, member 0 (a robust trial trains one module per
-seed and fold; member 0 is the first seed on the first fold). The module is RLlib's RLModule loaded with
+Which trial: `--trial N`, or by default the search's best by the one ranking (`himari_ray.searchdir`: the
+first row of `analyze`) among trials that have a checkpoint. Which checkpoint: the one of the trial's best
+report, member 0 (a robust trial trains one module per seed and fold; member 0 is the first seed on the
+first fold). The module is RLlib's RLModule loaded with
 `RLModule.from_checkpoint` from the user's own search directory; what leaves it is TorchScript (and ONNX),
 never a pickle. The exported module is checked against the RLModule on every validation window before the
 bundle is written.
@@ -38,13 +39,18 @@ from himari_ray.policy.bundle import (
     check_new_bundle_path,
     write_bundle,
 )
-from himari_ray.report import load_search
 from himari_ray.rl.config import TrialConfig
-from himari_ray.schema import BEST_ITERATION
-from himari_ray.types import TRIAL_STATE_FILE, Dataset, UserInputError, quote
-
-#: Where an RLlib Algorithm checkpoint keeps the module (Ray 2.60, single-agent, one local learner).
-MODULE_IN_CHECKPOINT = Path("learner_group") / "learner" / "rl_module" / "default_policy"
+from himari_ray.searchdir import (
+    MODULE_IN_CHECKPOINT,
+    SEARCH_JSON,
+    best_checkpoint,
+    load_search_run,
+    ranked,
+    trained,
+    trial_dirs,
+    trial_state,
+)
+from himari_ray.types import Dataset, UserInputError, quote
 
 
 class PolicyNet(nn.Module):
@@ -83,33 +89,6 @@ class TrialCheckpoint:
     config: TrialConfig
 
 
-def _trial_dirs(search_dir: Path) -> dict[int, Path]:
-    dirs = {}
-    for d in sorted((search_dir / "tune").glob("trial_*")):
-        try:
-            dirs[int(d.name.split("_")[1])] = d  # trial_<n:04d>_<id>, see search.driver.trial_dirname
-        except (IndexError, ValueError):
-            continue
-    return dirs
-
-
-def _state(checkpoint: Path) -> dict[str, Any]:
-    try:
-        return json.loads((checkpoint / TRIAL_STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _best_checkpoint(trial_dir: Path) -> Path | None:
-    """The checkpoint of the trial's best report (lowest objective: the one its table row shows and the
-    search keeps beside the latest); the latest where that one is not on disk (an older search)."""
-    ckpts = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / "member_0" / MODULE_IN_CHECKPOINT).is_dir())
-    if not ckpts:
-        return None
-    best = (_state(ckpts[-1]).get("best") or {}).get(BEST_ITERATION)
-    return next((c for c in ckpts if _state(c).get("iteration") == best), ckpts[-1])
-
-
 def _trial_config(trial_dir: Path) -> TrialConfig:
     path = trial_dir / "params.json"
     try:
@@ -123,30 +102,29 @@ def _trial_config(trial_dir: Path) -> TrialConfig:
 
 
 def find_trial(search_dir: Path, trial: int | None) -> TrialCheckpoint:
-    """The trial to export (`trial`, or the best by band distance with a checkpoint) and the checkpoint of its
-    best report."""
+    """The trial to export (`trial`, or the search's best by the one ranking, `himari_ray.searchdir`, that
+    has a checkpoint) and the checkpoint of its best report."""
     search_dir = Path(search_dir)
-    if not (search_dir / "search.json").is_file():
+    if not (search_dir / SEARCH_JSON).is_file():
         raise UserInputError(f"{search_dir}: not a himari-ray search directory (no search.json)")
-    dirs = _trial_dirs(search_dir)
+    dirs = trial_dirs(search_dir)
     if trial is None:
-        table = load_search(search_dir).trials
-        if table.empty:
+        search = load_search_run(search_dir)
+        if not any(run.reports for run in search.trials):
             raise UserInputError(f"{search_dir}: no trial has reported yet; nothing to export")
-        order = table.sort_values("band_distance", kind="stable")["trial"].tolist()
-        with_ckpt = [int(n) for n in order if int(n) in dirs and _best_checkpoint(dirs[int(n)]) is not None]
+        with_ckpt = [run.number for run in ranked(search) if trained(run) and best_checkpoint(run.path) is not None]
         if not with_ckpt:
             raise UserInputError(f"{search_dir}: no trial has a checkpoint (all skipped by the preflight?)")
         trial = with_ckpt[0]
     if trial not in dirs:
         known = ", ".join(map(str, sorted(dirs))) or "none"
         raise UserInputError(f"--trial {trial}: no such trial in {search_dir} (trials: {quote(known)})")
-    ckpt = _best_checkpoint(dirs[trial])
+    ckpt = best_checkpoint(dirs[trial])
     if ckpt is None:
         raise UserInputError(
             f"--trial {trial}: {dirs[trial]} has no checkpoint (skipped by the preflight or stopped before one)"
         )
-    iteration = _state(ckpt).get("iteration")
+    iteration = trial_state(ckpt).get("iteration")
     return TrialCheckpoint(trial, dirs[trial], ckpt, iteration, _trial_config(dirs[trial]))
 
 
@@ -264,7 +242,7 @@ def export_module(
 
 
 def export_search(search_dir: Path, trial: int | None, out: Path) -> tuple[TrialCheckpoint, str, int]:
-    """`himari-ray export`: the chosen trial's latest checkpoint (member 0) as a bundle at `out`."""
+    """`himari-ray export`: the checkpoint of the chosen trial's best report (member 0) as a bundle at `out`."""
     search_dir, out = Path(search_dir), Path(out)
     check_new_bundle_path(out)
     found = find_trial(search_dir, trial)

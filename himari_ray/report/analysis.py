@@ -36,21 +36,20 @@ from himari_ray.schema import (
     number,
     value,
 )
-from himari_ray.searchdir import CRASHED, RUNNING, SKIPPED, SearchRun, searched_value
+from himari_ray.searchdir import SKIPPED, SearchRun, ranked, searched_value
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
 #: Trading metrics beside the shares, in table order (buy-and-hold next to the net return it compares with).
 TABLE_METRICS = (BAND_DISTANCE, VAL_NET_RETURN, VAL_BUY_AND_HOLD, VAL_SHARPE, VAL_MAX_DRAWDOWN, VAL_TURNOVER)
 #: Reported numbers a learning curve carries per iteration.
 CURVE_METRICS = (OBJECTIVE, BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN, *(hold_pct(r) for r in REGIME_NAMES))
-#: Rank groups: trained trials with metrics, then the preflight's skips, then trials without a usable report.
-_GROUP = {SKIPPED: 1, CRASHED: 2}
 
 
 def trials_frame(search: SearchRun) -> pd.DataFrame:
-    """One row per trial (best report), ranked: trained trials by objective, then skipped, then the rest."""
+    """One row per trial (best report), in the one ranking (`himari_ray.searchdir.rank`): trained trials
+    meeting the constraints, full-budget before cut short, by objective; then skipped, then the rest."""
     rows = []
-    for run in search.trials:
+    for run in ranked(search):
         best = run.best
         report = best if best is not None else {}
         row: dict[str, Any] = {
@@ -59,7 +58,7 @@ def trials_frame(search: SearchRun) -> pd.DataFrame:
             ITERATION: number(report, ITERATION),
             "iterations": number(run.last or {}, TRAINING_ITERATION),
         }
-        for name in search.manifest["searched"]:
+        for name in search.manifest.searched:
             row[name] = searched_value(report, name) if report else math.nan
         for regime in REGIME_NAMES:
             for action in ACTION_NAMES:
@@ -76,15 +75,6 @@ def trials_frame(search: SearchRun) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame()
     table = pd.DataFrame(rows)
-    has_metrics = np.isfinite(table[OBJECTIVE].to_numpy(dtype=float))
-    group = [
-        _GROUP.get(s, 0 if ok else 2) for s, ok in zip(table["status"], has_metrics, strict=True)
-    ]  # a running trial without a report yet has nothing to rank
-    table["_group"] = group
-    # Sharpe again after the objective: its tie-break is clipped, so two losing policies can tie on it
-    table["_neg_sharpe"] = -table[VAL_SHARPE]
-    order = ["_group", OBJECTIVE, "_neg_sharpe", "trial"]
-    table = table.sort_values(order, na_position="last").drop(columns=["_group", "_neg_sharpe"])
     table[ITERATION] = table[ITERATION].astype("Int64")  # whole numbers; <NA> for a trial without a report
     table["iterations"] = table["iterations"].astype("Int64")
     table["pareto"] = table["trial"].isin(pareto_front(table)["trial"])
@@ -114,7 +104,7 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_trials(table: pd.DataFrame, n: int = 5) -> pd.DataFrame:
-    """The n best trained trials by objective (band distance, Sharpe as tie-break, profit constraint)."""
+    """The n best trained trials, in the one ranking (the first is the search's best trial)."""
     if table.empty:
         return table
     trained = table[(table["status"] != SKIPPED) & table[OBJECTIVE].notna()]
@@ -140,7 +130,3 @@ def status_counts(table: pd.DataFrame) -> dict[str, int]:
     if table.empty:
         return {}
     return {str(k): int(v) for k, v in table["status"].value_counts().items()}
-
-
-def is_running(table: pd.DataFrame) -> bool:
-    return not table.empty and bool((table["status"] == RUNNING).any())

@@ -61,11 +61,11 @@ def render_html(results: SearchResults) -> str:
     parts = [
         "<!DOCTYPE html>",
         f'<html><head><meta charset="utf-8"><meta name="generator" content="{html.escape(GENERATOR)}">',
-        f"<title>himari-ray: {html.escape(str(m.get('space')))}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>Search {html.escape(str(m.get('space')))} ({html.escape(str(m.get('family')))})</h1>",
-        f'<p class="note">{html.escape(str(results.out))} &middot; {len(results.trials)} of {m.get("trials")} '
-        f"trials, {m.get('iterations')} iterations each at most &middot; searched: "
-        f"{html.escape(', '.join(m.get('searched', [])))} &middot; {'finished' if results.run.finished else 'running or interrupted'}"
+        f"<title>himari-ray: {html.escape(m.space)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>Search {html.escape(m.space)} ({html.escape(m.family)})</h1>",
+        f'<p class="note">{html.escape(str(results.out))} &middot; {len(results.trials)} of {m.trials} '
+        f"trials, {m.iterations} iterations each at most &middot; searched: "
+        f"{html.escape(', '.join(m.searched))} &middot; {'finished' if results.run.finished else 'running or interrupted'}"
         f" &middot; written {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} by {html.escape(GENERATOR)}</p>",
         "<p>Every trial is shown by its <b>best report</b> (lowest objective) and the iteration it came from; "
         "trial numbers are Tune's (from 1), as in the trial directories and the report lines.</p>",

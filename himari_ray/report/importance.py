@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
 
 import pandas as pd
 
@@ -15,13 +14,12 @@ from himari_ray.types import open_storage, redact
 MIN_COMPLETE_TRIALS = 4
 
 
-def param_importance(manifest: dict[str, Any], url: str | None) -> tuple[pd.DataFrame, str]:
+def param_importance(name: str, url: str | None) -> tuple[pd.DataFrame, str]:
     """(importance table: target, param, importance; one line saying what it is or why there is none).
 
     Optuna's evaluators read COMPLETE trials only: trials cut short by ASHA or the collapse stopper (PRUNED)
     do not count. A federated study counts every driver's trials."""
     empty = pd.DataFrame(columns=["target", "param", "importance"])
-    name = manifest.get("space")
     if not url or not name:
         return empty, "parameter importance: this search kept no Optuna study (population-based scheduler)"
     try:

@@ -22,8 +22,8 @@ import pandas as pd
 from himari_ray.report.analysis import best_trials, curves, pareto_front, status_counts, trials_frame
 from himari_ray.report.importance import param_importance
 from himari_ray.schema import deploy_of
-from himari_ray.searchdir import SearchRun, bands_of, load_search_run
-from himari_ray.types import UserInputError, search_storage_url
+from himari_ray.searchdir import SearchManifest, SearchRun, bands_of, load_search_run
+from himari_ray.types import UserInputError
 
 
 @dataclass
@@ -39,7 +39,7 @@ class SearchResults:
         return self.run.out
 
     @property
-    def manifest(self) -> dict:
+    def manifest(self) -> SearchManifest:
         return self.run.manifest
 
     @property
@@ -74,7 +74,7 @@ class SearchResults:
 
     def _importance_and_note(self) -> tuple[pd.DataFrame, str]:
         if self._importance is None:
-            self._importance = param_importance(self.manifest, search_storage_url(self.run.out, self.manifest))
+            self._importance = param_importance(self.manifest.space, self.manifest.storage_url(self.run.out))
         return self._importance
 
     @cached_property
@@ -85,7 +85,7 @@ class SearchResults:
     @property
     def deployment(self) -> str:
         """How the trials' policies were scored (`eval.deploy`): `greedy`, or `sample` (searches before it: greedy)."""
-        return deploy_of(self.manifest.get("eval"))
+        return deploy_of(self.manifest.eval)
 
     @property
     def status_counts(self) -> dict[str, int]:

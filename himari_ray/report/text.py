@@ -49,7 +49,7 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
         "-" if s == SKIPPED or pd.isna(b) else f"{b}/{n}"
         for s, b, n in zip(t["status"], t[ITERATION], t["iterations"], strict=True)
     ]
-    for name in results.manifest["searched"]:
+    for name in results.manifest.searched:
         out[name] = [v if isinstance(v, str) else f"{v:.4g}" if not math.isnan(v) else "-" for v in t[name]]
     for regime in REGIME_NAMES:
         out[f"{regime} H/L/S%"] = [
@@ -67,12 +67,7 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
         out["sharpe worst"] = [_num(v) for v in t[VAL_SHARPE_WORST]]
     out["maxdd %"] = [_pct(100 * v) for v in t[VAL_MAX_DRAWDOWN]]
     out["turnover"] = [_num(v, 3) for v in t[VAL_TURNOVER]]
-    manifest = results.manifest
-    # Where the profit constraint lives: eval.min_net_return (older searches: objective.min_val_net_return).
-    constraint = (manifest.get("eval") or {}).get(
-        "min_net_return", (manifest.get("objective") or {}).get("min_val_net_return")
-    )
-    if constraint is not None:
+    if results.manifest.min_net_return is not None:
         out["profit ok"] = ["yes" if v else "no" for v in t[PROFIT_OK]]
     if t[LEAK_ALARM].any():
         out["leak"] = ["LEAK?" if v else "" for v in t[LEAK_ALARM]]
@@ -108,7 +103,7 @@ def summary_lines(results: SearchResults) -> list[str]:
     counts = results.status_counts
     m = results.manifest
     lines.append(
-        f"{len(results.trials)} of {m.get('trials', '?')} trials: "
+        f"{len(results.trials)} of {m.trials or '?'} trials: "
         + "; ".join(f"{n} {s} ({STATUS_HELP[s]})" for s, n in counts.items())
     )
     lines.extend(f"unreadable: {p}" for p in results.problems)
@@ -142,11 +137,11 @@ def to_json(results: SearchResults) -> dict[str, Any]:
     return {
         "search": {
             "dir": str(results.out),
-            "space": m.get("space"),
-            "family": m.get("family"),
-            "trials_planned": m.get("trials"),
-            "iterations": m.get("iterations"),
-            "searched": m.get("searched"),
+            "space": m.space,
+            "family": m.family,
+            "trials_planned": m.trials,
+            "iterations": m.iterations,
+            "searched": m.searched,
             "finished": results.run.finished,
             "bands": {k: list(v) for k, v in results.bands.items()},
         },

@@ -18,6 +18,15 @@ from typing import Any
 import numpy as np
 
 from himari_ray.rl.config import RobustConfig, TrialConfig
+from himari_ray.schema import OBJECTIVE
+from himari_ray.searchdir import (
+    SEARCH_JSON,
+    TUNE_DIR,
+    SearchManifest,
+    best_trial,
+    load_search_run,
+    untrained_reason,
+)
 from himari_ray.types import REGIME_NAMES, UserInputError
 
 CONFIRM_JSON = "confirm.json"
@@ -38,70 +47,35 @@ SPLIT_METRICS = (
 )
 
 
-def _reports(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a report cut off mid-write; the earlier ones stand
-    return out
-
-
-def _trial_dirs(out: Path) -> dict[int, Path]:
-    """Trial number (as in the search's table and directory names trial_<n>_<id>) -> directory."""
-    return {int(d.name.split("_")[1]): d for d in sorted((out / "tune").glob("trial_*")) if d.is_dir()}
-
-
-def best_report(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The trained report with the lowest objective (the one whose checkpoint the trial keeps)."""
-    trained = [r for r in reports if not r.get("preflight_skipped") and "objective" in r]
-    return min(trained, key=lambda r: (r["objective"], r["training_iteration"])) if trained else None
-
-
-def _why_untrained(d: Path, reports: list[dict[str, Any]]) -> str | None:
-    if (d / "error.txt").is_file():
-        return "crashed (see error.txt)"
-    if not reports:
-        return "never reported"
-    if best_report(reports) is None:
-        return "was skipped by the preflight, never trained"
-    return None
-
-
 def choose_trial(out: Path, trial: int | None) -> tuple[int, Path, dict[str, Any]]:
-    """The trial to confirm: the one asked for, or the best trained trial by band distance (of its best
-    report), ties by validation Sharpe. Crashed and skipped trials are never chosen."""
-    dirs = _trial_dirs(out)
+    """The trial to confirm: the one asked for, or the search's best trial by the one ranking
+    (`himari_ray.searchdir`), with its best report. Crashed and skipped trials are never chosen."""
+    search = load_search_run(out)
+    runs = {run.number: run for run in search.trials}
     if trial is not None:
-        if trial not in dirs:
-            raise UserInputError(f"--trial {trial}: no such trial in {out} (trials: {', '.join(map(str, dirs))})")
-        reports = _reports(dirs[trial] / "result.json") if (dirs[trial] / "result.json").is_file() else []
-        why = _why_untrained(dirs[trial], reports)
+        if trial not in runs:
+            raise UserInputError(f"--trial {trial}: no such trial in {out} (trials: {', '.join(map(str, runs))})")
+        why = untrained_reason(runs[trial])
         if why:
             raise UserInputError(f"--trial {trial}: trial {trial} {why}; confirm a trained trial")
-        return trial, dirs[trial], best_report(reports)
-    ranked = []
-    for n, d in dirs.items():
-        reports = _reports(d / "result.json") if (d / "result.json").is_file() else []
-        if _why_untrained(d, reports) is None:
-            best = best_report(reports)
-            ranked.append((best["band_distance"], -np.nan_to_num(best["val_sharpe"], nan=-np.inf), n, d, best))
-    if not ranked:
-        raise UserInputError(f"{out}: no trained trial to confirm (every trial was skipped, crashed or never reported)")
-    _, _, n, d, best = min(ranked, key=lambda x: x[:3])
-    return n, d, best
+        chosen = runs[trial]
+    else:
+        best = best_trial(search)
+        if best is None:
+            raise UserInputError(
+                f"{out}: no trained trial to confirm (every trial was skipped, crashed or never reported)"
+            )
+        chosen = best
+    assert chosen.best is not None
+    return chosen.number, chosen.path, chosen.best
 
 
-def check_confirmable(out: Path, force: bool) -> dict[str, Any]:
+def check_confirmable(out: Path, force: bool) -> SearchManifest:
     """The search's manifest, or one line saying why DIR cannot be confirmed. Reads only."""
     out = Path(out)
-    if not (out / "search.json").is_file() or not (out / "tune").is_dir():
+    if not (out / SEARCH_JSON).is_file() or not (out / TUNE_DIR).is_dir():
         raise UserInputError(f"{out}: not a himari-ray search directory (no search.json and tune/)")
-    try:
-        manifest = json.loads((out / "search.json").read_text())
-    except json.JSONDecodeError as exc:
-        raise UserInputError(f"{out / 'search.json'}: not valid JSON ({exc.msg})") from None
+    manifest = SearchManifest.load(out)
     done = out / CONFIRM_JSON
     if done.is_file() and not force:
         try:
@@ -154,9 +128,10 @@ def train_seed(trial_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             algo.train()
             module = algo.get_module()
             metrics = val(module)
-            if best is None or metrics["objective"] < best[0]:
+            # A tie goes to the later iteration (more training, same score), as the search's ranking does.
+            if best is None or metrics[OBJECTIVE] <= best[0]:
                 state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-                best = (metrics["objective"], it, metrics, state)
+                best = (metrics[OBJECTIVE], it, metrics, state)
     finally:
         algo.stop()
     return best[3], best[2], best[1]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -16,9 +15,10 @@ from himari_ray import __version__
 from himari_ray.data.dataset import DataSpec
 from himari_ray.schema import TRAINING_ITERATION
 from himari_ray.search.callbacks import collapse_stopper, report_printer
-from himari_ray.search.integrity import DirectorySigner, signing_callback, verify_directory
+from himari_ray.search.integrity import DirectorySigner, signing_callback
 from himari_ray.search.interrupt import GracefulInterrupt
 from himari_ray.search.resources import check_fits_cluster, trial_bundles, trial_config
+from himari_ray.search.resume_check import plan_resume
 from himari_ray.search.sampling import (
     OBJECTIVE,
     make_searcher,
@@ -29,6 +29,7 @@ from himari_ray.search.sampling import (
 from himari_ray.search.space import SearchSpace, load_space
 from himari_ray.search.storage import check_tune_storage, mirror_trials
 from himari_ray.search.validate import check_address, check_buildable
+from himari_ray.searchdir import SEARCH_JSON, SPACE_YAML, TUNE_DIR, SearchManifest, load_search_run, trained
 from himari_ray.types import (
     STUDY_FILE,
     SearchFailed,
@@ -36,7 +37,6 @@ from himari_ray.types import (
     UserInputError,
     is_redacted,
     redact,
-    search_storage_url,
     trial_number,
 )
 
@@ -179,31 +179,30 @@ def run_search(
     (out / "space.yaml").write_text(space_path.read_text())
     iterations = trial_cfg.train.iterations
     # What `analyze` and `--resume` need, from files alone.
-    manifest = {
-        "space": space.name,
-        "family": space.family,
-        "trials": trials,
-        "seed": seed,
-        "iterations": iterations,
-        "searched": sorted(space.search),
-        "collapse": space.collapse.model_dump(),
-        "objective": space.objective.model_dump(),
-        "eval": space.eval.model_dump(mode="json"),
-        "robust": space.robust.model_dump(),
+    search_id = uuid.uuid4().hex
+    manifest = SearchManifest(
+        space=space.name,
+        family=space.family,
+        trials=trials,
+        seed=seed,
+        iterations=iterations,
+        searched=sorted(space.search),
+        collapse=space.collapse.model_dump(),
+        objective=space.objective.model_dump(),
+        eval=space.eval.model_dump(mode="json"),
+        robust=space.robust.model_dump(),
         # The default study lives in the directory and is found relative to it (a moved or copied search
         # resumes against its own files); an external --storage URL is kept without its password, which
         # `--resume --storage URL` gives again (or the driver reads from its own place, e.g. PGPASSWORD).
-        "storage": redact(storage_url) if storage_url is not None and space.scheduler.kind == "asha" else None,
-        "study_file": STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
-        "search_id": uuid.uuid4().hex,
-        "tune_storage": None,
-        "data": space.data.model_dump(),
-        "targets": {k: list(v) for k, v in space.eval.bands.items()},
-        "version": __version__,
-    }
-    if tune_storage is not None:  # one experiment per search under the given storage
-        manifest["tune_storage"] = f"{tune_storage}/{space.name}-{manifest['search_id'][:12]}"
-    (out / "search.json").write_text(json.dumps(manifest, indent=2))
+        storage=redact(storage_url) if storage_url is not None and space.scheduler.kind == "asha" else None,
+        study_file=STUDY_FILE if storage_url is None and space.scheduler.kind == "asha" else None,
+        search_id=search_id,
+        # One experiment per search under a given Tune storage.
+        tune_storage=None if tune_storage is None else f"{tune_storage}/{space.name}-{search_id[:12]}",
+        data=space.data.model_dump(),
+        version=__version__,
+    )
+    manifest.write(out)
     pbt = space.scheduler.kind in ("pbt", "pb2")
     storage = None if pbt else open_storage(url)  # PBT draws its own population: no Optuna study
 
@@ -229,7 +228,7 @@ def run_search(
                 hyperparam_mutations=tune_distributions(space, space.scheduler.mutate), **common
             )
     else:
-        search_alg = make_searcher(space, seed, storage, owner=manifest["search_id"], out_dir=str(out))
+        search_alg = make_searcher(space, seed, storage, owner=manifest.search_id, out_dir=str(out))
         metric, _ = objective_spec(space)
         describe_study(
             storage,
@@ -261,7 +260,7 @@ def run_search(
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name="tune" if tune_storage is None else manifest["tune_storage"].rsplit("/", 1)[1],
+            name="tune" if manifest.tune_storage is None else manifest.tune_storage.rsplit("/", 1)[1],
             storage_path=str(out) if tune_storage is None else tune_storage,
             stop=collapse_stopper(space.collapse),
             callbacks=[
@@ -282,7 +281,7 @@ def run_search(
             ),
         ),
     )
-    return _fit(tuner, interrupt, out, storage, space.name, manifest["search_id"], manifest["tune_storage"])
+    return _fit(tuner, interrupt, out, storage, space.name, manifest.search_id, manifest.tune_storage)
 
 
 def _fit(
@@ -353,20 +352,16 @@ class DiskReserve:
 
 def require_a_trained_trial(out: Path) -> None:
     """Exit non-zero, naming why, when no trial trained: every one crashed or was skipped by the preflight."""
-    dirs = sorted((out / "tune").glob("trial_*"))
-    for d in dirs:
-        for line in (d / "result.json").read_text().splitlines() if (d / "result.json").is_file() else []:
-            try:
-                if not json.loads(line).get("preflight_skipped", False):
-                    return
-            except ValueError:
-                continue
-    errors = [d / "error.txt" for d in dirs if (d / "error.txt").is_file()]
-    if errors:
-        lines = [ln for ln in errors[0].read_text().splitlines() if ln.strip()]
-        why = lines[-1].strip() if lines else "see error.txt"
-        raise SearchFailed(f"no trial trained: {len(errors)} of {len(dirs)} crashed; {errors[0]}: {why[:200]}")
-    raise SearchFailed(f"no trial trained: all {len(dirs)} were skipped by the preflight (see analyze {out})")
+    search = load_search_run(out)
+    if any(trained(run) for run in search.trials):
+        return
+    crashed = [run for run in search.trials if run.error]
+    if crashed:
+        error = crashed[0].path / "error.txt"
+        raise SearchFailed(
+            f"no trial trained: {len(crashed)} of {len(search.trials)} crashed; {error}: {crashed[0].error}"
+        )
+    raise SearchFailed(f"no trial trained: all {len(search.trials)} were skipped by the preflight (see analyze {out})")
 
 
 def resume_search(out: Path, address: str | None = None, storage_url: str | None = None) -> Path:
@@ -378,43 +373,43 @@ def resume_search(out: Path, address: str | None = None, storage_url: str | None
     from himari_ray.search.study import bind_resumed_searcher, require_study
 
     out = Path(out).resolve()
-    manifest_path = out / "search.json"
-    if not manifest_path.is_file() or not (out / "tune").is_dir() or not (out / "space.yaml").is_file():
+    if not (out / SEARCH_JSON).is_file() or not (out / TUNE_DIR).is_dir() or not (out / SPACE_YAML).is_file():
         raise UserInputError(f"{out}: not a himari-ray search directory (no search.json, space.yaml and tune/)")
+    manifest = SearchManifest.load(out)
     try:
-        manifest = json.loads(manifest_path.read_text())
-        data_spec = DataSpec.model_validate(manifest["data"])
-    except (ValueError, KeyError, TypeError):
-        raise UserInputError(f"{manifest_path}: not a valid search manifest") from None
-    space, _ = load_space(str(out / "space.yaml"))
+        data_spec = DataSpec.model_validate(manifest.data)
+    except ValueError:
+        raise UserInputError(f"{out / SEARCH_JSON}: key 'data': not a valid data section") from None
+    space, _ = load_space(str(out / SPACE_YAML))
     if data_spec.source == "dataset":  # a search run with --data: train on that dataset again
         space = space.model_copy(update={"data": data_spec})
-    if manifest.get("tune_storage"):
+    if manifest.tune_storage:
         # Its Tune state lives in the storage, written there by every node: nothing this driver signed.
         raise UserInputError(
-            f"{out}: its trials live in {manifest['tune_storage']}; resume reads signed state only, so add "
+            f"{out}: its trials live in {manifest.tune_storage}; resume reads signed state only, so add "
             f"trials to its study with a new search instead (himari-ray search {space.name} --storage <its study>)"
         )
     if not tune.Tuner.can_restore(str(out / "tune")):
         raise UserInputError(f"{out}: the search has no saved Tune state to resume from")
     if address is not None:
         check_address(address)
-    for note in verify_directory(out):  # before anything is unpickled
-        print(f"himari-ray search: {note}", flush=True)
-    url = resume_storage_url(search_storage_url(out, manifest), storage_url)
-    owner = manifest.get("search_id", str(out))
+    plan = plan_resume(out)  # reads only: a refused resume (tampered, incomplete) changes nothing
+    url = resume_storage_url(manifest.storage_url(out), storage_url)
+    owner = manifest.search_id or str(out)
     storage = require_study(url, space.name, flag="--resume") if url else None
     if url:
         bind_resumed_searcher(url, owner, str(out))
     _start_ray(address)
     check_fits_cluster(space)
+    for note in plan.apply():  # everything checked: now roll back, restore and set aside what the kill left
+        print(f"himari-ray search: {note}", flush=True)
     tuner = tune.Tuner.restore(
         str(out / "tune"), trainable=_trainable(space), resume_unfinished=True, resume_errored=True
     )
-    interrupt = GracefulInterrupt(str(out))
+    interrupt = GracefulInterrupt(str(out), resumed=plan.trial_ids)  # a Tune that restarts instead is stopped
     # The restored run config holds the first driver's callbacks (bound to its process and, for a moved
     # directory, its old path): this process's own replace them. Ray 2.60 has no public hook for this.
-    printer = report_printer(total_trials=int(manifest.get("trials", 0)), iterations=int(manifest.get("iterations", 0)))
+    printer = report_printer(total_trials=manifest.trials, iterations=manifest.iterations)
     tuner._local_tuner._run_config.callbacks = [printer, signing_callback(out), interrupt.callback()]
     return _fit(tuner, interrupt, out, storage, space.name, owner)
 

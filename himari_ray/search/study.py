@@ -23,6 +23,10 @@ from ray.tune.search.optuna import OptunaSearch
 from himari_ray.rl.evaluate import SKIPPED_SHARPE
 from himari_ray.schema import (
     BAND_DISTANCE,
+    BEST_BAND_DISTANCE,
+    BEST_OBJECTIVE,
+    BEST_VAL_SHARPE,
+    OBJECTIVE,
     PREFLIGHT_SKIPPED,
     TRAINING_ITERATION,
     VAL_NET_RETURN,
@@ -31,12 +35,15 @@ from himari_ray.schema import (
     number,
     value,
 )
+from himari_ray.searchdir import best_checkpoint
 from himari_ray.types import REGIME_NAMES, UserInputError, open_storage, redact
 
 #: Trial user attributes (what `optuna-dashboard` shows beside each trial): the report's headline numbers
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
 TRIAL_ATTR_METRICS = (*(hold_pct(r) for r in REGIME_NAMES), BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN)
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
+#: The report key of each objective's value at the trial's best report (what a finished trial is told).
+BEST_OF = {OBJECTIVE: BEST_OBJECTIVE, BAND_DISTANCE: BEST_BAND_DISTANCE, VAL_SHARPE: BEST_VAL_SHARPE}
 #: Tune's trial id (the suffix of the trial directory), recorded when the trial is suggested.
 TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 
@@ -153,9 +160,9 @@ class PruningOptunaSearch(OptunaSearch):
         if path is not None:
             ot_trial.set_user_attr(TRIAL_DIR_ATTR, str(path))
             ot_trial.set_user_attr(TUNE_TRIAL_ATTR, int(path.name.split("_")[1]))
-            checkpoints = sorted(path.glob("checkpoint_*"))
-            if checkpoints:
-                ot_trial.set_user_attr(CHECKPOINT_ATTR, str(checkpoints[-1]))
+            checkpoint = best_checkpoint(path)
+            if checkpoint is not None:  # the policy its value scores: the best report's, as export ships
+                ot_trial.set_user_attr(CHECKPOINT_ATTR, str(checkpoint))
         if not result:
             return
         for key in TRIAL_ATTR_METRICS:
@@ -167,11 +174,15 @@ class PruningOptunaSearch(OptunaSearch):
         if values is not None and len(values) == 1 and step is not None and step not in reported:
             ot_trial.report(values[0], step)
 
-    def _values(self, result: dict[str, Any] | None) -> list[float] | None:
+    def _values(self, result: dict[str, Any] | None, best: bool = False) -> list[float] | None:
+        """The trial's objective value(s) in `result`: this report's, or (`best`) those of its best report so
+        far, which every report carries as `best_*` keys: a trial is judged by its best report, as `analyze`
+        and the rest of himari-ray judge it."""
         if not result:
             return None
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        values = [result.get(m) for m in metrics]  # a crashed trial's last result may lack them
+        keys = [BEST_OF.get(m, m) if best and BEST_OF.get(m) in result else m for m in metrics]
+        values = [result.get(k) for k in keys]  # a crashed trial's last result may lack them
         if result.get("preflight_skipped"):  # untrained: its Sharpe is NaN, but TPE must still learn from it
             values = [SKIPPED_SHARPE if m == "val_sharpe" else v for m, v in zip(metrics, values, strict=True)]
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
@@ -183,7 +194,7 @@ class PruningOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         self._record(trial_id, result)
-        values = self._values(result)
+        values = self._values(result, best=True)
         if error or values is None:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif (

@@ -1,0 +1,142 @@
+"""The search directory's one reader and one ranking: every command names the same best trial, and the Optuna
+study says what the tool says (its values are best reports', its checkpoint the best one, its trials carry
+himari-ray's numbers)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    BEST_OBJECTIVE,
+    OBJECTIVE,
+    PREFLIGHT_SKIPPED,
+    PROFIT_OK,
+    TRAINING_ITERATION,
+    VAL_SHARPE,
+    read_report,
+)
+from himari_ray.searchdir import (
+    FINISHED,
+    SKIPPED,
+    STOPPED,
+    SearchManifest,
+    SearchRun,
+    TrialRun,
+    best_trial,
+    ranked,
+)
+from himari_ray.types import UserInputError
+
+
+def manifest(**kw) -> SearchManifest:
+    base = {"space": "s", "trials": 9, "iterations": 4, "searched": [], "collapse": {"warmup": 1}}
+    return SearchManifest.model_validate({**base, **kw})
+
+
+def report(it: int, objective: float, band: float | None = None, sharpe: float = 0.0, **kw) -> dict:
+    raw = {TRAINING_ITERATION: it, OBJECTIVE: objective, BAND_DISTANCE: objective if band is None else band}
+    return read_report({**raw, VAL_SHARPE: sharpe, PROFIT_OK: True, **kw})
+
+
+def run(number: int, *reports: dict, status: str = FINISHED, error: str = "") -> TrialRun:
+    return TrialRun(number, f"id{number}", Path(f"trial_{number:04d}_id{number}"), list(reports), status, error)
+
+
+def order(m: SearchManifest, *runs: TrialRun) -> list[int]:
+    return [r.number for r in ranked(SearchRun(Path("."), m, list(runs)))]
+
+
+def test_a_trial_is_judged_by_its_best_report_and_a_tie_goes_to_the_later_one():
+    r = run(1, report(1, 5.0), report(2, 3.0, sharpe=1.0), report(3, 3.0, sharpe=2.0), report(4, 9.0))
+    assert r.best[TRAINING_ITERATION] == 3
+
+
+def test_ranking_objective_then_sharpe_then_number():
+    m = manifest()
+    a = run(1, report(4, 5.0, sharpe=0.5))
+    b = run(2, report(4, 2.0, sharpe=0.1))
+    c = run(3, report(4, 5.0, sharpe=1.5))
+    d = run(4, report(4, 5.0, sharpe=1.5))
+    assert order(m, a, b, c, d) == [2, 3, 4, 1]
+
+
+def test_full_budget_trials_rank_before_cut_short_ones_as_the_study_sees_them():
+    """ASHA's laggards are PRUNED in the study and Optuna's best_trial reads COMPLETE trials only."""
+    m = manifest()
+    full = run(1, report(4, 6.0))
+    cut = run(2, report(1, 1.0), status=STOPPED)
+    assert order(m, cut, full) == [1, 2]
+
+
+def test_constraints_rank_violators_after_every_satisfying_trial():
+    m = manifest(eval={"min_net_return": 0.0})
+    poor = run(1, report(4, 0.5, **{PROFIT_OK: False}))
+    ok = run(2, report(4, 7.0))
+    assert order(m, poor, ok) == [2, 1]
+    # a constrained objective: band distance within its tolerance first, whatever the objective says
+    m = manifest(objective={"mode": "constrained", "band_tolerance": 5.0})
+    wide = run(1, report(4, -3.0, band=9.0))
+    narrow = run(2, report(4, -1.0, band=4.0))
+    assert order(m, wide, narrow) == [2, 1]
+
+
+def test_untrained_trials_rank_last_and_are_never_the_best():
+    m = manifest()
+    skipped = run(1, report(0, 1001.0, **{PREFLIGHT_SKIPPED: True}), status=SKIPPED)
+    crashed = run(2, status="crashed", error="ValueError: boom")
+    nan = run(3, report(1, math.nan))
+    trained = run(4, report(4, 80.0))
+    assert order(m, crashed, skipped, nan, trained) == [4, 1, 2, 3]
+    assert best_trial(SearchRun(Path("."), m, [crashed, skipped])) is None
+
+
+def test_an_older_manifest_migrates_and_a_broken_one_is_one_line(tmp_path):
+    old = {"space": "s", "iterations": 2, "searched": [], "collapse": {}, "targets": {"CRISIS": [70, 80]}}
+    (tmp_path / "search.json").write_text(json.dumps(old))
+    assert SearchManifest.load(tmp_path).bands == {"CRISIS": (70.0, 80.0)}
+    (tmp_path / "search.json").write_text(json.dumps({**old, "iterations": "many"}))
+    with pytest.raises(UserInputError, match=r"search.json: key 'iterations'"):
+        SearchManifest.load(tmp_path)
+    assert "targets" not in manifest().model_dump()  # one copy of the bands: eval.bands
+
+
+# ---- on a real search --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_every_reader_and_the_study_name_the_same_best_trial(real_search):
+    from himari_ray.policy.export import find_trial
+    from himari_ray.report import load_search
+    from himari_ray.search.confirm import choose_trial
+    from himari_ray.searchdir import best_checkpoint
+
+    out, stdout, _ = real_search
+    results = load_search(out)
+    analyze_best = int(results.trials["trial"].iloc[0])
+    assert int(results.best["trial"].iloc[0]) == analyze_best  # what report and the hints print
+    assert choose_trial(out, None)[0] == analyze_best
+    assert find_trial(out, None).number == analyze_best
+    hinted = re.search(r"himari-ray export \S+ --trial (\d+)", stdout)
+    assert hinted and int(hinted.group(1)) == analyze_best, stdout[-2000:]
+
+    study = optuna.load_study(study_name="report", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.best_trial.user_attrs["tune_trial"] == analyze_best
+    by_number = {t.user_attrs["tune_trial"]: t for t in study.trials if "tune_trial" in t.user_attrs}
+    for number, trial_dir in ((int(d.name.split("_")[1]), d) for d in (out / "tune").glob("trial_*")):
+        t = by_number[number]
+        if t.state != TrialState.COMPLETE:
+            continue
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        # its value is its best report's objective, and its checkpoint that report's
+        assert t.value == pytest.approx(reports[-1][BEST_OBJECTIVE])
+        assert t.value == pytest.approx(min(r[OBJECTIVE] for r in reports))
+        if not reports[-1][PREFLIGHT_SKIPPED]:
+            assert t.user_attrs["checkpoint"] == str(best_checkpoint(trial_dir))
