@@ -140,3 +140,18 @@ def test_every_reader_and_the_study_name_the_same_best_trial(real_search):
         assert t.value == pytest.approx(min(r[OBJECTIVE] for r in reports))
         if not reports[-1][PREFLIGHT_SKIPPED]:
             assert t.user_attrs["checkpoint"] == str(best_checkpoint(trial_dir))
+
+
+def test_a_study_of_last_report_values_is_refused_not_mixed(tmp_path):
+    from himari_ray.search.study import VALUE_ATTR, VALUE_IS, check_compatible, require_study
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="s", storage=url)
+    old.add_trial(optuna.trial.create_trial(value=3.0))  # an older himari-ray: a last report's value
+    with pytest.raises(UserInputError, match=r"--storage: study 's' was written by an older himari-ray"):
+        check_compatible(optuna.storages.RDBStorage(url), "s", {}, ["min"])
+    with pytest.raises(UserInputError, match=r"--resume: study 's' was written by an older"):
+        require_study(url, "s", flag="--resume")
+    old.set_user_attr(VALUE_ATTR, VALUE_IS)  # what describe_study writes: best-report values
+    assert check_compatible(optuna.storages.RDBStorage(url), "s", {}, ["min"]) == 1
+    require_study(url, "s", flag="--resume")

@@ -77,7 +77,26 @@ def check_compatible(
                 f"{flag}: study {study_name!r} exists with other parameters ({', '.join(theirs)} with other ranges"
                 f" or names); use another space name or storage"
             )
+    check_values_are_best_reports(study, flag)
     return len(study.trials)
+
+
+#: Study user attribute saying what a finished trial's value is. Studies written before it was set hold each
+#: trial's *last* report (and its latest checkpoint): adding best-report values to them would mix two meanings.
+VALUE_ATTR, VALUE_IS = "himari_trial_value", "best_report"
+
+
+def check_values_are_best_reports(study: optuna.Study, flag: str) -> None:
+    """Refuse, in one line, to add trials to a study whose trials were told another kind of value."""
+    if study.user_attrs.get(VALUE_ATTR) == VALUE_IS:
+        return
+    told = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if told:
+        raise UserInputError(
+            f"{flag}: study {study.study_name!r} was written by an older himari-ray whose trial values are last "
+            f"reports, not best ones ({len(told)} trials); adding to it would mix the two: start a new study "
+            "(another --storage or space name), or read this one as it is (analyze, confirm, export)"
+        )
 
 
 #: Set by a resuming driver before Tune unpickles its searcher: the study the *resumed* directory holds (a
@@ -221,7 +240,7 @@ def require_study(url: str, study_name: str, flag: str) -> optuna.storages.RDBSt
             raise UserInputError(f"{path}: the search's study is missing or empty; refusing to start it afresh")
     storage = open_storage(url, flag=flag)
     try:
-        optuna.load_study(study_name=study_name, storage=storage)
+        check_values_are_best_reports(optuna.load_study(study_name=study_name, storage=storage), flag)
     except KeyError:
         raise UserInputError(
             f"{flag} {redact(url)}: holds no study named {study_name!r}; refusing to start it afresh"
@@ -256,6 +275,7 @@ def describe_study(
         study.set_metric_names(metric_names)
     for key, v in attrs.items():
         study.set_user_attr(key, redact(v) if isinstance(v, str) else v)
+    study.set_user_attr(VALUE_ATTR, VALUE_IS)
 
 
 def command_line(argv: list[str]) -> str:
