@@ -7,12 +7,16 @@ that a resume may load is signed with HMAC-SHA256 under a per-user key kept outs
 directory (`~/.config/himari-ray/state.key`, mode 0600, or `$HIMARI_RAY_KEY_FILE`); `--resume` verifies
 every one of them before anything is loaded and refuses, naming the file, if one is unsigned or changed.
 
-Signing happens on every Tune step and checkpoint (a `tune.Callback`), right after Tune writes its state.
-A driver killed by SIGKILL can still die between a write and its signature; so each signed version of
-Tune's rewritten state files is also kept as a snapshot (`.himari-signed/`), and a resume rolls such a file
-back to its last signed snapshot, and moves files written after the last signature out of the way
-(`.himari-quarantine/`): nothing unauthenticated is ever loaded. A file that was signed once and is never
-rewritten by Tune (`tuner.pkl`, checkpoint files) but no longer matches is tampering: refused.
+A driver can be killed (SIGKILL) at any instant, and Tune writes nothing atomically into `tune/`: a
+background thread copies its staging directory over `tune/` in place on every step (the state files,
+`tuner.pkl` on a resumed run, each trial's `params.*`), trial processes write checkpoints file by file, and
+Tune deletes a trial's older checkpoint before the state naming the newer one is saved. So:
+only complete files are signed (read once, size stable, JSON that parses, pickles whose opcodes reach their
+STOP), Tune's state is signed from its staging copy (complete, and the newest), each signed version of a
+rewritten file is kept as a snapshot (`.himari-signed/`), and signed checkpoints are kept as hard links
+until no signed state names them. A resume first checks everything without writing, then
+restores what a kill left half-written from those signed copies and moves anything written after the last
+signature to `.himari-quarantine/`. A signed file that changed otherwise is tampering: refused.
 """
 
 from __future__ import annotations
@@ -21,29 +25,39 @@ import hashlib
 import hmac
 import json
 import os
+import pickletools
+import re
 import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError
-
 #: Where the per-user signing key lives unless `$HIMARI_RAY_KEY_FILE` names another file.
 DEFAULT_KEY_FILE = Path.home() / ".config" / "himari-ray" / "state.key"
 #: The signature file inside a search directory.
 SIGNATURE_FILE = ".himari-signature.json"
-#: Signed copies of the state files Tune rewrites as it runs (relative to the search directory).
+#: Signed copies of the files Tune rewrites as it runs (relative to the search directory).
 SNAPSHOT_DIR = ".himari-signed"
+#: Inside SNAPSHOT_DIR: hard links of signed checkpoints, kept while a signed state may still name them.
+LINKS_DIR = "checkpoints"
 #: Where a resume moves files that were written after the last signature.
 QUARANTINE_DIR = ".himari-quarantine"
 #: Tune state files rewritten during a run (directly under tune/): rolled back, not refused, on mismatch.
-#: `search_gen_state-*.json` is a cloudpickle despite its name (Tune's `_atomic_save`).
 REWRITTEN = ("experiment_state-", "searcher-state-", "search_gen_state-", "basic-variant-state-")
-#: Files directly under tune/ that Tune writes once, at the start: a later change is tampering.
+#: Tune's cloudpickles named .json.
+PICKLED_JSON = ("search_gen_state-", "basic-variant-state-")
+#: Files directly under tune/ that Tune writes once, at the start: a change is tampering.
 WRITTEN_ONCE = ("tuner.pkl", ".validate_storage_marker")
+#: Files Tune's sync copies over themselves unchanged (tuner.pkl on a resumed run, each trial's params):
+#: a kill mid-copy leaves a strict prefix of the signed content, which a resume restores from its snapshot.
+SYNCED = ("tuner.pkl", "params.json", "params.pkl")
 #: Files Tune writes that a resume only parses as plain text or JSON, never unpickles; left unsigned
 #: because the driver appends to them continuously.
-_PLAIN_DATA = ("result.json", "progress.csv", "error.txt")
+PLAIN_DATA = ("result.json", "progress.csv", "error.txt")
+#: Plain files appended line by line, which a kill mid-copy can leave ending in a partial line.
+LINE_FILES = ("result.json", "progress.csv")
+
+STATE, ONCE, SYNC, CHECKPOINT, PLAIN, OTHER = "state", "once", "synced", "checkpoint", "plain", "other"
 
 
 def key_file() -> Path:
@@ -64,11 +78,82 @@ def signing_key(create: bool) -> bytes | None:
     return bytes.fromhex(path.read_text().strip())
 
 
-def _needs_signature(rel: Path) -> bool:
-    return rel.name not in _PLAIN_DATA and not rel.name.startswith("events.out.tfevents")
+def kind(rel: Path) -> str:
+    """What a file under tune/ (`rel`, relative to tune/) is to signing and resume."""
+    name = rel.name
+    if name in PLAIN_DATA or name.startswith("events.out.tfevents"):
+        return PLAIN
+    if len(rel.parts) == 1:
+        if name.startswith(REWRITTEN):
+            return STATE
+        return SYNC if name in SYNCED else ONCE if name in WRITTEN_ONCE else OTHER
+    if checkpoint_dir(rel) is not None:
+        return CHECKPOINT
+    return SYNC if name in SYNCED else OTHER
 
 
-def _sha256(path: Path) -> str:
+def checkpoint_dir(rel: Path) -> Path | None:
+    """The trial checkpoint directory (`<trial>/checkpoint_<n>`, relative to tune/) holding `rel`, if any."""
+    parts = rel.parts
+    if len(parts) > 2 and parts[1].startswith("checkpoint_"):
+        return Path(parts[0], parts[1])
+    return None
+
+
+def snapshot_rel(rel: Path, digest: str) -> str:
+    """A signed version's snapshot, relative to the search directory: `.himari-signed/<rel>.<digest prefix>`."""
+    return f"{SNAPSHOT_DIR}/{rel.as_posix()}.{digest[:16]}"
+
+
+def tune_rel(rel: Path) -> str:
+    """The signature's key of a file under tune/ (paths are relative to the search directory)."""
+    return f"tune/{rel.as_posix()}"
+
+
+def whole_pickle(data: bytes) -> bool:
+    """Whether `data` is one complete pickle: its opcodes are read (never executed) up to a STOP that is the
+    last byte. A file cut short anywhere fails: a STOP can only be read where the stream really ends."""
+    last, end = None, -1
+    try:
+        for op, _, pos in pickletools.genops(data):
+            last, end = op.name, pos
+    except Exception:  # truncated: genops raises ValueError, EOFError or struct errors on a cut stream
+        return False
+    return last == "STOP" and end == len(data) - 1
+
+
+def complete(name: str, data: bytes) -> bool:
+    """Whether `data` is a whole file of its kind: JSON that parses, a pickle that reaches its STOP. Other
+    kinds cannot be told from a prefix of themselves (the empty storage marker is whole as it is)."""
+    if name.endswith(".pkl") or name.startswith(PICKLED_JSON):
+        return whole_pickle(data)
+    if name.endswith(".json"):
+        try:
+            json.loads(data)
+        except ValueError:  # includes UnicodeDecodeError
+            return False
+    return True
+
+
+def read_whole(path: Path) -> bytes | None:
+    """The bytes of `path` if it is complete and was not being written while read, else None. Read once:
+    what is hashed, checked and copied into a snapshot is the same bytes."""
+    try:
+        before = path.stat()
+        data = path.read_bytes()
+        after = path.stat()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    if not (len(data) == before.st_size == after.st_size and before.st_mtime_ns == after.st_mtime_ns):
+        return None  # being written right now
+    return data if complete(path.name, data) else None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -76,159 +161,230 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _mac(key: bytes, rel: str, digest: str) -> str:
+def mac(key: bytes, rel: str, digest: str) -> str:
     return hmac.new(key, f"{rel}\0{digest}".encode(), hashlib.sha256).hexdigest()
 
 
-class DirectorySigner:
-    """Signs the loadable files under `out/tune`; re-hashes only files whose size or mtime changed."""
+def mentions(state: bytes, ckpt: Path) -> bool:
+    """Whether an experiment state names checkpoint directory `ckpt` (`<trial>/checkpoint_<n>`): Tune keeps
+    each trial's checkpoints as a hex-encoded cloudpickle inside the JSON, so the path's hex appears there.
+    Read, never unpickled; a false match only keeps a spare copy."""
+    return ckpt.as_posix().encode().hex().encode() in state
 
-    def __init__(self, out: Path):
+
+def read_signature(out: Path) -> dict[str, str] | None:
+    """The signed files (relative path -> MAC) of `out`, or None when there is no signature file."""
+    path = Path(out) / SIGNATURE_FILE
+    try:
+        files = json.loads(path.read_text())["files"]
+    except FileNotFoundError:
+        return None
+    if not isinstance(files, dict):
+        raise ValueError("files is not an object")
+    return files
+
+
+def write_signature(out: Path, files: dict[str, str]) -> None:
+    tmp = Path(out) / f"{SIGNATURE_FILE}.tmp"
+    tmp.write_text(json.dumps({"version": 2, "files": files}, indent=0))
+    os.replace(tmp, Path(out) / SIGNATURE_FILE)  # atomic: a reader sees the old or the new signature
+
+
+class DirectorySigner:
+    """Signs the loadable files under `out/tune`, and only complete versions of them.
+
+    `live` (a run is writing): a checkpoint directory is signed once Tune reports it (`register`): before
+    that its files may still be arriving. Tune's state files are read from Tune's own staging copy when
+    `staging` names it: Tune writes that copy completely before the step ends, while its copy under tune/
+    may be mid-write by Tune's sync thread."""
+
+    def __init__(self, out: Path, live: bool = False):
         self.out = Path(out)
+        self.live = live
         self.key = signing_key(create=True)
-        self._cache: dict[str, tuple[int, int, str]] = {}
+        self.staging: Path | None = None
+        self._registered: set[Path] = set()  # checkpoint directories (relative to tune/) Tune reported
+        self._cache: dict[Path, tuple[int, int, str]] = {}  # file -> size, mtime, digest of a whole version
         self._top: dict[str, tuple[int, int]] = {}
-        self._files: dict[str, str] = {}  # the last signature written: relative path -> MAC
+        self._walked = False
+        try:  # the last signature written, by this signer or an earlier driver: kept where nothing newer is whole
+            self._files = read_signature(self.out) or {}
+        except (ValueError, KeyError, TypeError):
+            self._files = {}
 
     def __reduce__(self) -> tuple:
         # Tune pickles its callbacks into tune/tuner.pkl: the key must never travel with them into the
         # directory it protects. Unpickled, a signer reads the key from the user's key file again.
-        return (DirectorySigner, (self.out,))
+        return (DirectorySigner, (self.out, self.live))
 
-    def _snapshot(self, path: Path, digest: str) -> tuple[Path, str] | None:
-        """Keep the signed version of a rewritten state file: the snapshot and its digest (the previous
-        snapshot if Tune rewrote the file while it was being copied; None if there is none yet).
-
-        Each version gets its own name (`<file>.<digest prefix>`) and older ones are deleted only after the
-        new signature is written, so a driver killed at any instant leaves a snapshot its signature names."""
-        snap_dir = self.out / SNAPSHOT_DIR
-        snap_dir.mkdir(exist_ok=True)
-        snap = snap_dir / f"{path.name}.{digest[:16]}"
-        previous = self._cache.get(f"snap:{path.name}")
-        if snap.is_file() and previous is not None and previous[2] == digest:
-            return snap, digest
-        tmp = snap_dir / f".{path.name}.tmp"
-        shutil.copyfile(path, tmp)
-        if _sha256(tmp) != digest:  # rewritten under us: keep the last good snapshot, sign the new one next step
-            tmp.unlink()
-            if previous is None:
-                return None
-            return snap_dir / f"{path.name}.{previous[2][:16]}", previous[2]
-        os.replace(tmp, snap)
-        self._cache[f"snap:{path.name}"] = (0, 0, digest)
-        return snap, digest
-
-    def _prune_snapshots(self, files: dict[str, str]) -> None:
-        """Delete the snapshots the signature just written no longer names (called after writing it)."""
-        snap_dir = self.out / SNAPSHOT_DIR
-        if not snap_dir.is_dir():
+    def register(self, checkpoint_path: str | Path) -> None:
+        """Tune reported this checkpoint: every file of it is on disk."""
+        try:
+            rel = Path(checkpoint_path).resolve().relative_to((self.out / "tune").resolve())
+        except ValueError:  # kept on other storage (--tune-storage): signed when copied back, after the run
             return
-        for snap in snap_dir.iterdir():
-            if snap.is_file() and not snap.name.startswith(".") and snap.relative_to(self.out).as_posix() not in files:
-                snap.unlink(missing_ok=True)
+        self._registered.add(Path(*rel.parts[:2]))
 
-    def sign_if_state_changed(self) -> None:
-        """Sign when a file directly under tune/ (Tune's experiment and searcher state) changed: a few
-        stat calls per step instead of a walk over every trial directory."""
-        root = self.out / "tune"
+    def sign_if_state_changed(self, staging: Path | None = None) -> None:
+        """Sign when a file directly under tune/ or Tune's staging directory changed: a few stat calls per
+        step instead of a walk over every trial directory (the first call walks everything once)."""
+        if staging is not None:
+            self.staging = Path(staging)
         top = {}
-        if root.is_dir():
-            for path in root.iterdir():
+        for folder in (self.out / "tune", self.staging):
+            for path in _files_in(folder):
                 try:
                     st = path.stat()
                 except FileNotFoundError:
                     continue
-                if path.is_file():
-                    top[path.name] = (st.st_size, st.st_mtime_ns)
+                top[str(path)] = (st.st_size, st.st_mtime_ns)
         if top != self._top:
             self._top = top
-            self.sign(top_level_only=bool(self._files))
+            self.sign(top_level_only=self._walked)
 
     def sign(self, top_level_only: bool = False) -> None:
-        """Sign the loadable files under tune/: all of them (a walk over every trial directory), or, with
-        `top_level_only`, just Tune's state files directly under tune/ (Tune rewrites those every step; trial
-        checkpoints are signed as they arrive, by `on_checkpoint`)."""
-        root = self.out / "tune"
-        if top_level_only:
-            files = {k: v for k, v in self._files.items() if Path(k).parent.name not in ("tune", SNAPSHOT_DIR)}
-            paths = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else []
-        else:
-            files = {}
-            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
-        for path in paths:
-            rel = path.relative_to(self.out)
-            if not _needs_signature(rel):
+        """Sign the loadable files under tune/: all of them, or with `top_level_only` just Tune's state
+        files directly under tune/ (rewritten every step; trial files are signed by `sign_trials`)."""
+        self._sign(top=True, trials=not top_level_only)
+
+    def sign_trials(self) -> None:
+        """Sign the trial directories (a checkpoint arrived), keeping the state files' signatures as they are."""
+        self._sign(top=False, trials=True)
+
+    def _sign(self, top: bool, trials: bool) -> None:
+        prev = self._files
+        files = {k: v for k, v in prev.items() if (k.count("/") == 1) != top} if not (top and trials) else {}
+        for rel, src in self._candidates(top, trials):
+            what = kind(rel)
+            key = tune_rel(rel)
+            if what == PLAIN:
                 continue
-            try:
-                st = path.stat()
-                cached = self._cache.get(str(rel))
-                if cached is None or cached[:2] != (st.st_size, st.st_mtime_ns):
-                    cached = (st.st_size, st.st_mtime_ns, _sha256(path))
-                    self._cache[str(rel)] = cached
-            except FileNotFoundError:  # Tune replaced or pruned it while we walked
+            if what == CHECKPOINT and self.live and checkpoint_dir(rel) not in self._registered:
+                # Not reported yet, so perhaps still being written: only a version an earlier signature
+                # holds (a checkpoint of an earlier driver) stays signed.
+                digest = self._digest(src)
+                if key in prev and digest is not None and hmac.compare_digest(prev[key], mac(self.key, key, digest)):
+                    files[key] = prev[key]
                 continue
-            files[rel.as_posix()] = _mac(self.key, rel.as_posix(), cached[2])
-            if path.parent == root and path.name.startswith(REWRITTEN):
-                kept = self._snapshot(path, cached[2])
-                if kept is not None:
-                    snap_rel = kept[0].relative_to(self.out).as_posix()
-                    files[snap_rel] = _mac(self.key, snap_rel, kept[1])
+            digest = self._digest(src, cache=what != STATE)  # state files change every step: always read
+            snap = self._snapshot(rel, src, digest) if digest is not None and what in (STATE, SYNC) else None
+            if digest is None or (what in (STATE, SYNC) and snap is None):
+                # Caught mid-write: the last whole version stays signed (and its snapshot with it).
+                files.update({k: v for k, v in prev.items() if k == key or _is_snapshot_of(k, rel)})
+                continue
+            files[key] = mac(self.key, key, digest)
+            if snap is not None:
+                files[snap] = mac(self.key, snap, digest)
+        if trials:
+            self._link_checkpoints(files)
+            self._walked = True
+        write_signature(self.out, files)
         self._files = files
-        tmp = self.out / f"{SIGNATURE_FILE}.tmp"
-        tmp.write_text(json.dumps({"version": 1, "files": files}, indent=0))
-        os.replace(tmp, self.out / SIGNATURE_FILE)  # atomic: a reader sees the old or the new signature
-        self._prune_snapshots(files)
+        self._prune(files)
+
+    def _candidates(self, top: bool, trials: bool) -> list[tuple[Path, Path]]:
+        """(path relative to tune/, the file to read it from): Tune's staging copy where it has one."""
+        tune = self.out / "tune"
+        staging = self.staging if self.staging is not None and self.staging.is_dir() else None
+        found: list[tuple[Path, Path]] = []
+        if top:
+            names = {p.name for p in _files_in(tune)}
+            names |= {p.name for p in _files_in(staging) if p.name.startswith(REWRITTEN)}
+            for name in sorted(names):
+                if name.startswith(".") and name not in WRITTEN_ONCE:
+                    continue  # Tune's temporary files (`.<uuid>-tmp-...`), which its sync sometimes copies
+                found.append((Path(name), self._source(Path(name), staging)))
+        if trials and tune.is_dir():
+            for trial in sorted(p for p in tune.iterdir() if p.is_dir()):
+                for path in sorted(trial.rglob("*")):
+                    if path.is_file():
+                        rel = path.relative_to(tune)
+                        found.append((rel, self._source(rel, staging)))
+        return found
+
+    def _source(self, rel: Path, staging: Path | None) -> Path:
+        if staging is not None and kind(rel) in (STATE, SYNC) and (staging / rel).is_file():
+            return staging / rel
+        return self.out / "tune" / rel
+
+    def _digest(self, src: Path, cache: bool = True) -> str | None:
+        """sha256 of `src` if it is whole, else None; re-read only when its size or mtime changed."""
+        try:
+            st = src.stat()
+        except FileNotFoundError:
+            return None
+        hit = self._cache.get(src)
+        if cache and hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+            return hit[2]
+        data = read_whole(src)
+        if data is None:
+            return None
+        digest = sha256(data)
+        self._cache[src] = (st.st_size, st.st_mtime_ns, digest)
+        return digest
+
+    def _snapshot(self, rel: Path, src: Path, digest: str) -> str | None:
+        """Keep this version as `.himari-signed/<rel>.<digest prefix>` (written by rename, from bytes that
+        hash to `digest`); its relative path, or None if `src` changed meanwhile. Older versions are
+        deleted only after a newer signature is written, so a kill at any instant leaves the signed one."""
+        snap_rel = snapshot_rel(rel, digest)
+        snap = self.out / snap_rel
+        if snap.is_file():
+            return snap_rel
+        data = read_whole(src)
+        if data is None or sha256(data) != digest:
+            return None
+        snap.parent.mkdir(parents=True, exist_ok=True)
+        tmp = snap.with_name(f".{snap.name}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, snap)
+        return snap_rel
+
+    def _link_checkpoints(self, files: dict[str, str]) -> None:
+        """Hard-link every signed checkpoint file into `.himari-signed/checkpoints/` (a copy where the
+        filesystem has no hard links): Tune deletes a trial's older checkpoint as it registers a newer one,
+        before the state naming the newer one is saved and signed."""
+        links = self.out / SNAPSHOT_DIR / LINKS_DIR
+        for key in files:
+            rel = Path(key.removeprefix("tune/"))
+            if not key.startswith("tune/") or kind(rel) != CHECKPOINT or (links / rel).exists():
+                continue
+            (links / rel).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(self.out / "tune" / rel, links / rel)
+            except FileNotFoundError:  # deleted by Tune since it was signed
+                continue
+            except OSError:
+                shutil.copy2(self.out / "tune" / rel, links / rel)
+
+    def _prune(self, files: dict[str, str]) -> None:
+        """After a signature: delete the snapshots it no longer names, and the hard-linked checkpoints that
+        are gone from tune/ and that no state it signs names."""
+        snap_dir = self.out / SNAPSHOT_DIR
+        if not snap_dir.is_dir():
+            return
+        for folder in [snap_dir, *(p for p in snap_dir.iterdir() if p.is_dir() and p.name != LINKS_DIR)]:
+            for snap in _files_in(folder):
+                if not snap.name.startswith(".") and snap.relative_to(self.out).as_posix() not in files:
+                    snap.unlink(missing_ok=True)
+        links = snap_dir / LINKS_DIR
+        gone = [c for c in links.glob("*/checkpoint_*") if not (self.out / "tune" / c.relative_to(links)).exists()]
+        if gone:
+            states = [(self.out / k).read_bytes() for k in files if k.startswith(f"{SNAPSHOT_DIR}/experiment_state-")]
+            for c in gone:
+                if not any(mentions(s, c.relative_to(links)) for s in states):
+                    shutil.rmtree(c, ignore_errors=True)
 
 
-def verify_directory(out: Path) -> list[str]:
-    """Make `out/tune` hold only files carrying this user's valid signature before anything is loaded:
-    rewritten state files not matching are rolled back to their signed snapshot, files written after the
-    last signature are quarantined, and a signed file that changed otherwise is refused (one line naming
-    it). Returns one note per file rolled back or quarantined. Files signed and later deleted (pruned
-    checkpoints) are not loaded: fine."""
-    out = Path(out)
-    sig_path = out / SIGNATURE_FILE
-    key = signing_key(create=False)
-    if key is None:
-        raise UserInputError(f"{key_file()}: no signing key; this search was not started by this user here")
-    try:
-        signed = json.loads(sig_path.read_text())["files"]
-    except FileNotFoundError:
-        raise UserInputError(f"{sig_path}: missing; refusing to load unauthenticated search state") from None
-    except (ValueError, KeyError, TypeError):
-        raise UserInputError(f"{sig_path}: unreadable; refusing to load unauthenticated search state") from None
-    notes: list[str] = []
+def _files_in(folder: Path | None) -> list[Path]:
+    if folder is None or not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file())
 
-    def valid(rel: str, path: Path) -> bool:
-        expected = signed.get(rel)
-        return expected is not None and hmac.compare_digest(expected, _mac(key, rel, _sha256(path)))
 
-    for path in sorted(p for p in (out / "tune").rglob("*") if p.is_file()):
-        rel = path.relative_to(out).as_posix()
-        if not _needs_signature(Path(rel)) or valid(rel, path):
-            continue
-        rewritten = path.parent == out / "tune" and path.name.startswith(REWRITTEN)
-        # Its signed snapshot: `<file>.<digest prefix>` (searches signed before that kept `<file>`).
-        snaps = [
-            out / r
-            for r in signed
-            if r == f"{SNAPSHOT_DIR}/{path.name}" or r.startswith(f"{SNAPSHOT_DIR}/{path.name}.")
-        ]
-        snap = next((p for p in snaps if p.is_file() and valid(p.relative_to(out).as_posix(), p)), None)
-        if rewritten and snap is not None:
-            shutil.copyfile(snap, path)
-            notes.append(f"{rel}: written after the last signature; rolled back to its signed copy")
-        elif rel in signed and not rewritten:
-            raise UserInputError(f"{path}: changed since the search signed it; refusing to load it (it could run code)")
-        elif rel not in signed and (rewritten or path.parent != out / "tune"):
-            # Written after the last signature (a driver killed mid-write): kept, but where nothing loads it.
-            dest = out / QUARANTINE_DIR / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, dest)
-            notes.append(f"{rel}: not signed (written after the last signature); moved to {QUARANTINE_DIR}/")
-        else:
-            raise UserInputError(f"{path}: not signed by this search; refusing to load it (it could run code)")
-    return notes
+def _is_snapshot_of(key: str, rel: Path) -> bool:
+    prefix = f"{SNAPSHOT_DIR}/{rel.as_posix()}"
+    return key == prefix or (key.startswith(prefix + ".") and re.fullmatch("[0-9a-f]{16}", key[len(prefix) + 1 :]))
 
 
 def signing_callback(out: Path) -> Any:
@@ -236,14 +392,15 @@ def signing_callback(out: Path) -> Any:
     state at the end of a step) and each trial checkpoint, and at the end."""
     from ray import tune
 
-    signer = DirectorySigner(out)
+    signer = DirectorySigner(out, live=True)
 
     class Signer(tune.Callback):
         def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-            signer.sign_if_state_changed()
+            signer.sign_if_state_changed(Path(trials[0].local_experiment_path) if trials else None)
 
         def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-            signer.sign()
+            signer.register(checkpoint.path)
+            signer.sign_trials()
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             signer.sign()
