@@ -122,11 +122,11 @@ def reference_ppo(trial, device):
         v_next = torch.cat([V[1:], v_last[None]])
         v_next = torch.where(done, VN, v_next)
         rew = torch.as_tensor(R, device=device, dtype=torch.float32)
-        delta = rew + t.gamma * v_next - V
+        delta = rew + trial.gamma * v_next - V
         adv = torch.zeros_like(delta)
         acc = torch.zeros(n, device=device)
         for s in reversed(range(steps)):
-            acc = delta[s] + t.gamma * t.lambda_ * (~done[s]) * acc
+            acc = delta[s] + trial.gamma * t.lambda_ * (~done[s]) * acc
             adv[s] = acc
         targets = (adv + V).flatten()
         adv = adv.flatten()

@@ -76,6 +76,7 @@ EPISODE_RETURN_MEAN = key("episode_return_mean", float, "Mean training episode r
 ENV_STEPS_SAMPLED = key("env_steps_sampled", int, "Env steps sampled over the trial's life.", "steps")
 APPLIED_LR = key("applied_lr", float, "Learning rate read from the learner's optimizer (NaN where copies disagree).")
 APPLIED_ENTROPY_COEFF = key("applied_entropy_coeff", float, "Entropy coefficient read from the learner.")
+APPLIED_GAMMA = key("applied_gamma", float, "Discount read from the learner (train.gamma, or the position mode's).")
 
 # ---- The objective and what it is made of (validation split) ---------------------------------------------------
 OBJECTIVE = key("objective", float, "What the single-objective search minimises: band distance - Sharpe tie-break.")

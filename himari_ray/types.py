@@ -125,6 +125,18 @@ class Dataset:
         return len(self.feature_names)
 
 
+#: Field markers (pydantic `json_schema_extra`) that route names: a `SEARCHABLE` field of a trial config may be
+#: searched in a space (it lands in the config that defines it); an `ENV_SECTION` field is a key of a space's
+#: `env:` section. One definition per name, and `with_params`, the space's env section and its allowed names
+#: are all derived from them (`rl.config.ROUTES`, `search.space.ENV_SECTION_SOURCES`).
+SEARCHABLE, ENV_SECTION = "searchable", "env_section"
+
+
+def flagged(model: type, flag: str) -> tuple[str, ...]:
+    """The fields of a pydantic model class that carry `flag` in their `json_schema_extra`."""
+    return tuple(name for name, f in model.model_fields.items() if (f.json_schema_extra or {}).get(flag))
+
+
 class UserInputError(Exception):
     """Bad input from the user (a file, a key, a flag). The CLI prints it as one line and exits 2."""
 

@@ -218,3 +218,20 @@ def test_objective_is_band_distance_with_a_sharpe_tie_break_and_a_profit_constra
     assert objective(10.0, 5.0, True) > objective(9.9, -5.0, True)  # band distance decides first
     assert objective(0.0, 3.0, False) > objective(230.0, -5.0, True)  # a violator ranks after everyone
     assert objective(10.0, float("nan"), True) == 10.0
+
+
+def test_a_searched_gamma_of_zero_trains_at_zero_even_carried_and_is_reported(local_ray):
+    """`gamma: None` is the mode's default; a value given (0 included) is the one that trains and is reported."""
+    from himari_ray.env.trading import CARRIED_GAMMA
+    from himari_ray.rl.trainable import applied_values
+    from himari_ray.schema import APPLIED_GAMMA
+
+    assert small_trial().with_params({"position_mode": "carried"}).gamma == CARRIED_GAMMA
+    assert small_trial().with_params({}).gamma == 0.0
+    trial = small_trial(num_envs_per_env_runner=1).with_params({"position_mode": "carried", "gamma": 0.0})
+    assert trial.train.gamma == 0.0 and build_ppo_config(trial).gamma == 0.0
+    algo = build_ppo_config(trial).build_algo()
+    try:
+        assert applied_values(algo)[APPLIED_GAMMA] == 0.0
+    finally:
+        algo.stop()

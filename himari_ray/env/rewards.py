@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from himari_ray.types import Regime
+from himari_ray.types import ENV_SECTION, SEARCHABLE, Regime
 
 RewardTerms = dict[str, np.ndarray]
 
@@ -359,9 +359,16 @@ class RewardConfig(BaseModel):
         default_factory=dict, description="Parameter overrides; missing ones take the seed's defaults."
     )
     norm_stats: Literal["train", "trailing"] = Field(
-        "train", description="sigma from the whole train split, or from a trailing window ending at bar t."
+        "train",
+        description="sigma from the whole train split, or from a trailing window ending at bar t.",
+        json_schema_extra={ENV_SECTION: True, SEARCHABLE: True},
     )
-    trailing_window: int = Field(168, ge=8, description="Bars in the trailing sigma window.")
+    trailing_window: int = Field(
+        168,
+        ge=8,
+        description="Bars in the trailing sigma window.",
+        json_schema_extra={ENV_SECTION: True, SEARCHABLE: True},
+    )
 
     @model_validator(mode="after")
     def _known_family_and_params(self) -> RewardConfig:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from himari_ray.data.dataset import DataSpec, load_dataset
 from himari_ray.env.normalization import decision_sigma, expected_abs_z
 from himari_ray.env.rewards import RewardConfig, RewardInputs, compute_terms
-from himari_ray.types import N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, Dataset, SplitArrays
+from himari_ray.types import ENV_SECTION, N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, SEARCHABLE, Dataset, SplitArrays
 
 
 class EnvConfig(BaseModel):
@@ -22,13 +22,19 @@ class EnvConfig(BaseModel):
 
     data: DataSpec = Field(default_factory=DataSpec, description="The dataset to trade.")
     split: Literal["train", "val", "test"] = Field("train", description="Which chronological split.")
-    context_len: int = Field(100, ge=1, description="C: bars of features in each observation window.")
+    context_len: int = Field(
+        100, ge=1, description="C: bars of features in each observation window.", json_schema_extra={ENV_SECTION: True}
+    )
     episode_len: int | None = Field(
-        512, ge=1, description="Decisions per episode (random start); None runs the whole split once."
+        512,
+        ge=1,
+        description="Decisions per episode (random start); None runs the whole split once.",
+        json_schema_extra={ENV_SECTION: True},
     )
     position_mode: Literal["per_bar", "carried"] = Field(
         "per_bar",
         description="per_bar: every LONG/SHORT bar pays the cost; carried: only changes pay, the policy sees its position.",
+        json_schema_extra={ENV_SECTION: True, SEARCHABLE: True},
     )
     reward: RewardConfig = Field(default_factory=RewardConfig, description="Reward family and parameters.")
 

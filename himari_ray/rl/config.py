@@ -22,7 +22,7 @@ from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, c
 from himari_ray.rl.fast_runner import FastEnvRunner
 from himari_ray.rl.learner import HimariPPOLearner
 from himari_ray.rl.model import MODEL_PRESETS, PRECISION_KEY, ModelConfig, RegimeTransformerModule
-from himari_ray.types import REGIME_NAMES
+from himari_ray.types import REGIME_NAMES, SEARCHABLE, flagged
 
 
 class TrainConfig(BaseModel):
@@ -34,16 +34,18 @@ class TrainConfig(BaseModel):
     train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
     minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
     num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate.")
-    gamma: float = Field(
-        0.0,
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate.", json_schema_extra={SEARCHABLE: True})
+    gamma: float | None = Field(
+        None,
         ge=0,
         le=1,
-        description="Discount; per_bar actions do not move the state, so 0 (carried trials left at 0 use CARRIED_GAMMA).",
+        description="Discount; None: the position mode's (per_bar actions do not move the state: 0; carried: "
+        "CARRIED_GAMMA). A value given, searched or fixed, is the one that trains.",
+        json_schema_extra={SEARCHABLE: True},
     )
-    lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
-    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.")
-    clip_param: float = Field(0.2, gt=0, description="PPO clip range.")
+    lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.", json_schema_extra={SEARCHABLE: True})
+    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.", json_schema_extra={SEARCHABLE: True})
+    clip_param: float = Field(0.2, gt=0, description="PPO clip range.", json_schema_extra={SEARCHABLE: True})
     num_env_runners: int = Field(0, ge=0, description="Remote env runners (0: sample in the trial process).")
     num_envs_per_env_runner: int = Field(
         4, ge=1, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
@@ -111,15 +113,19 @@ class EvalConfig(BaseModel):
         return v
 
 
-#: Searchable names that are PPO settings rather than reward parameters.
-TRAIN_PARAMS = ("entropy_coeff", "lr", "gamma", "lambda_", "clip_param")
+#: The one name router: each searchable name and the config that defines it (every other searched name is a
+#: reward parameter of the family). Derived from the configs' `SEARCHABLE` fields.
+ROUTES: dict[str, type[BaseModel]] = {
+    name: cls for cls in (TrainConfig, EnvConfig, RewardConfig) for name in flagged(cls, SEARCHABLE)
+}
+#: Searchable names that are PPO settings rather than reward or environment ones.
+TRAIN_PARAMS = flagged(TrainConfig, SEARCHABLE)
 
 
-#: Searchable names that are environment settings (the last two belong to the reward config).
-ENV_PARAMS = ("position_mode", "norm_stats", "trailing_window")
-
-
-REWARD_FIELDS = ("norm_stats", "trailing_window")
+def default_gamma(position_mode: str) -> float:
+    """The discount of a trial that leaves `train.gamma` unset: 0 per_bar (a contextual bandit: actions do
+    not move the state), `CARRIED_GAMMA` carried (an entry's cost is repaid over the bars a position is held)."""
+    return CARRIED_GAMMA if position_mode == "carried" else 0.0
 
 
 class RobustConfig(BaseModel):
@@ -161,6 +167,11 @@ class TrialConfig(BaseModel):
                 )
         return out
 
+    @property
+    def gamma(self) -> float:
+        """The discount that trains: `train.gamma`, or the position mode's default where it is unset."""
+        return default_gamma(self.env.position_mode) if self.train.gamma is None else self.train.gamma
+
     def with_params(self, params: Mapping[str, Any]) -> TrialConfig:
         """Overlay searched values: PPO settings go to `train`, environment settings to `env` (and its reward
         config), everything else to the reward's params. Every value is validated where it lands.
@@ -168,22 +179,20 @@ class TrialConfig(BaseModel):
         Break-even coordinates (`breakeven_<REGIME>`, env/coordinates.py) are inverted last, on the split the
         preflight reads and with every other value already in place, into the family's per-regime costs."""
         targets, params = split_coordinates(params)
-        train = {k: v for k, v in params.items() if k in TRAIN_PARAMS}
-        env_fields = {k: v for k, v in params.items() if k in ENV_PARAMS and k not in REWARD_FIELDS}
-        reward_fields = {k: v for k, v in params.items() if k in REWARD_FIELDS}
-        reward_params = {k: v for k, v in params.items() if k not in TRAIN_PARAMS + ENV_PARAMS}
+        train = {k: v for k, v in params.items() if ROUTES.get(k) is TrainConfig}
+        env_fields = {k: v for k, v in params.items() if ROUTES.get(k) is EnvConfig}
+        reward_fields = {k: v for k, v in params.items() if ROUTES.get(k) is RewardConfig}
+        reward_params = {k: v for k, v in params.items() if k not in ROUTES}
         reward = RewardConfig.model_validate(
             {**self.env.reward.model_dump(), **reward_fields, "params": {**self.env.reward.params, **reward_params}}
         )
         env = EnvConfig.model_validate({**self.env.model_dump(), **env_fields, "reward": reward.model_dump()})
         train_cfg = TrainConfig.model_validate({**self.train.model_dump(), **train})
         preflight_cfg = self.preflight
-        if env.position_mode == "carried":
-            # gamma 0 (per_bar's myopia) would never repay an entry over the bars a position is held.
-            if train_cfg.gamma == 0.0:
-                train_cfg = train_cfg.model_copy(update={"gamma": CARRIED_GAMMA})
-            if preflight_cfg.holding_bars is None:
-                preflight_cfg = preflight_cfg.model_copy(update={"holding_bars": carried_horizon(train_cfg.gamma)})
+        if train_cfg.gamma is None:  # the mode's own: what trains is what the config (and Optuna) says
+            train_cfg = train_cfg.model_copy(update={"gamma": default_gamma(env.position_mode)})
+        if env.position_mode == "carried" and preflight_cfg.holding_bars is None:
+            preflight_cfg = preflight_cfg.model_copy(update={"holding_bars": carried_horizon(train_cfg.gamma)})
         if targets:
             costs = invert_breakeven(load_dataset(env.data), env, targets, preflight_cfg)
             reward = RewardConfig.model_validate({**reward.model_dump(), "params": {**reward.params, **costs}})
@@ -220,7 +229,7 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
         )
         .training(
             lr=t.lr,
-            gamma=t.gamma,
+            gamma=trial.gamma,
             lambda_=t.lambda_,
             entropy_coeff=t.entropy_coeff,
             clip_param=t.clip_param,

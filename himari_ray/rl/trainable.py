@@ -33,6 +33,7 @@ from himari_ray.rl.config import TrialConfig, build_ppo_config
 from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report, track_best
 from himari_ray.schema import (
     APPLIED_ENTROPY_COEFF,
+    APPLIED_GAMMA,
     APPLIED_LR,
     ENTROPY,
     ENV_STEPS_PER_S,
@@ -58,7 +59,12 @@ from himari_ray.types import TRIAL_STATE_FILE
 def _learner_values(learner: Any) -> dict[str, float]:
     lrs = {float(g["lr"]) for _, opt in learner.get_optimizers_for_module(DEFAULT_MODULE_ID) for g in opt.param_groups}
     entropy = learner.entropy_coeff_schedulers_per_module[DEFAULT_MODULE_ID].get_current_value()
-    return {"lr": lrs.pop() if len(lrs) == 1 else float("nan"), "entropy_coeff": float(entropy)}
+    return {
+        "lr": lrs.pop() if len(lrs) == 1 else float("nan"),
+        "entropy_coeff": float(entropy),
+        # The discount RLlib's GAE connector reads: what a searched or defaulted gamma became.
+        "gamma": float(learner.config.gamma),
+    }
 
 
 def _env_reward_params(runner: Any) -> list[dict[str, float]]:
@@ -75,7 +81,7 @@ def applied_values(algo: Any) -> dict[str, float]:
     runners = algo.env_runner_group.foreach_env_runner(_env_reward_params, local_env_runner=True)
     envs = [params for runner in runners for params in runner]
     out = {}
-    for key, name in (("lr", APPLIED_LR), ("entropy_coeff", APPLIED_ENTROPY_COEFF)):
+    for key, name in (("lr", APPLIED_LR), ("entropy_coeff", APPLIED_ENTROPY_COEFF), ("gamma", APPLIED_GAMMA)):
         values = {v[key] for v in learners}
         out[name] = values.pop() if len(values) == 1 else float("nan")
     for key in envs[0]:

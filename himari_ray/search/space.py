@@ -14,9 +14,9 @@ from himari_ray.env.coordinates import BREAKEVEN_NAMES, BREAKEVEN_PREFIX, COORDI
 from himari_ray.env.preflight import PreflightConfig
 from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem, searched_scale_problem
 from himari_ray.env.trading import EnvConfig
-from himari_ray.rl.config import ENV_PARAMS, TRAIN_PARAMS, EvalConfig, RobustConfig, TrainConfig, TrialConfig
+from himari_ray.rl.config import ROUTES, EvalConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
-from himari_ray.types import UserInputError
+from himari_ray.types import ENV_SECTION, UserInputError, flagged
 
 
 class ParamRange(BaseModel):
@@ -61,13 +61,9 @@ class ParamRange(BaseModel):
         return self.when is None or all(params.get(k) in values for k, values in self.when.items())
 
 
-#: Where each key of a space's `env:` section is defined: the runtime configs the section is built from.
+#: Where each key of a space's `env:` section is defined: the runtime configs' `ENV_SECTION` fields.
 ENV_SECTION_SOURCES: dict[str, type[BaseModel]] = {
-    "context_len": EnvConfig,
-    "episode_len": EnvConfig,
-    "position_mode": EnvConfig,
-    "norm_stats": RewardConfig,
-    "trailing_window": RewardConfig,
+    name: cls for cls in (EnvConfig, RewardConfig) for name in flagged(cls, ENV_SECTION)
 }
 
 
@@ -212,7 +208,7 @@ class SearchSpace(BaseModel):
                 f"family: unknown reward family {self.family!r}; expected one of {sorted(REWARD_FAMILIES)}"
             )
         fam = REWARD_FAMILIES[self.family]
-        allowed = sorted(fam.defaults) + list(TRAIN_PARAMS) + list(ENV_PARAMS)
+        allowed = sorted(fam.defaults) + list(ROUTES)
         if self.coordinates == "breakeven":
             allowed += list(BREAKEVEN_NAMES)
             _check_breakeven(self)
