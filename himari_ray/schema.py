@@ -5,9 +5,13 @@ keys and writes one JSON object per report to the trial's `result.json`). The wr
 (`rl/evaluate.py`, `rl/trainable.py`) and the readers (`report/`, `search/callbacks.py`, `search/study.py`)
 use the names below, never string literals, so renaming or adding a key happens here.
 
-**Adding a key is one line**: `NEW_KEY = key("new_key", float, "What it is, in which unit.")`. Readers go
-through `value()` / `read_report()`, so a report without it (a preflight-skipped trial, a search written
-before the key existed) reads as the key's `absent` value (NaN for numbers) instead of crashing.
+**Adding a key is one line**: `NEW_KEY = key("new_key", float, "What it is.", unit, label=..., views=...)`,
+plus its writer. `views` says where it is shown: `ANALYZE` (a column of `analyze` and `report`), `CONFIRM`
+(a per-split metric of `confirm`; a `val_` key becomes `test_` there) and `STUDY` (a user attribute of each
+Optuna trial); each reader derives what it shows from `shown(view)`, with the key's label and unit
+(`display`). Readers go through `value()` / `read_report()`, so a report without it (a preflight-skipped
+trial, a search written before the key existed) reads as the key's `absent` value (NaN for numbers)
+instead of crashing. No other module spells a key as a string literal (`tests/test_schema.py`).
 
 Nothing here imports from the rest of the package, nor Ray.
 """
@@ -32,9 +36,14 @@ class Field:
     name: str
     kind: type
     doc: str
+    #: `%` (0-100), `pp` (percentage points), `fraction` (0-1, shown as %), `s`, ... or empty (a plain number).
     unit: str = ""
     #: Who writes it: `himari` (our trainable) or `tune` (Tune's bookkeeping).
     source: str = "himari"
+    #: Its column header in tables (the key itself where empty).
+    label: str = ""
+    #: Where it is shown: `ANALYZE`, `CONFIRM`, `STUDY` (see the module docstring).
+    views: tuple[str, ...] = ()
 
     @property
     def absent(self) -> Any:
@@ -52,11 +61,23 @@ class Field:
 FIELDS: dict[str, Field] = {}
 
 
-def key(name: str, kind: type, doc: str, unit: str = "", source: str = "himari") -> str:
+#: Views: where a key is shown (`Field.views`).
+ANALYZE, CONFIRM, STUDY = "analyze", "confirm", "study"
+
+
+def key(
+    name: str,
+    kind: type,
+    doc: str,
+    unit: str = "",
+    source: str = "himari",
+    label: str = "",
+    views: tuple[str, ...] = (),
+) -> str:
     """Register a report key and return its name (a plain string: dicts, JSON and Tune see nothing new)."""
     if name in FIELDS:
         raise ValueError(f"report key {name!r} registered twice")
-    FIELDS[name] = Field(name, kind, doc, unit, source)
+    FIELDS[name] = Field(name, kind, doc, unit, source, label, views)
     return name
 
 
@@ -80,23 +101,70 @@ APPLIED_GAMMA = key("applied_gamma", float, "Discount read from the learner (tra
 
 # ---- The objective and what it is made of (validation split) ---------------------------------------------------
 OBJECTIVE = key("objective", float, "What the single-objective search minimises: band distance - Sharpe tie-break.")
-BAND_DISTANCE = key("band_distance", float, "Percentage points HOLD% lies outside its band, summed over regimes.", "pp")
+BAND_DISTANCE = key(
+    "band_distance",
+    float,
+    "Percentage points HOLD% lies outside its band, summed over regimes.",
+    "pp",
+    label="band pp",
+    views=(ANALYZE, CONFIRM, STUDY),
+)
 BAND_DISTANCE_MEAN = key("band_distance_mean", float, "Robust trials: mean band distance over members.", "pp")
-BAND_DISTANCE_WORST = key("band_distance_worst", float, "Robust trials: the worst member's band distance.", "pp")
+BAND_DISTANCE_WORST = key(
+    "band_distance_worst", float, "Robust trials: the worst member's band distance.", "pp", label="band worst"
+)
 PROFIT_OK = key("profit_ok", bool, "Validation net return meets the space's profit constraint (True without one).")
-LEAK_ALARM = key("leak_alarm", bool, "Hit rate on traded validation bars too high for honest features: look-ahead?")
+LEAK_ALARM = key(
+    "leak_alarm", bool, "Hit rate on traded validation bars too high for honest features: look-ahead?", views=(CONFIRM,)
+)
 
 # ---- Trading quality of the greedy policy on validation, net of the fee ----------------------------------------
-VAL_NET_RETURN = key("val_net_return", float, "Compounded net return over the validation split.", "fraction")
-VAL_SHARPE = key("val_sharpe", float, "Annualised Sharpe ratio (sqrt 8760) of net hourly returns.")
+VAL_NET_RETURN = key(
+    "val_net_return",
+    float,
+    "Compounded net return over the validation split.",
+    "fraction",
+    label="net %",
+    views=(ANALYZE, CONFIRM, STUDY),
+)
+VAL_BUY_AND_HOLD = key(
+    "val_buy_and_hold",
+    float,
+    "Buy-and-hold return over the same bars, for comparison.",
+    "fraction",
+    label="b&h %",
+    views=(ANALYZE, CONFIRM),
+)
+VAL_SHARPE = key(
+    "val_sharpe",
+    float,
+    "Annualised Sharpe ratio (sqrt 8760) of net hourly returns.",
+    label="sharpe",
+    views=(ANALYZE, CONFIRM, STUDY),
+)
 VAL_SHARPE_MEAN = key("val_sharpe_mean", float, "Robust trials: mean Sharpe over members.")
-VAL_SHARPE_WORST = key("val_sharpe_worst", float, "Robust trials: the worst member's Sharpe.")
-VAL_SORTINO = key("val_sortino", float, "Annualised Sortino ratio of net hourly returns.")
-VAL_MAX_DRAWDOWN = key("val_max_drawdown", float, "Largest peak-to-trough fall of the equity curve.", "fraction")
-VAL_TURNOVER = key("val_turnover", float, "Mean absolute position change per bar.", "units/bar")
-VAL_WIN_RATE = key("val_win_rate", float, "Share of traded bars whose position earned a positive return.", "fraction")
+VAL_SHARPE_WORST = key("val_sharpe_worst", float, "Robust trials: the worst member's Sharpe.", label="sharpe worst")
+VAL_SORTINO = key("val_sortino", float, "Annualised Sortino ratio of net hourly returns.", views=(CONFIRM,))
+VAL_MAX_DRAWDOWN = key(
+    "val_max_drawdown",
+    float,
+    "Largest peak-to-trough fall of the equity curve.",
+    "fraction",
+    label="maxdd %",
+    views=(ANALYZE, CONFIRM),
+)
+VAL_TURNOVER = key(
+    "val_turnover",
+    float,
+    "Mean absolute position change per bar.",
+    "units/bar",
+    label="turnover",
+    views=(ANALYZE, CONFIRM),
+)
+VAL_WIN_RATE = key(
+    "val_win_rate", float, "Share of traded bars whose position earned a positive return.", "fraction", views=(CONFIRM,)
+)
 VAL_TRADED_SHARE = key("val_traded_share", float, "Share of validation bars with a position.", "fraction")
-VAL_BUY_AND_HOLD = key("val_buy_and_hold", float, "Buy-and-hold return over the same bars, for comparison.", "fraction")
 
 
 def val(metric: str) -> str:
@@ -120,7 +188,15 @@ def hold_pct(regime: str) -> str:
 
 for _action in ACTION_NAMES:
     for _regime in SHARE_GROUPS:
-        key(action_pct(_action, _regime), float, f"{_action} share of {_regime} validation decisions.", "%")
+        # The deployed HOLD share of each regime: what the bands are about, in confirm and on each study trial.
+        shown_in = (CONFIRM, STUDY) if _action == "HOLD" and _regime != "ALL" else ()
+        key(
+            action_pct(_action, _regime),
+            float,
+            f"{_action} share of {_regime} validation decisions.",
+            "%",
+            views=shown_in,
+        )
 
 HOLD_PCT_ALL = hold_pct("ALL")
 
@@ -137,10 +213,30 @@ def decisiveness(regime: str) -> str:
 
 
 for _regime in SHARE_GROUPS:
-    key(hold_prob(_regime), float, f"Mean P(HOLD) over {_regime} decisions: the HOLD% a sampling policy expects.", "%")
-    key(decisiveness(_regime), float, f"Mean top-action probability over {_regime} decisions (1/3 uniform .. 1).")
+    _per_regime = (CONFIRM,) if _regime != "ALL" else ()
+    key(
+        hold_prob(_regime),
+        float,
+        f"Mean P(HOLD) over {_regime} decisions: the HOLD% a sampling policy expects.",
+        "%",
+        views=_per_regime,
+    )
+    key(
+        decisiveness(_regime),
+        float,
+        f"Mean top-action probability over {_regime} decisions (1/3 uniform .. 1).",
+        views=_per_regime,
+    )
 
-BAND_DISTANCE_PROB = key("band_distance_prob", float, "Band distance of the mean HOLD probabilities.", "pp")
+BAND_DISTANCE_PROB = key(
+    "band_distance_prob", float, "Band distance of the mean HOLD probabilities.", "pp", views=(CONFIRM,)
+)
+DEPLOY = key(
+    "deploy",
+    str,
+    "How the policy is deployed, hence scored (eval.deploy): greedy, sample or selective.",
+    views=(STUDY,),
+)
 DEPLOYED_HOLD_PCT = key(
     "deployed_hold_pct",
     float,
@@ -161,8 +257,10 @@ def deploy_of(eval_section: Mapping[str, Any] | None) -> str:
 
 
 def deployment(report: Mapping[str, Any]) -> str:
-    """How a report's trial is deployed, from the trial config Tune puts in each result."""
-    return deploy_of(((report.get("config") or {}).get("trial") or {}).get("eval"))
+    """How a report's trial is deployed: its `deploy` key, else (reports written before it) the trial config
+    Tune puts in each result."""
+    own = value(report, DEPLOY)
+    return own if own else deploy_of(((report.get(CONFIG) or {}).get("trial") or {}).get("eval"))
 
 
 LEAK_BASELINE_HIT_RATE = key(
@@ -194,6 +292,12 @@ POLICY_LOSS = key("policy_loss", float, "PPO's clipped policy loss of the last u
 ENTROPY = key("entropy", float, "Mean policy entropy in the last update.", "nats")
 KL = key("kl", float, "Mean KL between the sampling and the updated policy.")
 VF_EXPLAINED_VAR = key("vf_explained_var", float, "Value function's explained variance of the returns.")
+
+
+def for_split(name: str, split: str) -> str:
+    """A validation key as another split names it (`val_sharpe` -> `test_sharpe` in confirm); split-free keys
+    (band distance, HOLD shares) keep their name."""
+    return f"{split}_{name.removeprefix('val_')}" if name.startswith("val_") else name
 
 
 def split_metric(split: str, metric: str) -> str:
@@ -240,6 +344,37 @@ def read_report(raw: Mapping[str, Any], keys: Iterable[str] | None = None) -> di
         if out.get(name) is None:
             out[name] = value(raw, name)
     return out
+
+
+def shown(view: str) -> tuple[str, ...]:
+    """The keys shown in `view` (`ANALYZE`, `CONFIRM`, `STUDY`), in registration order."""
+    return tuple(name for name, f in FIELDS.items() if view in f.views)
+
+
+def label(name: str) -> str:
+    """A key's column header: its label, else the key itself."""
+    f = FIELDS.get(name)
+    return f.label if f is not None and f.label else name
+
+
+def display(name: str, v: Any) -> str:
+    """A value of key `name` as tables show it, by the key's unit: `%`/`pp` with one decimal, a `fraction`
+    as a percentage with one decimal, a flag as yes/no, any other number with two decimals; "-" when absent."""
+    f = FIELDS.get(name)
+    unit = f.unit if f is not None else ""
+    if isinstance(v, bool) or (f is not None and f.kind is bool):
+        return "yes" if v else "no"
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "-" if v is None else str(v)
+    if math.isnan(x):
+        return "-"
+    if unit == "fraction":
+        return f"{100 * x:.1f}"
+    if unit in ("%", "pp"):
+        return f"{x:.1f}"
+    return f"{x:.2f}"
 
 
 def describe() -> str:

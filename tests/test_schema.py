@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,69 @@ def test_every_key_a_real_search_wrote_is_registered(real_search):
     tune_extra = {"done", "date", "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore",
                   "time_this_iter_s", "checkpoint_dir_name", "should_checkpoint", "experiment_tag"}  # fmt: skip
     assert unknown <= tune_extra, unknown - tune_extra
+
+
+#: String literals that equal a report key's name but mean something else where they stand (path, literal).
+NOT_REPORT_KEYS = {
+    ("env/metrics.py", "band_distance"): "the function's name in __all__",
+    ("policy/export.py", "iteration"): "the checkpoint's himari_trial_state.json field",
+    ("rl/trainable.py", "iteration"): "the checkpoint's himari_trial_state.json field",
+    ("searchdir.py", "iteration"): "the checkpoint's himari_trial_state.json field",
+    ("search/confirm.py", "iteration"): "confirm.json's own record of each seed's iteration",
+    ("rl/trainable.py", "policy_loss"): "RLlib's learner result key read into POLICY_LOSS",
+    ("rl/trainable.py", "entropy"): "RLlib's learner result key read into ENTROPY",
+    ("rl/trainable.py", "vf_explained_var"): "RLlib's learner result key read into VF_EXPLAINED_VAR",
+    ("cli/search.py", "preflight"): "the `preflight` subcommand",
+    ("report/text.py", "preflight"): "a column header",
+    ("rl/config.py", "preflight"): "TrialConfig's preflight section",
+    ("search/space.py", "objective"): "the space file's objective section",
+    ("search/space.py", "leak_alarm"): "a space file key that moved (MOVED_KEYS)",
+}
+
+
+def literal_report_keys() -> list[str]:
+    """Every string literal outside schema.py that spells one of our report keys (Tune's own keys, such as
+    `timestamp`, name data columns too, so only the keys himari-ray writes are checked)."""
+    import ast
+
+    root = Path(schema.__file__).parent
+    ours = {name for name, f in FIELDS.items() if f.source == "himari"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == "schema.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in ours and (rel, node.value) not in NOT_REPORT_KEYS:
+                found.append(f"{rel}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_no_module_spells_a_report_key_as_a_literal():
+    """Keys go through schema.py: a literal would silently read as absent after a rename."""
+    assert literal_report_keys() == []
+
+
+def test_the_literal_check_sees_a_planted_literal(tmp_path, monkeypatch):
+    import shutil
+
+    pkg = tmp_path / "himari_ray"
+    shutil.copytree(Path(schema.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "planted.py").write_text('def f(report):\n    return report["val_sharpe"]\n')
+    monkeypatch.setattr(schema, "__file__", str(pkg / "schema.py"))
+    assert literal_report_keys() == ["planted.py:2: 'val_sharpe'"]
+
+
+def test_every_view_is_derived_from_the_schema():
+    """analyze's columns, confirm's split metrics and the study's trial attributes are the schema's views."""
+    from himari_ray.report.analysis import TABLE_METRICS
+    from himari_ray.search.confirm import SPLIT_METRICS
+    from himari_ray.search.study import TRIAL_ATTR_METRICS
+
+    assert schema.shown(schema.ANALYZE) == TABLE_METRICS and BAND_DISTANCE in TABLE_METRICS
+    assert (
+        schema.shown(schema.CONFIRM) == SPLIT_METRICS and schema.for_split(schema.VAL_SHARPE, "test") == "test_sharpe"
+    )
+    assert schema.shown(schema.STUDY) == TRIAL_ATTR_METRICS and schema.DEPLOY in TRIAL_ATTR_METRICS
+    assert schema.display(schema.VAL_NET_RETURN, -0.5) == "-50.0" and schema.display(BAND_DISTANCE, 4.25) == "4.2"
+    assert schema.label(schema.VAL_NET_RETURN) == "net %" and schema.display(schema.VAL_SHARPE, math.nan) == "-"

@@ -27,16 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_confirm_cmd(args: argparse.Namespace) -> int:
+    from himari_ray.schema import BAND_DISTANCE, VAL_BUY_AND_HOLD, VAL_NET_RETURN, for_split
     from himari_ray.search.confirm import CONFIRM_JSON, CONFIRM_MD, run_confirm
 
     record = run_confirm(args.dir, trial=args.trial, seeds=args.seeds, force=args.force)
     test = record["summary"]["test"]
     val = record["summary"]["val"]
+    net, bh = for_split(VAL_NET_RETURN, "test"), for_split(VAL_BUY_AND_HOLD, "test")
     print(
         f"confirm: trial {record['trial']}, {len(record['seeds'])} seeds: band distance val "
-        f"{val['band_distance']['mean']:.1f} ± {val['band_distance']['std']:.1f}, test "
-        f"{test['band_distance']['mean']:.1f} ± {test['band_distance']['std']:.1f}; test net return "
-        f"{test['test_net_return']['mean']:+.2%} vs buy-and-hold {test['test_buy_and_hold']['mean']:+.2%}"
+        f"{val[BAND_DISTANCE]['mean']:.1f} ± {val[BAND_DISTANCE]['std']:.1f}, test "
+        f"{test[BAND_DISTANCE]['mean']:.1f} ± {test[BAND_DISTANCE]['std']:.1f}; test net return "
+        f"{test[net]['mean']:+.2%} vs buy-and-hold {test[bh]['mean']:+.2%}"
     )
     print(f"wrote {Path(args.dir) / CONFIRM_JSON} and {Path(args.dir) / CONFIRM_MD}")
     return 0

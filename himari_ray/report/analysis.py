@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from himari_ray.schema import (
+    ANALYZE,
     BAND_DISTANCE,
     BAND_DISTANCE_WORST,
     ITERATION,
@@ -24,23 +25,21 @@ from himari_ray.schema import (
     PROFIT_OK,
     TIME_TOTAL_S,
     TRAINING_ITERATION,
-    VAL_BUY_AND_HOLD,
-    VAL_MAX_DRAWDOWN,
     VAL_NET_RETURN,
     VAL_SHARPE,
     VAL_SHARPE_WORST,
-    VAL_TURNOVER,
     action_pct,
     hold_pct,
     hold_prob,
     number,
+    shown,
     value,
 )
 from himari_ray.searchdir import SKIPPED, SearchRun, ranked, searched_value
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
-#: Trading metrics beside the shares, in table order (buy-and-hold next to the net return it compares with).
-TABLE_METRICS = (BAND_DISTANCE, VAL_NET_RETURN, VAL_BUY_AND_HOLD, VAL_SHARPE, VAL_MAX_DRAWDOWN, VAL_TURNOVER)
+#: Trading metrics beside the shares, in table order: the schema's ANALYZE keys.
+TABLE_METRICS = shown(ANALYZE)
 #: Reported numbers a learning curve carries per iteration.
 CURVE_METRICS = (OBJECTIVE, BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN, *(hold_pct(r) for r in REGIME_NAMES))
 

@@ -8,6 +8,7 @@ import warnings
 
 import pandas as pd
 
+from himari_ray.schema import BAND_DISTANCE, OBJECTIVE, VAL_SHARPE
 from himari_ray.types import open_storage, redact
 
 #: Below this many COMPLETE trials an importance is noise, not a finding: say so instead.
@@ -39,7 +40,7 @@ def param_importance(name: str, url: str | None) -> tuple[pd.DataFrame, str]:
             f"parameter importance: needs at least {MIN_COMPLETE_TRIALS} complete trials in the study, it has "
             f"{len(complete)} (trials stopped early are not counted by Optuna's evaluators)"
         )
-    names = study.metric_names or (["objective"] if len(study.directions) == 1 else ["band_distance", "val_sharpe"])
+    names = study.metric_names or ([OBJECTIVE] if len(study.directions) == 1 else [BAND_DISTANCE, VAL_SHARPE])
     rows = []
     evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     for i, target in enumerate(names):

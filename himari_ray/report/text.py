@@ -10,23 +10,21 @@ import pandas as pd
 
 from himari_ray.report.results import SearchResults
 from himari_ray.schema import (
-    BAND_DISTANCE,
+    ANALYZE,
     BAND_DISTANCE_WORST,
     ITERATION,
     LEAK_ALARM,
     PREFLIGHT,
     PROFIT_OK,
-    VAL_BUY_AND_HOLD,
-    VAL_MAX_DRAWDOWN,
-    VAL_NET_RETURN,
-    VAL_SHARPE,
     VAL_SHARPE_WORST,
-    VAL_TURNOVER,
-    action_pct,
+    display,
+    hold_pct,
     hold_prob,
+    label,
+    shown,
 )
 from himari_ray.searchdir import SKIPPED, STATUS_HELP
-from himari_ray.types import ACTION_NAMES, REGIME_NAMES
+from himari_ray.types import REGIME_NAMES
 
 FORMATS = ("table", "csv", "json", "markdown")
 PARETO_TITLE = "Pareto front (band distance down, validation Sharpe up): trials"
@@ -51,22 +49,15 @@ def display_frame(results: SearchResults) -> pd.DataFrame:
     ]
     for name in results.manifest.searched:
         out[name] = [v if isinstance(v, str) else f"{v:.4g}" if not math.isnan(v) else "-" for v in t[name]]
-    for regime in REGIME_NAMES:
-        out[f"{regime} H/L/S%"] = [
-            "/".join(_pct(t[action_pct(a, regime)].iloc[i]) for a in ACTION_NAMES) for i in range(len(t))
-        ]
+    # One column per kind of share, regimes side by side (LOW_VOL/TRENDING/HIGH_VOL/CRISIS): a table that fits
+    # a terminal. LONG/SHORT shares per regime are in csv, json and the report.
+    out["HOLD% LV/TR/HV/CR"] = ["/".join(_pct(t[hold_pct(r)].iloc[i]) for r in REGIME_NAMES) for i in range(len(t))]
     # Beside the greedy shares, what a sampling policy expects: its mean P(HOLD) per regime (docs/SCORING.md).
     out["P(HOLD)% LV/TR/HV/CR"] = ["/".join(_pct(t[hold_prob(r)].iloc[i]) for r in REGIME_NAMES) for i in range(len(t))]
-    out["band pp"] = [_pct(v) for v in t[BAND_DISTANCE]]
-    if BAND_DISTANCE_WORST in t.columns:
-        out["band worst"] = [_pct(v) for v in t[BAND_DISTANCE_WORST]]
-    out["net %"] = [_pct(100 * v) for v in t[VAL_NET_RETURN]]
-    out["b&h %"] = [_pct(100 * v) for v in t[VAL_BUY_AND_HOLD]]
-    out["sharpe"] = [_num(v) for v in t[VAL_SHARPE]]
-    if VAL_SHARPE_WORST in t.columns:
-        out["sharpe worst"] = [_num(v) for v in t[VAL_SHARPE_WORST]]
-    out["maxdd %"] = [_pct(100 * v) for v in t[VAL_MAX_DRAWDOWN]]
-    out["turnover"] = [_num(v, 3) for v in t[VAL_TURNOVER]]
+    # The schema's ANALYZE keys, each under its label and in its unit; a robust search's worst member beside.
+    for name in (*shown(ANALYZE), BAND_DISTANCE_WORST, VAL_SHARPE_WORST):
+        if name in t.columns:
+            out[label(name)] = [display(name, v) for v in t[name]]
     if results.manifest.min_net_return is not None:
         out["profit ok"] = ["yes" if v else "no" for v in t[PROFIT_OK]]
     if t[LEAK_ALARM].any():

@@ -27,6 +27,7 @@ from himari_ray.schema import (
     BEST_ITERATION,
     BEST_OBJECTIVE,
     BEST_VAL_SHARPE,
+    DEPLOY,
     DEPLOYED_HOLD_PCT,
     HOLD_PCT_ALL,
     ITERATION,
@@ -198,6 +199,7 @@ class GreedyEvaluator:
             empty = not mask.any()
             metrics[hold_prob(regime)] = float("nan") if empty else 100.0 * float(probs[mask, 0].mean())
             metrics[decisiveness(regime)] = float("nan") if empty else float(probs[mask].max(-1).mean())
+        metrics[DEPLOY] = self.cfg.deploy
         metrics[BAND_DISTANCE_PROB] = band_distance({r: metrics[hold_prob(r)] for r in REGIME_NAMES}, self.cfg.bands)
         if self.cfg.deploy == "greedy":
             metrics[BAND_DISTANCE] = band_distance({r: shares[r]["HOLD"] for r in REGIME_NAMES}, self.cfg.bands)

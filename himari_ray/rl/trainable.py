@@ -35,6 +35,7 @@ from himari_ray.schema import (
     APPLIED_ENTROPY_COEFF,
     APPLIED_GAMMA,
     APPLIED_LR,
+    BAND_DISTANCE,
     ENTROPY,
     ENV_STEPS_PER_S,
     ENV_STEPS_SAMPLED,
@@ -148,7 +149,7 @@ def preflight_skip(trial: TrialConfig) -> dict[str, Any] | None:
         conflicts = band_conflicts(results, trial.eval.bands)
         if conflicts:
             penalty = skip_penalty(conflicts, trial.eval.bands, trial.preflight)
-            if worst is None or penalty > worst["band_distance"]:
+            if worst is None or penalty > worst[BAND_DISTANCE]:
                 worst = skipped_report(results, describe_conflicts(conflicts), penalty)
     return worst
 

@@ -10,15 +10,27 @@ confirm (even after a crash mid-way) is refused unless `--force`.
 from __future__ import annotations
 
 import json
-import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from himari_ray.rl.config import RobustConfig, TrialConfig
-from himari_ray.schema import OBJECTIVE
+from himari_ray.schema import (
+    BAND_DISTANCE,
+    CONFIG,
+    CONFIRM,
+    DEPLOY,
+    FIELDS,
+    OBJECTIVE,
+    TRAINING_ITERATION,
+    VAL_SHARPE,
+    display,
+    for_split,
+    shown,
+)
 from himari_ray.searchdir import (
     SEARCH_JSON,
     TUNE_DIR,
@@ -27,24 +39,13 @@ from himari_ray.searchdir import (
     load_search_run,
     untrained_reason,
 )
-from himari_ray.types import REGIME_NAMES, UserInputError
+from himari_ray.types import UserInputError
 
 CONFIRM_JSON = "confirm.json"
 CONFIRM_MD = "confirm.md"
 
-#: Per-split metrics confirm reports for each seed (percent shares, band distances, trading net of fees).
-SPLIT_METRICS = (
-    *(f"hold_pct_{r}" for r in REGIME_NAMES),
-    *(f"hold_prob_{r}" for r in REGIME_NAMES),
-    *(f"decisiveness_{r}" for r in REGIME_NAMES),
-    "band_distance",
-    "band_distance_prob",
-    *(
-        f"{{split}}_{k}"
-        for k in ("net_return", "buy_and_hold", "sharpe", "sortino", "max_drawdown", "turnover", "win_rate")
-    ),
-    "leak_alarm",
-)
+#: Per-split metrics confirm reports for each seed: the schema's CONFIRM keys, as validation names them.
+SPLIT_METRICS = shown(CONFIRM)
 
 
 def choose_trial(out: Path, trial: int | None) -> tuple[int, Path, dict[str, Any]]:
@@ -90,7 +91,7 @@ def check_confirmable(out: Path, force: bool) -> SearchManifest:
 
 
 def _config(trial_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
-    return report.get("config") or json.loads((trial_dir / "params.json").read_text())
+    return report.get(CONFIG) or json.loads((trial_dir / "params.json").read_text())
 
 
 def trial_config(trial_dir: Path, report: dict[str, Any], seed_offset: int) -> TrialConfig:
@@ -157,7 +158,7 @@ def trained_module(trial: TrialConfig, weights: dict[str, Any]) -> Any:
 
 
 def _pick(metrics: dict[str, Any], split: str) -> dict[str, float]:
-    return {k.format(split=split): float(metrics[k.format(split=split)]) for k in SPLIT_METRICS}
+    return {for_split(k, split): float(metrics[for_split(k, split)]) for k in SPLIT_METRICS}
 
 
 def _summary(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
@@ -181,7 +182,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)  # atomic: a reader never sees half a file
 
 
-def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool = False) -> dict[str, Any]:
+def run_confirm(
+    out: Path, trial: int | None = None, seeds: int = 3, force: bool = False, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Confirm a search (see the module docstring); returns what confirm.json holds. Every check is made
     before anything is trained or written."""
     out = Path(out).resolve()
@@ -196,25 +199,41 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
 
     _start_ray(None)
     task = ray.remote(num_cpus=1, max_retries=0)(train_seed)
-    trained = ray.get([task.remote(cfg.model_dump(mode="json")) for cfg in configs])  # validation only, so far
+    echo(
+        f"confirm: trial {number}: training {seeds} seed(s) for {configs[0].train.iterations} iterations each, "
+        "side by side (validation only)"
+    )
+    t0 = time.monotonic()
+    refs = [task.remote(cfg.model_dump(mode="json")) for cfg in configs]
+    pending = list(refs)
+    while pending:  # a line as each seed finishes: minutes of silence read as a hang
+        done, pending = ray.wait(pending, num_returns=1)
+        _, metrics, iteration = ray.get(done[0])
+        seed = configs[refs.index(done[0])].train.seed
+        echo(
+            f"confirm: seed {seed} trained ({len(refs) - len(pending)} of {len(refs)}, {time.monotonic() - t0:.0f} s):"
+            f" best validation iteration {iteration}, band distance {display(BAND_DISTANCE, metrics[BAND_DISTANCE])}"
+        )
+    trained = ray.get(refs)  # validation only, so far
     record: dict[str, Any] = {
         "trial": number,
         "trial_dir": trial_dir.name,
         "params": {k: v for k, v in _config(trial_dir, search_best).items() if k != "trial"},
         "search_best": {
-            "iteration": search_best["training_iteration"],
-            "band_distance": search_best["band_distance"],
-            "val_sharpe": search_best["val_sharpe"],
+            "iteration": search_best[TRAINING_ITERATION],
+            BAND_DISTANCE: search_best[BAND_DISTANCE],
+            VAL_SHARPE: search_best[VAL_SHARPE],
         },
         "seeds": [cfg.train.seed for cfg in configs],
         "iterations": configs[0].train.iterations,
         "bands": {r: list(b) for r, b in configs[0].eval.bands.items()},
         "fee": configs[0].eval.fee,
-        "deploy": configs[0].eval.deploy,
+        DEPLOY: configs[0].eval.deploy,
         "test_read_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "status": "reading the test split",
     }
     _write_json(out / CONFIRM_JSON, record)  # the test split is about to be read: a rerun must know
+    echo(f"confirm: scoring each seed's policy on the test split (read once; recorded in {CONFIRM_JSON})")
     per_seed = []
     for cfg, (weights, val_metrics, iteration) in zip(configs, trained, strict=True):
         test_metrics = GreedyEvaluator(cfg.env, cfg.eval, split="test")(trained_module(cfg, weights))
@@ -236,43 +255,51 @@ def run_confirm(out: Path, trial: int | None = None, seeds: int = 3, force: bool
     return record
 
 
-def _fmt(v: float, pct: bool = False) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "nan"
-    return f"{v:.1f}" if pct else f"{v:.3g}"
+def _spread(name: str, m: dict[str, float]) -> str:
+    return (
+        f"{display(name, m['mean'])} ± {display(name, m['std'])} ({display(name, m['min'])}..{display(name, m['max'])})"
+    )
+
+
+#: How each unit reads in confirm.md's metric column: every fraction is shown as a percentage.
+UNIT_NOTE = {"fraction": " (%)", "%": " (%)", "pp": " (pp)"}
 
 
 def format_confirm(record: dict[str, Any]) -> str:
-    """confirm.md: what was confirmed, then per split a table of every seed and the mean ± std (min..max)."""
+    """confirm.md: what was confirmed, then per split a table of every seed and the mean ± std (min..max).
+    Every value is shown in its schema unit: returns, drawdowns and rates as percentages, like `analyze`."""
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record["params"].items())
     sb = record["search_best"]
+    deploy = record.get(DEPLOY, "greedy")  # a record written before eval.deploy scored greedily
     lines = [
         f"# Confirmation of trial {record['trial']} ({record['trial_dir']})",
         "",
-        f"Configuration: {params}. The search's best report: band distance {_fmt(sb['band_distance'], True)} at "
-        f"iteration {sb['iteration']} (val Sharpe {_fmt(sb['val_sharpe'])}).",
+        f"Configuration: {params}. The search's best report: band distance {display(BAND_DISTANCE, sb[BAND_DISTANCE])}"
+        f" pp at iteration {sb['iteration']} (val Sharpe {display(VAL_SHARPE, sb[VAL_SHARPE])}).",
         f"Retrained {len(record['seeds'])} times (seeds {', '.join(map(str, record['seeds']))}) for "
         f"{record['iterations']} iterations each; each seed's policy is its best validation iteration. "
         f"Trading metrics net of a {record['fee'] * 1e4:.1f} bps fee. Test split read at {record['test_read_at']}.",
-        # A record written before eval.deploy scored greedily.
-        "Scored as deployed: "
-        + (
-            "a sampler (band distance of the mean P(HOLD); trading metrics of seeded draws)."
-            if record.get("deploy") == "sample"
-            else "greedy (band distance of the argmax HOLD shares)."
-        ),
+        f"Scored as deployed: {DEPLOY_NOTE.get(deploy, deploy)}",
         "",
     ]
     for split in ("val", "test"):
-        keys = [k.format(split=split) for k in SPLIT_METRICS]
         lines += [f"## {'Validation' if split == 'val' else 'Test'}", "", "| metric | " + " | ".join(
             f"seed {s['seed']} (it {s['iteration']})" for s in record["per_seed"]
         ) + " | mean ± std (min..max) |", "|---" * (len(record["per_seed"]) + 2) + "|"]  # fmt: skip
-        for key in keys:
-            pct = key.startswith(("hold_", "band_"))
-            cells = [_fmt(s[split][key], pct) for s in record["per_seed"]]
-            m = record["summary"][split][key]
-            spread = f"{_fmt(m['mean'], pct)} ± {_fmt(m['std'], pct)} ({_fmt(m['min'], pct)}..{_fmt(m['max'], pct)})"
-            lines.append(f"| {key} | " + " | ".join(cells) + f" | {spread} |")
+        for name in SPLIT_METRICS:
+            key = for_split(name, split)
+            if key not in record["summary"][split]:
+                continue  # a record written by a version that did not confirm this metric
+            unit = FIELDS[name].unit
+            cells = [display(name, s[split][key]) for s in record["per_seed"]]
+            spread = _spread(name, record["summary"][split][key])
+            lines.append(f"| {key}{UNIT_NOTE.get(unit, '')} | " + " | ".join(cells) + f" | {spread} |")
         lines.append("")
     return "\n".join(lines)
+
+
+#: What each deployment's scores mean, for confirm.md.
+DEPLOY_NOTE = {
+    "greedy": "greedy (band distance of the argmax HOLD shares).",
+    "sample": "a sampler (band distance of the mean P(HOLD); trading metrics of seeded draws).",
+}

@@ -26,21 +26,23 @@ from himari_ray.schema import (
     BEST_BAND_DISTANCE,
     BEST_OBJECTIVE,
     BEST_VAL_SHARPE,
+    FIELDS,
     OBJECTIVE,
     PREFLIGHT_SKIPPED,
+    STUDY,
     TRAINING_ITERATION,
-    VAL_NET_RETURN,
     VAL_SHARPE,
-    hold_pct,
     number,
+    read_report,
+    shown,
     value,
 )
-from himari_ray.searchdir import best_checkpoint
-from himari_ray.types import REGIME_NAMES, UserInputError, open_storage, redact
+from himari_ray.searchdir import TrialRun, best_checkpoint, read_reports
+from himari_ray.types import UserInputError, open_storage, redact
 
 #: Trial user attributes (what `optuna-dashboard` shows beside each trial): the report's headline numbers
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
-TRIAL_ATTR_METRICS = (*(hold_pct(r) for r in REGIME_NAMES), BAND_DISTANCE, VAL_SHARPE, VAL_NET_RETURN)
+TRIAL_ATTR_METRICS = shown(STUDY)
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
 #: The report key of each objective's value at the trial's best report (what a finished trial is told).
 BEST_OF = {OBJECTIVE: BEST_OBJECTIVE, BAND_DISTANCE: BEST_BAND_DISTANCE, VAL_SHARPE: BEST_VAL_SHARPE}
@@ -171,12 +173,14 @@ class PruningOptunaSearch(OptunaSearch):
         return found[0] if found else None
 
     def _record(self, trial_id: str, result: dict[str, Any] | None) -> None:
-        """Before the trial is told: its last report's headline numbers, directory and checkpoint as user
-        attributes, and (single objective) the last report as an intermediate value, as for every report
-        before it — Tune hands the last report to `on_trial_complete` only."""
+        """Before the trial is told: its best report's headline numbers (the schema's STUDY keys), directory
+        and best checkpoint as user attributes, and (single objective) the last report as an intermediate
+        value, as for every report before it — Tune hands the last report to `on_trial_complete` only."""
         ot_trial = self._ot_trials[trial_id]
         path = self._trial_dir(trial_id)
-        if path is not None:
+        headline = result
+        if path is not None and result:
+            headline = TrialRun(0, trial_id, path, self._reports_with(path, result)).best or result
             ot_trial.set_user_attr(TRIAL_DIR_ATTR, str(path))
             ot_trial.set_user_attr(TUNE_TRIAL_ATTR, int(path.name.split("_")[1]))
             checkpoint = best_checkpoint(path)
@@ -185,13 +189,26 @@ class PruningOptunaSearch(OptunaSearch):
         if not result:
             return
         for key in TRIAL_ATTR_METRICS:
-            v = number(result, key)
+            if FIELDS[key].kind is str:
+                ot_trial.set_user_attr(key, str(value(headline, key)) or None)
+                continue
+            v = number(headline, key)
             ot_trial.set_user_attr(key, None if math.isnan(v) else v)
         values = self._values(result)
         step = result.get(TRAINING_ITERATION)
         reported = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
         if values is not None and len(values) == 1 and step is not None and step not in reported:
             ot_trial.report(values[0], step)
+
+    @staticmethod
+    def _reports_with(path: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
+        """The trial's reports on disk and the last one (Tune may not have written it to result.json yet)."""
+        try:
+            reports = read_reports(path / "result.json")[0]
+        except OSError:
+            reports = []
+        last = result.get(TRAINING_ITERATION)
+        return [*[r for r in reports if r.get(TRAINING_ITERATION) != last], read_report(result)]
 
     def _values(self, result: dict[str, Any] | None, best: bool = False) -> list[float] | None:
         """The trial's objective value(s) in `result`: this report's, or (`best`) those of its best report so
@@ -202,8 +219,8 @@ class PruningOptunaSearch(OptunaSearch):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         keys = [BEST_OF.get(m, m) if best and BEST_OF.get(m) in result else m for m in metrics]
         values = [result.get(k) for k in keys]  # a crashed trial's last result may lack them
-        if result.get("preflight_skipped"):  # untrained: its Sharpe is NaN, but TPE must still learn from it
-            values = [SKIPPED_SHARPE if m == "val_sharpe" else v for m, v in zip(metrics, values, strict=True)]
+        if value(result, PREFLIGHT_SKIPPED):  # untrained: its Sharpe is NaN, but TPE must still learn from it
+            values = [SKIPPED_SHARPE if m == VAL_SHARPE else v for m, v in zip(metrics, values, strict=True)]
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
             return None
         return [float(v) for v in values]
