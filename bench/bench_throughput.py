@@ -18,7 +18,7 @@ from bench_ppo import env_rate as bench_env  # run as a script: bench/ is on sys
 
 def bench_ppo(trial, iterations: int) -> dict[str, float]:
     from himari_ray.rl.config import build_ppo_config
-    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.rl.evaluate import PolicyEvaluator
 
     algo = build_ppo_config(trial).build_algo()
     try:
@@ -29,7 +29,7 @@ def bench_ppo(trial, iterations: int) -> dict[str, float]:
             result = algo.train()
         wall = time.perf_counter() - t0
         steps = result["env_runners"]["num_env_steps_sampled_lifetime"] - steps0
-        evaluator = GreedyEvaluator(trial.env, trial.eval)
+        evaluator = PolicyEvaluator(trial.env, trial.eval)
         module = algo.get_module()
         evaluator(module)
         t1 = time.perf_counter()

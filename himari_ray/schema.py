@@ -167,6 +167,40 @@ VAL_WIN_RATE = key(
 VAL_TRADED_SHARE = key("val_traded_share", float, "Share of validation bars with a position.", "fraction")
 
 
+# ---- Skill beside the score: a direction-randomised null of the same trades (env/null.py) --------------------
+VAL_NULL_RETURN = key(
+    "val_null_return",
+    float,
+    "Median net return of direction-randomised nulls: the same bars traded, holding periods and fees.",
+    "fraction",
+    label="null %",
+    views=(ANALYZE, CONFIRM),
+)
+VAL_EDGE = key(
+    "val_edge",
+    float,
+    "Net return minus the nulls' median: what the directions of the trades earned, fees and timing held equal.",
+    "fraction",
+    label="edge %",
+    views=(ANALYZE, CONFIRM, STUDY),
+)
+VAL_EDGE_P = key(
+    "val_edge_p",
+    float,
+    "One-sided p-value of the net return against the nulls, (1 + #{null >= it}) / (K + 1): small means skill.",
+    "p",
+    label="p(edge)",
+    views=(ANALYZE, CONFIRM, STUDY),
+)
+VAL_EDGE_SHARPE = key("val_edge_sharpe", float, "Sharpe minus the nulls' median Sharpe.", views=(CONFIRM,))
+VAL_EDGE_SHARPE_P = key(
+    "val_edge_sharpe_p", float, "One-sided p-value of the Sharpe against the nulls' Sharpes.", "p", views=(CONFIRM,)
+)
+FEASIBLE = key(
+    "feasible", bool, "The report meets the search's constraints: profit and, when constrained, band tolerance."
+)
+
+
 def val(metric: str) -> str:
     """The report key of a trading metric on validation: `val_<metric>` (`trading_metrics` names)."""
     name = f"val_{metric}"
@@ -227,6 +261,40 @@ for _regime in SHARE_GROUPS:
         f"Mean top-action probability over {_regime} decisions (1/3 uniform .. 1).",
         views=_per_regime,
     )
+
+
+def hit_rate(regime: str) -> str:
+    """`hit_rate_<regime>`: share of the regime's traded bars whose position earned a positive return."""
+    return f"hit_rate_{regime}"
+
+
+def hit_interval(regime: str) -> tuple[str, str]:
+    """`hit_low_<regime>`, `hit_high_<regime>`: the 95% Wilson interval of that hit rate."""
+    return f"hit_low_{regime}", f"hit_high_{regime}"
+
+
+def traded(regime: str) -> str:
+    """`traded_<regime>`: bars of the regime on which the deployed policy held a position."""
+    return f"traded_{regime}"
+
+
+def breakeven_p(regime: str) -> str:
+    """`breakeven_p_<regime>`: the preflight's break-even hit rate p* of the regime (inf: trading cannot pay)."""
+    return f"breakeven_p_{regime}"
+
+
+def threshold(regime: str) -> str:
+    """`threshold_<regime>`: a selective deployment's entry threshold on P(LONG) - P(SHORT) (> 1: never trades)."""
+    return f"threshold_{regime}"
+
+
+for _regime in REGIME_NAMES:
+    key(hit_rate(_regime), float, f"Hit rate on {_regime}'s traded bars.", "fraction", views=(CONFIRM,))
+    for _end, _name in zip(("lower", "upper"), hit_interval(_regime), strict=True):
+        key(_name, float, f"The {_end} end of the 95% Wilson interval of {_regime}'s hit rate.", "fraction")
+    key(traded(_regime), int, f"{_regime} bars on which the deployed policy held a position.", views=(CONFIRM,))
+    key(breakeven_p(_regime), float, f"The preflight's break-even hit rate p* of {_regime} (train split).")
+    key(threshold(_regime), float, f"{_regime}'s selective entry threshold on P(LONG) - P(SHORT) (NaN: not selective).")
 
 BAND_DISTANCE_PROB = key(
     "band_distance_prob", float, "Band distance of the mean HOLD probabilities.", "pp", views=(CONFIRM,)
@@ -372,6 +440,8 @@ def display(name: str, v: Any) -> str:
         return "-"
     if unit == "fraction":
         return f"{100 * x:.1f}"
+    if unit == "p":
+        return f"{x:.3f}"
     if unit in ("%", "pp"):
         return f"{x:.1f}"
     return f"{x:.2f}"

@@ -9,11 +9,11 @@ pickled fields are never decoded).
 
 **One ranking** (`rank`): `analyze`, `report`, `confirm`, `export`, the hints a search prints at its end and
 the Optuna study all name the same best trial. A trial is judged by its best report (lowest objective, ties
-to the later report: more training, same score). Trials that meet the constraints (the profit constraint,
-and a constrained objective's band tolerance) come first; among them, trials that trained every iteration
-come before trials cut short (ASHA's laggards, the collapse stopper's): the study records those PRUNED,
-and Optuna's `best_trial` considers only COMPLETE trials, so the two agree. Then the objective, then the
-validation Sharpe (higher first), then the trial number.
+to the later report: more training, same score). Trials that trained every iteration come first, before
+trials cut short (ASHA's laggards, the collapse stopper's): the study records those PRUNED, and Optuna's
+`best_trial` considers only COMPLETE trials, so the two agree. Among them, trials that meet the constraints
+(the profit constraint, and a constrained objective's band tolerance: Optuna's `best_trial` reads feasible
+trials only) come first; then the objective, then the validation Sharpe (higher first), then the number.
 """
 
 from __future__ import annotations
@@ -379,8 +379,8 @@ def rank_key(run: TrialRun, manifest: SearchManifest) -> tuple[float, ...]:
     sharpe = number(best, VAL_SHARPE)
     return (
         0.0,
-        0.0 if feasible(best, manifest) else 1.0,
         0.0 if full else 1.0,
+        0.0 if feasible(best, manifest) else 1.0,
         number(best, OBJECTIVE),
         -sharpe if math.isfinite(sharpe) else math.inf,
         float(run.number),

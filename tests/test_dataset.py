@@ -16,7 +16,7 @@ from himari_ray.data.ohlcv import read_ohlcv
 from himari_ray.data.store import load_dataset_dir, save_dataset
 from himari_ray.env.trading import EnvConfig, HimariTradingEnv
 from himari_ray.rl.config import EvalConfig
-from himari_ray.rl.evaluate import GreedyEvaluator
+from himari_ray.rl.evaluate import PolicyEvaluator
 from himari_ray.types import UserInputError
 
 SOURCE = {"kind": "test", "file": "bars"}
@@ -94,7 +94,7 @@ def test_gap_bars_are_untradable_earn_nothing_and_are_not_evaluated(sample_datas
     assert info["tradable"] is False and reward == 0.0
     assert all(v == 0.0 for k, v in info.items() if k.startswith("r_"))
     # untradable bars are exactly the filled ones and the last real bar before each gap
-    ev = GreedyEvaluator(cfg, EvalConfig())
+    ev = PolicyEvaluator(cfg, EvalConfig())
     assert len(ev.regimes) == int(val.tradable[15 : len(val) - 1].sum())
 
 

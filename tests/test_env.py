@@ -261,7 +261,7 @@ def test_module_sees_the_position_and_carried_evaluation_matches_the_env(small_d
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from himari_ray.rl.config import EvalConfig
-    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.rl.evaluate import PolicyEvaluator
     from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
 
     c = cfg(position_mode="carried", episode_len=None)
@@ -297,6 +297,6 @@ def test_module_sees_the_position_and_carried_evaluation_matches_the_env(small_d
     out = module.forward_inference({Columns.OBS: batch})[Columns.ACTION_DIST_INPUTS]
     assert not torch.allclose(out[0], out[1])
 
-    evaluator = GreedyEvaluator(c, EvalConfig(), split="val", dataset=small_dataset)
+    evaluator = PolicyEvaluator(c, EvalConfig(), split="val", dataset=small_dataset)
     tradable = env.arrays.tradable[env.first_bar : env.last_bar + 1]
     np.testing.assert_array_equal(evaluator.actions(module), np.asarray(stepped)[tradable])

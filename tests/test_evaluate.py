@@ -15,7 +15,7 @@ from himari_ray.env.leak import LeakAlarmConfig, binomial_tail, two_proportion_p
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import EvalConfig
-from himari_ray.rl.evaluate import GreedyEvaluator
+from himari_ray.rl.evaluate import PolicyEvaluator
 from tests.conftest import SMALL_SPEC
 
 C = 16
@@ -55,7 +55,7 @@ class SelectiveOnColumn(torch.nn.Module):
 
 
 def test_probabilities_decisiveness_and_both_band_distances(small_dataset):
-    ev = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig())
+    ev = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig())
     m = ev(FixedProbabilities([0.40, 0.35, 0.25]))  # argmax HOLD, but barely
     present = [r for r in ("LOW_VOL", "TRENDING", "HIGH_VOL", "CRISIS") if not np.isnan(m[f"hold_pct_{r}"])]
     assert present
@@ -75,8 +75,8 @@ def test_a_sampling_policy_is_scored_by_its_expected_hold_share_and_trades_its_d
     """eval.deploy: sample: band distance is that of the mean P(HOLD) (noise-free), the trading metrics come
     from seeded draws whose HOLD share matches the probabilities, and the same seed draws the same actions."""
     probs = [0.40, 0.35, 0.25]
-    greedy = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig())
-    sampler = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample"))
+    greedy = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig())
+    sampler = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample"))
     mg, ms = greedy(FixedProbabilities(probs)), sampler(FixedProbabilities(probs))
     assert ms["band_distance"] == ms["band_distance_prob"] == mg["band_distance_prob"] != mg["band_distance"]
     assert ms["hold_pct_ALL"] == 100.0  # greedy shares are reported whatever the deployment
@@ -85,7 +85,7 @@ def test_a_sampling_policy_is_scored_by_its_expected_hold_share_and_trades_its_d
     assert len(drawn) > 500 and np.abs(shares - probs).max() < 0.08  # 4 sigma at n = 500
     assert mg["val_turnover"] == 0.0 < ms["val_turnover"]  # the greedy policy only ever holds; draws trade
     np.testing.assert_array_equal(drawn, sampler.actions(FixedProbabilities(probs)))
-    other = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample", sample_seed=1))
+    other = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig(deploy="sample", sample_seed=1))
     assert not np.array_equal(drawn, other.actions(FixedProbabilities(probs)))
 
 
@@ -96,7 +96,7 @@ def test_sample_actions_inverts_the_cdf():
     np.testing.assert_array_equal(sample_actions(probs, np.array([0.0, 0.49, 0.5, 0.79, 0.999999])), [0, 0, 1, 1, 2])
 
 
-def baseline_policy(ev: GreedyEvaluator, share: float) -> SelectiveOnColumn:
+def baseline_policy(ev: PolicyEvaluator, share: float) -> SelectiveOnColumn:
     """The train-only logistic baseline as a policy trading its `share` most confident validation bars."""
     w = ev.baseline.w
     score = ev.features_t @ w[:-1] + w[-1]
@@ -111,7 +111,7 @@ def sample():
 def test_honest_selective_policies_on_real_bars_do_not_sound(sample):
     """The issue's false positive: a train-only logistic model trading its 30% most confident validation bars
     of the bundled sample is right ~60% of the time; honest, so no alarm. Nor for a selective momentum rule."""
-    ev = GreedyEvaluator(env_for(DataSpec(source="sample")), EvalConfig())
+    ev = PolicyEvaluator(env_for(DataSpec(source="sample")), EvalConfig())
     logistic = ev(baseline_policy(ev, 0.30))
     assert 0.25 < logistic["val_traded_share"] < 0.35 and logistic["val_win_rate"] > 0.55
     assert not logistic["leak_alarm"]
@@ -145,7 +145,7 @@ def column0(threshold: float, n: int) -> SelectiveOnColumn:
 def test_selective_policy_reading_the_future_sounds_against_the_baseline(small_dataset):
     """Only val carries the leak: the train-only baseline is honest, the policy beats it by far."""
     ds = leaked(small_dataset, ("val",))
-    ev = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(), dataset=ds)
+    ev = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig(), dataset=ds)
     m = ev(column0(np.quantile(np.abs(ev.features_t[:, 0]), 0.7), ds.n_features))
     assert 0.25 < m["val_traded_share"] < 0.35
     assert m["leak_alarm"] and m["leak_p_vs_baseline"] < 1e-6
@@ -155,7 +155,7 @@ def test_selective_policy_reading_the_future_sounds_against_the_baseline(small_d
 def test_features_carrying_the_future_in_every_split_sound_through_the_ceiling(small_dataset):
     """The leak is in train too, so the baseline learns it and cannot tell; the ceiling test still sounds."""
     ds = leaked(small_dataset, ("train", "val"))
-    ev = GreedyEvaluator(env_for(SMALL_SPEC), EvalConfig(), dataset=ds)
+    ev = PolicyEvaluator(env_for(SMALL_SPEC), EvalConfig(), dataset=ds)
     m = ev(column0(0.0, ds.n_features))
     assert m["leak_baseline_hit_rate"] > 0.9  # the baseline reads the leak as well
     assert m["leak_alarm"] and m["leak_p_vs_ceiling"] < 1e-6
@@ -164,7 +164,7 @@ def test_features_carrying_the_future_in_every_split_sound_through_the_ceiling(s
 def test_the_seeds_reward_on_the_already_seen_bar_sounds(sample):
     """The seed scored the action at t against the return of bar t itself, which the features already hold:
     evaluated that way, a policy trading the sign of the last return looks brilliant."""
-    ev = GreedyEvaluator(env_for(DataSpec(source="sample")), EvalConfig())
+    ev = PolicyEvaluator(env_for(DataSpec(source="sample")), EvalConfig())
     bars = ev.window_index + (C - 1)
     ev.next_returns = sample.val.returns[bars].copy()  # the seed's misalignment, here on purpose
     ret_1 = list(sample.feature_names).index(next(n for n in sample.feature_names if "ret" in n and "1" in n))

@@ -32,7 +32,7 @@ from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
 from himari_ray.report import load_search
 from himari_ray.rl.config import EvalConfig, TrialConfig
-from himari_ray.rl.evaluate import GreedyEvaluator
+from himari_ray.rl.evaluate import PolicyEvaluator
 from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
 from himari_ray.types import ACTION_NAMES, N_ACTIONS, N_REGIMES
 
@@ -100,8 +100,8 @@ def bundle_copy(shared, tmp_path) -> Path:
 
 
 def evaluator_actions(ds, module, config) -> pd.Series:
-    """GreedyEvaluator's actions on the validation split, by bar time (ISO, as `act` writes them)."""
-    ev = GreedyEvaluator(config.env, config.eval, dataset=ds)
+    """PolicyEvaluator's actions on the validation split, by bar time (ISO, as `act` writes them)."""
+    ev = PolicyEvaluator(config.env, config.eval, dataset=ds)
     c = config.env.context_len
     bars = np.flatnonzero(ds.val.tradable[c - 1 : len(ds.val) - 1]) + (c - 1)
     times = pd.to_datetime(ds.val.timestamps[bars], utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")

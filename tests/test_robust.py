@@ -14,7 +14,7 @@ import pytest
 from himari_ray.data.dataset import DataSpec, walk_forward_fold
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import RobustConfig, TrialConfig
-from himari_ray.rl.evaluate import aggregate
+from himari_ray.rl.scoring import aggregate
 from tests.conftest import SMALL_SPEC
 
 REPO = Path(__file__).resolve().parents[1]

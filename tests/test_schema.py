@@ -30,7 +30,7 @@ def is_known(key: str) -> bool:
 
 
 def test_every_key_of_a_skipped_and_an_aggregated_report_is_registered():
-    from himari_ray.rl.evaluate import aggregate, skipped_report
+    from himari_ray.rl.scoring import aggregate, skipped_report
 
     skipped = skipped_report([], "CRISIS: HOLD-dominant", 123.0)
     assert all(is_known(k) for k in skipped), [k for k in skipped if not is_known(k)]

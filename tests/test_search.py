@@ -205,7 +205,7 @@ def test_a_skipped_trial_reaches_a_multi_objective_study_with_both_values_and_a_
     FAIL, issue 8); a crashed trial stays FAIL; every Optuna trial names its Tune trial."""
     from optuna.trial import TrialState
 
-    from himari_ray.rl.evaluate import SKIPPED_SHARPE
+    from himari_ray.rl.scoring import SKIPPED_SHARPE
     from himari_ray.search.study import TUNE_TRIAL_ID_ATTR
 
     space, _ = load_space(str(write_space(tmp_path, objective={"mode": "multi"})))

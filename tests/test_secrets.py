@@ -218,9 +218,7 @@ def test_a_key_file_with_whitespace_or_control_inside_is_one_line_that_never_quo
     # An environment variable cannot hold NUL; one bad key is enough for the commands past offers.
     [("offers", BAD_KEYS[0]), ("offers", BAD_KEYS[1]), *((c, BAD_KEYS[0]) for c in ("status", "logs", "pull", "down"))],
 )
-def test_a_key_in_the_environment_with_whitespace_inside_is_refused_by_every_vast_command(
-    fake, tmp_path, command, bad
-):
+def test_a_key_in_the_environment_with_whitespace_inside_is_refused_by_every_vast_command(fake, tmp_path, command, bad):
     out = tmp_path / "launch"
     out.mkdir()
     (out / "launch.json").write_text(json.dumps({"label": "l", "space": "e2e", "study": "e2e", "instances": {}}))

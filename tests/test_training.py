@@ -17,7 +17,7 @@ from himari_ray.env.preflight import PreflightConfig
 from himari_ray.env.rewards import RewardConfig
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import TrainConfig, TrialConfig, build_ppo_config
-from himari_ray.rl.evaluate import GreedyEvaluator
+from himari_ray.rl.evaluate import PolicyEvaluator
 from tests.conftest import SMALL_SPEC
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ class ConstantModule(torch.nn.Module):
 
 def test_greedy_evaluator_oracles(small_dataset):
     trial = small_trial()
-    ev = GreedyEvaluator(trial.env, trial.eval.model_copy(update={"batch_size": 100}))
+    ev = PolicyEvaluator(trial.env, trial.eval.model_copy(update={"batch_size": 100}))
     n = len(small_dataset.val)
     assert len(ev.regimes) == n - 16  # decision bars 15 .. n-2
     np.testing.assert_array_equal(ev.next_returns, small_dataset.val.returns[16:])
@@ -201,17 +201,17 @@ def test_leak_alarm_sounds_for_a_policy_fed_the_future_and_not_for_an_honest_one
     leaky = dataclasses.replace(small_dataset, val=dataclasses.replace(val, features=leaked))
     trial = small_trial()
     cfg = EvalConfig()
-    ev = GreedyEvaluator(trial.env, cfg)
+    ev = PolicyEvaluator(trial.env, cfg)
     honest = ev(SignOfFeatureModule())  # feature 0 is the *past* return on honest data
     assert not honest["leak_alarm"] and 0.4 < honest["val_win_rate"] < 0.6
 
-    ev_leaky = GreedyEvaluator(trial.env, cfg, dataset=leaky)
+    ev_leaky = PolicyEvaluator(trial.env, cfg, dataset=leaky)
     flagged = ev_leaky(SignOfFeatureModule())
     assert flagged["leak_alarm"] and flagged["val_win_rate"] > 0.95
 
 
 def test_objective_is_band_distance_with_a_sharpe_tie_break_and_a_profit_constraint():
-    from himari_ray.rl.evaluate import objective
+    from himari_ray.rl.scoring import objective
 
     assert objective(10.0, 2.0, True) == pytest.approx(9.992)
     assert objective(10.0, 50.0, True) == pytest.approx(9.98)  # Sharpe clipped: never worth 0.05 pp of band

@@ -13,7 +13,7 @@ without a band, gets: there is nothing to calibrate it on, and not trading is th
 
 **Carried mode with hysteresis.** A carried policy's probabilities depend on its current position, so the
 input is `by_position` (n, 3, 3): the action probabilities at bar t when the position (previous action id)
-is p, as GreedyEvaluator builds for carried mode (softmax its logits first). The path starts flat; m is read
+is p, as PolicyEvaluator builds for carried mode (softmax its logits first). The path starts flat; m is read
 at the probabilities of the current position. When flat: enter LONG if m >= enter_r, SHORT if m <= -enter_r.
 When holding: keep the position while the margin in its direction is >= exit_r = ratio * enter_r, else flip
 directly if the opposite margin reaches enter_r, else go flat. In a never-trade regime (enter_r > 1) exit_r
@@ -273,11 +273,17 @@ class SelectivePolicy:
         regimes: np.ndarray,
         bands: Mapping[str, tuple[float, float]],
         exit_ratio: float = DEFAULT_EXIT_RATIO,
+        scored: np.ndarray | None = None,
     ) -> SelectivePolicy:
-        """Fit the thresholds on calibration bars: (n, 3) probabilities per_bar, (n, 3, 3) by position carried."""
+        """Fit the thresholds on calibration bars: (n, 3) probabilities per_bar, (n, 3, 3) by position carried
+        (whose path also decides on bars it does not score: `scored` marks the ones whose HOLD share counts)."""
         if mode == "carried":
-            return cls(mode, fit_hysteresis(probs_or_by_position, regimes, bands, exit_ratio), exit_ratio)
-        return cls(mode, fit_thresholds(probs_or_by_position, regimes, bands), exit_ratio)
+            thresholds = fit_hysteresis(probs_or_by_position, regimes, bands, exit_ratio, scored=scored)
+            return cls(mode, thresholds, exit_ratio)
+        mask = slice(None) if scored is None else np.asarray(scored, dtype=bool)
+        return cls(
+            mode, fit_thresholds(np.asarray(probs_or_by_position)[mask], np.asarray(regimes)[mask], bands), exit_ratio
+        )
 
     def actions(self, probs_or_by_position: np.ndarray, regimes: np.ndarray) -> np.ndarray:
         """The deployed actions: (n, 3) probabilities per_bar, (n, 3, 3) probabilities by position carried."""

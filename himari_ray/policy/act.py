@@ -21,7 +21,9 @@ import pandas as pd
 from himari_ray.data.dataset import causal_columns, finite_features
 from himari_ray.data.denoise import denoise_features
 from himari_ray.data.ohlcv import read_ohlcv
-from himari_ray.env.trading import carried_actions, decision_windows, sample_actions
+from himari_ray.env.deploy import deployed_actions
+from himari_ray.env.selective import SelectivePolicy
+from himari_ray.env.trading import decision_windows
 from himari_ray.policy.bundle import Bundle
 from himari_ray.schema import deploy_of
 from himari_ray.types import UserInputError
@@ -35,15 +37,19 @@ def min_bars(bundle: Bundle) -> int:
     return bundle.spec.warmup_bars + bundle.spec.context_len
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def deployment(bundle: Bundle) -> str:
-    """How the policy was scored, hence how it acts: `greedy` or `sample` (the trial's `eval.deploy`)."""
+    """How the policy was scored, hence how it acts: greedy, sample or selective (the trial's `eval.deploy`)."""
     return deploy_of(bundle.spec.trial_config.get("eval"))
+
+
+def selective_rule(bundle: Bundle) -> SelectivePolicy | None:
+    """A selective bundle's fitted rule, or one line saying the bundle lacks it."""
+    if deployment(bundle) != "selective":
+        return None
+    try:
+        return SelectivePolicy.from_dict(bundle.spec.selective)
+    except ValueError as exc:
+        raise UserInputError(f"{bundle.path / 'policy.json'}: key 'selective': {exc}") from None
 
 
 def decision_inputs(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame, dict, np.ndarray, np.ndarray]:
@@ -71,8 +77,9 @@ def decision_inputs(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame
 def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[pd.DataFrame, int]:
     """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
 
-    `action` is what the policy was scored as doing (`deployment`): the argmax, or a draw from its
-    probabilities with a generator seeded by `seed` (same file, same seed: same actions); `p_*` are the
+    `action` is what the policy was scored as doing (`deployment`, through the evaluator's own rule,
+    env/deploy.py): the argmax, a draw from its probabilities with a generator seeded by `seed` (same file,
+    same seed: same actions), or the selective rule with the bundle's thresholds (no draws); `p_*` are the
     policy's probabilities (softmax of its logits). A carried policy acts on the position its previous action
     left it in, starting flat at the first decision bar; its probabilities are those along that path.
     """
@@ -80,15 +87,14 @@ def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[p
     warmup = columns["warmup"]
     spec = bundle.spec
     c = spec.context_len
-    uniforms = np.random.default_rng(seed).random(len(regimes)) if deployment(bundle) == "sample" else None
+    deploy = deployment(bundle)
+    uniforms = np.random.default_rng(seed).random(len(regimes)) if deploy == "sample" else None
     if bundle.carried:
         # The policy follows its own path of positions, flat at the file's first decision bar, as in training.
-        by_position = np.stack([bundle.logits(windows, regimes, p) for p in range(3)], axis=1)
-        actions = carried_actions(by_position, uniforms)
-        probs = softmax(by_position[np.arange(len(actions)), np.r_[0, actions[:-1]]])
+        logits = np.stack([bundle.logits(windows, regimes, p) for p in range(3)], axis=1)
     else:
-        probs = softmax(bundle.logits(windows, regimes))
-        actions = probs.argmax(axis=-1) if uniforms is None else sample_actions(probs, uniforms)
+        logits = bundle.logits(windows, regimes)
+    actions, probs = deployed_actions(deploy, logits, regimes, uniforms, selective_rule(bundle))
 
     n = len(bars)
     skipped = warmup + c - 1  # bars before the first decision bar

@@ -69,6 +69,11 @@ class PolicySpec(BaseModel):
     trial_config: dict[str, Any] = Field(description="The trial's full TrialConfig (searched values applied).")
     dataset: dict[str, Any] = Field(default_factory=dict, description="Training dataset's source and splits.")
     files: dict[str, str] = Field(default_factory=dict, description="Which file holds which format of the module.")
+    selective: dict[str, Any] | None = Field(
+        None,
+        description="A selective deployment's fitted rule (env.selective.SelectivePolicy.to_dict): its per-regime "
+        "thresholds, fitted on the end of the training split, as the evaluator fitted them.",
+    )
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from himari_ray import __version__
 from himari_ray.data.dataset import load_dataset
 from himari_ray.data.features import FEATURE_NAMES, LONGEST_LOOKBACK
 from himari_ray.data.regime import RegimeDetectorConfig, warmup_bars
+from himari_ray.env.deploy import deployed_actions
+from himari_ray.env.selective import SelectivePolicy
 from himari_ray.env.trading import decision_windows
 from himari_ray.policy.bundle import (
     ONNX_FILE,
@@ -40,6 +42,7 @@ from himari_ray.policy.bundle import (
     write_bundle,
 )
 from himari_ray.rl.config import TrialConfig
+from himari_ray.rl.evaluate import PolicyEvaluator
 from himari_ray.searchdir import (
     MODULE_IN_CHECKPOINT,
     SEARCH_JSON,
@@ -193,6 +196,28 @@ def write_onnx(module: RLModule, windows: np.ndarray, regimes: np.ndarray, path:
         )
 
 
+def _selective_rule(
+    module: RLModule, scripted: nn.Module, ds: Dataset, config: TrialConfig, windows: np.ndarray, regimes: np.ndarray
+) -> SelectivePolicy | None:
+    """A selective trial's rule, fitted as its evaluator fits it (on the end of train, with the RLModule), and
+    checked: the exported module must take the very same actions on every validation window."""
+    if config.eval.deploy != "selective":
+        return None
+    evaluator = PolicyEvaluator(config.env, config.eval, dataset=ds, objective=config.objective)
+    module.eval()
+    with torch.no_grad():
+        rule = evaluator.fit_selective(module)
+    positions = range(3) if config.env.position_mode == "carried" else [0]
+    by_net = [[module_logits(net, windows, regimes, p) for p in positions] for net in (PolicyNet(module), scripted)]
+    ours, theirs = (
+        deployed_actions("selective", np.stack(b, axis=1) if len(b) > 1 else b[0], regimes, selective=rule)[0]
+        for b in by_net
+    )
+    if not np.array_equal(ours, theirs):  # a tracing difference at a threshold must never ship
+        raise RuntimeError(f"exported module's selective actions differ on {int((ours != theirs).sum())} windows")
+    return rule
+
+
 def export_module(
     module: RLModule,
     ds: Dataset,
@@ -218,6 +243,7 @@ def export_module(
                 f"exported module disagrees with the RLModule on {int((expected != got).sum())} windows "
                 f"(position {position})"
             )
+    selective = _selective_rule(module, scripted, ds, config, windows, regimes)
     with_onnx = find_spec("onnx") is not None if onnx is None else onnx
     spec = PolicySpec(
         created_by=f"himari-ray {__version__}",
@@ -230,6 +256,7 @@ def export_module(
         trial_config=config.model_dump(mode="json"),
         dataset={k: ds.metadata[k] for k in ("source", "splits", "warmup_bars") if k in ds.metadata},
         files={"torchscript": TORCHSCRIPT_FILE, **({"onnx": ONNX_FILE} if with_onnx else {})},
+        selective=None if selective is None else selective.to_dict(),
         **provenance,
     )
 

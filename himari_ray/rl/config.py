@@ -87,12 +87,32 @@ class EvalConfig(BaseModel):
     bands: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
     )
-    deploy: Literal["greedy", "sample"] = Field(
+    deploy: Literal["greedy", "sample", "selective"] = Field(
         "greedy",
         description="How the policy acts once deployed, hence how it is scored: greedy (argmax; band distance of "
-        "its HOLD shares) or sample (draws from its probabilities; band distance of its mean P(HOLD)).",
+        "its HOLD shares), sample (draws from its probabilities; band distance of its mean P(HOLD)) or selective "
+        "(trades where its directional margin P(LONG) - P(SHORT) clears a per-regime threshold fitted on the end "
+        "of train; band distance of its HOLD shares, docs/DEPLOYMENT.md).",
     )
     sample_seed: int = Field(0, ge=0, description="Seed of the draws of a sampling policy (eval.deploy: sample).")
+    calibration_frac: float = Field(
+        0.2,
+        gt=0,
+        lt=1,
+        description="selective: the last fraction of the train split's decision bars its thresholds are fitted "
+        "on (it ends before validation begins; validation and test never reach the fit).",
+    )
+    exit_ratio: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="selective, carried: a position is kept while its margin stays above this fraction of the "
+        "entry threshold (hysteresis: not flipped bar by bar); 1: no hysteresis.",
+    )
+    null_draws: int = Field(
+        200, ge=19, le=10_000, description="Direction-randomised nulls scored beside every evaluation (edge, p)."
+    )
+    null_seed: int = Field(0, ge=0, description="Seed of the nulls' sign flips.")
     fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
     batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
     leak_alarm: LeakAlarmConfig = Field(
@@ -128,6 +148,27 @@ def default_gamma(position_mode: str) -> float:
     return CARRIED_GAMMA if position_mode == "carried" else 0.0
 
 
+class ObjectiveConfig(BaseModel):
+    """What the search optimises, a space file's `objective:` section (how the policy is scored is `eval:`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    mode: Literal["single", "multi", "constrained"] = Field(
+        "single",
+        description="single: band distance, Sharpe as tie-break (a frequency target: a skill-free sampler can meet "
+        "it); multi: band distance down, `metric` up; constrained: `metric` up subject to band distance <= "
+        "band_tolerance (Optuna's constraints, docs/DEPLOYMENT.md).",
+    )
+    metric: Literal["sharpe", "edge"] = Field(
+        "sharpe",
+        description="What constrained maximises and multi sets against band distance: validation net Sharpe, or "
+        "edge (net return minus the median of direction-randomised nulls).",
+    )
+    band_tolerance: float = Field(
+        5.0, ge=0, le=400, description="constrained: the band distance (pp) a trial may miss its bands by."
+    )
+
+
 class RobustConfig(BaseModel):
     """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
 
@@ -147,6 +188,7 @@ class TrialConfig(BaseModel):
     model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Validation scoring.")
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description="What the search optimises.")
     preflight: PreflightConfig = Field(default_factory=PreflightConfig, description="Reward-landscape check.")
     robust: RobustConfig = Field(default_factory=RobustConfig, description="Seeds and walk-forward folds.")
 

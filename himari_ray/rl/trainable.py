@@ -30,7 +30,8 @@ from himari_ray.env.preflight import (
     skip_penalty,
 )
 from himari_ray.rl.config import TrialConfig, build_ppo_config
-from himari_ray.rl.evaluate import GreedyEvaluator, aggregate, skipped_report, track_best
+from himari_ray.rl.evaluate import PolicyEvaluator
+from himari_ray.rl.scoring import aggregate, skipped_report, track_best
 from himari_ray.schema import (
     APPLIED_ENTROPY_COEFF,
     APPLIED_GAMMA,
@@ -173,7 +174,7 @@ def train_trial(config: dict[str, Any]) -> None:
     cap_gpu_memory(trial.train.num_gpus_per_learner)
     members = trial.members()
     algos = [build_ppo_config(m).build_algo() for m in members]
-    evaluators = [GreedyEvaluator(m.env, m.eval) for m in members]
+    evaluators = [PolicyEvaluator(m.env, m.eval, objective=m.objective, preflight_cfg=m.preflight) for m in members]
     start, best = 0, None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
@@ -198,7 +199,7 @@ def train_trial(config: dict[str, Any]) -> None:
                 metrics[ENV_STEPS_SAMPLED] = int(runner[NUM_ENV_STEPS_SAMPLED_LIFETIME])
                 metrics.update(applied_values(algo))
                 reports.append(metrics)
-            metrics = aggregate(reports, trial.robust.aggregate)
+            metrics = aggregate(reports, trial.robust.aggregate, trial.objective)
             metrics.update({PREFLIGHT: "", PREFLIGHT_SKIPPED: False, ITERATION: it})
             best, improved = track_best(metrics, best)
             # A new best is always checkpointed: Tune keeps the best checkpoint by objective beside the latest.

@@ -117,12 +117,12 @@ def train_seed(trial_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     import torch
 
     from himari_ray.rl.config import build_ppo_config
-    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.rl.evaluate import PolicyEvaluator
 
     trial = TrialConfig.model_validate(trial_json)
     torch.manual_seed(trial.train.seed)
     algo = build_ppo_config(trial).build_algo()
-    val = GreedyEvaluator(trial.env, trial.eval)
+    val = PolicyEvaluator(trial.env, trial.eval, objective=trial.objective, preflight_cfg=trial.preflight)
     best: tuple[float, int, dict[str, Any], dict[str, Any]] | None = None
     try:
         for it in range(1, trial.train.iterations + 1):
@@ -194,7 +194,7 @@ def run_confirm(
 
     import ray
 
-    from himari_ray.rl.evaluate import GreedyEvaluator
+    from himari_ray.rl.evaluate import PolicyEvaluator
     from himari_ray.search.driver import _start_ray
 
     _start_ray(None)
@@ -236,7 +236,8 @@ def run_confirm(
     echo(f"confirm: scoring each seed's policy on the test split (read once; recorded in {CONFIRM_JSON})")
     per_seed = []
     for cfg, (weights, val_metrics, iteration) in zip(configs, trained, strict=True):
-        test_metrics = GreedyEvaluator(cfg.env, cfg.eval, split="test")(trained_module(cfg, weights))
+        test_eval = PolicyEvaluator(cfg.env, cfg.eval, "test", objective=cfg.objective, preflight_cfg=cfg.preflight)
+        test_metrics = test_eval(trained_module(cfg, weights))
         per_seed.append(
             {
                 "seed": cfg.train.seed,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from himari_ray.schema import BAND_DISTANCE, OBJECTIVE, VAL_SHARPE
+from himari_ray.schema import BAND_DISTANCE, OBJECTIVE, VAL_EDGE, VAL_SHARPE
 from himari_ray.search.space import ParamRange, SearchSpace, ordered_search
 
 #: The multi-objective search's metrics and directions (the single objective is the report's OBJECTIVE:
-#: band distance, Sharpe tie-break, profit constraint).
+#: band distance, Sharpe tie-break, profit constraint); `objective.metric: edge` sets edge against bands.
 MULTI_OBJECTIVE = ([BAND_DISTANCE, VAL_SHARPE], ["min", "max"])
+MULTI_METRICS = {"sharpe": VAL_SHARPE, "edge": VAL_EDGE}
 
 
 def tune_distributions(space: SearchSpace, keys: list[str] | None = None) -> dict[str, Any]:
@@ -65,8 +66,11 @@ class DefineByRun:
 
 
 def objective_spec(space: SearchSpace) -> tuple[str | list[str], str | list[str]]:
-    """Metric(s) and direction(s) Optuna optimises for this space."""
-    return MULTI_OBJECTIVE if space.objective.mode == "multi" else (OBJECTIVE, "min")
+    """Metric(s) and direction(s) Optuna optimises for this space. A constrained search minimises the report's
+    objective (-Sharpe or -edge where feasible, rl/scoring.py) with the band tolerance as Optuna's constraint."""
+    if space.objective.mode == "multi":
+        return [BAND_DISTANCE, MULTI_METRICS[space.objective.metric]], list(MULTI_OBJECTIVE[1])
+    return OBJECTIVE, "min"
 
 
 def make_searcher(
@@ -82,9 +86,10 @@ def make_searcher(
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from himari_ray.search.study import PruningOptunaSearch
+    from himari_ray.search.study import PruningOptunaSearch, constraints_func
 
     metric, mode = objective_spec(space)
+    constrained = space.objective.mode == "constrained"
     searcher = PruningOptunaSearch(
         space=DefineByRun(space),
         metric=metric,
@@ -92,11 +97,12 @@ def make_searcher(
         sampler=(
             optuna.samplers.RandomSampler(seed=seed)
             if space.budget.sampler == "random"
-            else optuna.samplers.TPESampler(seed=seed)
+            else optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func if constrained else None)
         ),
         storage=storage,
         study_name=space.name,
         max_iterations=space.train.iterations,
+        constraint=(space.objective.band_tolerance, space.eval.min_net_return) if constrained else None,
         owner=owner,
         out_dir=out_dir,
     )

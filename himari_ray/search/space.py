@@ -14,7 +14,7 @@ from himari_ray.env.coordinates import BREAKEVEN_NAMES, BREAKEVEN_PREFIX, COORDI
 from himari_ray.env.preflight import PreflightConfig
 from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem, searched_scale_problem
 from himari_ray.env.trading import EnvConfig
-from himari_ray.rl.config import ROUTES, EvalConfig, RobustConfig, TrainConfig, TrialConfig
+from himari_ray.rl.config import ROUTES, EvalConfig, ObjectiveConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
 from himari_ray.types import ENV_SECTION, UserInputError, flagged
 
@@ -99,16 +99,6 @@ class Budget(BaseModel):
     )
 
 
-class ObjectiveSettings(BaseModel):
-    """What the search optimises (how the policy is scored is the space's `eval:` section)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
-
-    mode: Literal["single", "multi"] = Field(
-        "single", description="single: band distance with Sharpe as tie-break; multi: band distance down, Sharpe up."
-    )
-
-
 #: Keys of older space files and where each now lives: refused with this hint, never silently dropped.
 MOVED_KEYS = {
     "targets": "eval.bands",
@@ -181,7 +171,7 @@ class SearchSpace(BaseModel):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")
     collapse: CollapseSettings = Field(default_factory=CollapseSettings, description="Collapse stopper.")
     resources: Resources = Field(default_factory=Resources, description="Per-trial resources.")
-    objective: ObjectiveSettings = Field(default_factory=ObjectiveSettings, description="What is optimised.")
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig, description="What is optimised.")
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="How each policy is scored: bands, fee, profit constraint, leak alarm."
     )
@@ -244,9 +234,9 @@ class SearchSpace(BaseModel):
         for key in self.scheduler.mutate:
             if key not in self.search:
                 raise ValueError(f"scheduler.mutate: {key!r} is not a searched parameter")
-        if population and self.objective.mode == "multi":
+        if population and self.objective.mode != "single":
             raise ValueError(
-                f"scheduler.kind: {self.scheduler.kind} optimises one metric; it cannot run objective.mode multi"
+                f"scheduler.kind: {self.scheduler.kind} optimises one metric; it cannot run objective.mode {self.objective.mode}"
             )
         if population and not self.scheduler.mutate:
             raise ValueError(f"scheduler.mutate: {self.scheduler.kind} needs at least one parameter to mutate")
@@ -285,6 +275,7 @@ class SearchSpace(BaseModel):
             model=model,
             train=self.train,
             eval=self.eval,
+            objective=self.objective,
             preflight=self.preflight,
             robust=self.robust,
         )

@@ -17,20 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from himari_ray.rl.evaluate import SKIPPED_SHARPE
+from himari_ray.rl.scoring import SKIPPED_SHARPE
 from himari_ray.schema import (
     BAND_DISTANCE,
-    BEST_BAND_DISTANCE,
-    BEST_OBJECTIVE,
-    BEST_VAL_SHARPE,
     FIELDS,
-    OBJECTIVE,
     PREFLIGHT_SKIPPED,
     STUDY,
     TRAINING_ITERATION,
+    VAL_NET_RETURN,
     VAL_SHARPE,
     number,
     read_report,
@@ -44,8 +42,29 @@ from himari_ray.types import UserInputError, open_storage, redact
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
 TRIAL_ATTR_METRICS = shown(STUDY)
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
-#: The report key of each objective's value at the trial's best report (what a finished trial is told).
-BEST_OF = {OBJECTIVE: BEST_OBJECTIVE, BAND_DISTANCE: BEST_BAND_DISTANCE, VAL_SHARPE: BEST_VAL_SHARPE}
+#: The user attribute holding a constrained trial's constraint values (<= 0 each: feasible).
+CONSTRAINTS_ATTR = "constraints"
+#: The violation of a constraint that could not be measured (a crashed or untrained report): finite, since
+#: the study stores attributes as JSON.
+UNMEASURED = 1e9
+
+
+def constraint_values(report: dict[str, Any], band_tolerance: float, min_net_return: float | None) -> list[float]:
+    """Optuna's constraint values of a report (feasible when each is <= 0): band distance minus its
+    tolerance, and the profit constraint's shortfall where the space sets one."""
+    band = number(report, BAND_DISTANCE)
+    values = [band - band_tolerance if math.isfinite(band) else UNMEASURED]
+    if min_net_return is not None:
+        net = number(report, VAL_NET_RETURN)
+        values.append(min_net_return - net if math.isfinite(net) else UNMEASURED)
+    return values
+
+
+def constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """The constraints a sampler reads (TPESampler's `constraints_func`): what the searcher recorded."""
+    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, [UNMEASURED]))
+
+
 #: Tune's trial id (the suffix of the trial directory), recorded when the trial is suggested.
 TUNE_TRIAL_ID_ATTR = "tune_trial_id"
 
@@ -120,9 +139,19 @@ class PruningOptunaSearch(OptunaSearch):
     there), so a copied search directory would silently write into the original's study.
     """
 
-    def __init__(self, *args: Any, max_iterations: int, owner: str, out_dir: str = "", **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_iterations: int,
+        owner: str,
+        out_dir: str = "",
+        constraint: tuple[float, float | None] | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self._max_iterations = max_iterations
+        # objective.mode constrained: (band tolerance, profit constraint or None), told to Optuna as constraints.
+        self._constraint = constraint
         self._owner = owner  # the search's id (search.json's search_id): stays the same when the directory moves
         self._out_dir = out_dir  # where the search writes its trials, as of this driver
 
@@ -172,7 +201,7 @@ class PruningOptunaSearch(OptunaSearch):
         found = sorted((Path(base) / "tune").glob(f"trial_*_{trial_id}"))
         return found[0] if found else None
 
-    def _record(self, trial_id: str, result: dict[str, Any] | None) -> None:
+    def _record(self, trial_id: str, result: dict[str, Any] | None) -> dict[str, Any] | None:
         """Before the trial is told: its best report's headline numbers (the schema's STUDY keys), directory
         and best checkpoint as user attributes, and (single objective) the last report as an intermediate
         value, as for every report before it — Tune hands the last report to `on_trial_complete` only."""
@@ -187,7 +216,12 @@ class PruningOptunaSearch(OptunaSearch):
             if checkpoint is not None:  # the policy its value scores: the best report's, as export ships
                 ot_trial.set_user_attr(CHECKPOINT_ATTR, str(checkpoint))
         if not result:
-            return
+            return None
+        constraint = getattr(self, "_constraint", None)  # a searcher pickled before constraints had none
+        if constraint is not None:  # read by the sampler's constraints_func; best_trial reads feasible ones only
+            values = constraint_values(headline, *constraint)
+            ot_trial.set_user_attr(CONSTRAINTS_ATTR, values)
+            self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, _CONSTRAINTS_KEY, tuple(values))
         for key in TRIAL_ATTR_METRICS:
             if FIELDS[key].kind is str:
                 ot_trial.set_user_attr(key, str(value(headline, key)) or None)
@@ -199,6 +233,7 @@ class PruningOptunaSearch(OptunaSearch):
         reported = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
         if values is not None and len(values) == 1 and step is not None and step not in reported:
             ot_trial.report(values[0], step)
+        return headline
 
     @staticmethod
     def _reports_with(path: Path, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -210,15 +245,12 @@ class PruningOptunaSearch(OptunaSearch):
         last = result.get(TRAINING_ITERATION)
         return [*[r for r in reports if r.get(TRAINING_ITERATION) != last], read_report(result)]
 
-    def _values(self, result: dict[str, Any] | None, best: bool = False) -> list[float] | None:
-        """The trial's objective value(s) in `result`: this report's, or (`best`) those of its best report so
-        far, which every report carries as `best_*` keys: a trial is judged by its best report, as `analyze`
-        and the rest of himari-ray judge it."""
+    def _values(self, result: dict[str, Any] | None) -> list[float] | None:
+        """The objective value(s) of one report; None where one is missing or NaN (a crash)."""
         if not result:
             return None
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        keys = [BEST_OF.get(m, m) if best and BEST_OF.get(m) in result else m for m in metrics]
-        values = [result.get(k) for k in keys]  # a crashed trial's last result may lack them
+        values = [result.get(m) for m in metrics]  # a crashed trial's last result may lack them
         if value(result, PREFLIGHT_SKIPPED):  # untrained: its Sharpe is NaN, but TPE must still learn from it
             values = [SKIPPED_SHARPE if m == VAL_SHARPE else v for m, v in zip(metrics, values, strict=True)]
         if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in values):
@@ -229,8 +261,9 @@ class PruningOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
-        self._record(trial_id, result)
-        values = self._values(result, best=True)
+        best = self._record(trial_id, result)
+        # A trial is told the values of its best report (the one every himari-ray command shows and ships).
+        values = self._values(best) if self._values(result) is not None else None
         if error or values is None:
             self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         elif (
