@@ -19,6 +19,12 @@ from himari_ray.cli import confirm, data, launch, policy, results, search, space
 from himari_ray.cli.common import Parser
 from himari_ray.types import SearchFailed, SearchInterrupted, UserInputError
 
+#: What `himari-ray --help` says first: one whole sentence (the module docstring's first line was cut).
+DESCRIPTION = (
+    "Search the reward shaping of a regime-conditioned PPO trading policy with RLlib, Ray Tune and Optuna, "
+    "then analyze, report, confirm, export and run what the search found."
+)
+
 #: Command groups in the order `--help` lists them.
 COMMAND_MODULES = (search, spaces, results, confirm, data, policy, launch)
 
@@ -26,7 +32,7 @@ COMMAND_MODULES = (search, spaces, results, confirm, data, policy, launch)
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="himari-ray",
-        description=__doc__.splitlines()[0],
+        description=DESCRIPTION,
         epilog="example:\n  himari-ray search            # the default (smoke) search, then: himari-ray analyze DIR",
     )
     parser.add_argument("--version", action="version", version=f"himari-ray {__version__}")

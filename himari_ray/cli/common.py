@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from himari_ray.types import UserInputError, redact
@@ -13,15 +14,39 @@ DEFAULT_SPACE = "smoke"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (when it has one worth showing) and keeps the example epilog as written."""
+    """Shows each option's default one way, `(default: X)` before the help's last period, and keeps the
+    example epilog as written. An option whose default is decided later (argparse default None: the space's
+    budget, standard output) writes its own `(default: what)` in the same form."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        # Descriptions wrap at the terminal's width; indented lines (the examples) stay as written.
+        return "\n".join(
+            line
+            if line.startswith(" ") or len(indent + line) <= width
+            else textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent)
+            for line in text.splitlines()
+        )
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "%(default)" in text or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        if text is argparse.SUPPRESS or not shows_default(action):
             return text
-        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
-            return f"{text} (default: %(default)s)".strip()
-        return text
+        # argparse %-formats the help afterwards: a literal % in a default must survive that.
+        shown = f"(default: {default_text(action.default)})".replace("%", "%%")
+        return f"{text[:-1]} {shown}." if text.endswith(".") else f"{text} {shown}".strip()
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether `--help` states this argument's default: it takes a value (not a flag, --help or --version),
+    is optional, and argparse holds a default (`is`, not `in`: a default of 0 is not False)."""
+    if action.nargs == 0 or action.default is None or action.default is argparse.SUPPRESS:
+        return False
+    return bool(action.option_strings) or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
+
+
+def default_text(default: object) -> str:
+    """A default as `--help` writes it: an empty string (no extra conditions) reads `none`."""
+    return "none" if default == "" else str(default)
 
 
 class Parser(argparse.ArgumentParser):
@@ -78,12 +103,12 @@ def seed(flag: str = "--seed"):
     return int_at_least(flag, 0, MAX_SEED)
 
 
-def new_path(flag: str):
+def new_path(flag: str, what: str = "a directory"):
     """An argparse type for an output path: refuses the empty string (it would mean the current directory)."""
 
     def parse(text: str) -> Path:
         if not text.strip():
-            raise UserInputError(f"{flag}: must name a directory, got an empty path")
+            raise UserInputError(f"{flag}: must name {what}, got an empty path")
         return Path(text)
 
     return parse

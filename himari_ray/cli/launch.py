@@ -23,11 +23,13 @@ def _price(flag: str):
 
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu", help="GPU model, e.g. RTX_4090, H100_SXM (see the error for the list).")
-    p.add_argument("--gpus", type=positive("--gpus"), help="Fewest GPUs per instance (default 1).")
-    p.add_argument("--max-price", type=_price("--max-price"), help="Highest price per instance, $/hour.")
-    p.add_argument("--min-reliability", type=_price("--min-reliability"), help="Lowest host reliability 0-1 (0.95).")
-    p.add_argument("--disk", type=_price("--disk"), help="Disk per instance in GB (default 30).")
+    p.add_argument("--gpu", help="GPU model, e.g. RTX_4090, H100_SXM; a wrong name lists them (default: any).")
+    p.add_argument("--gpus", type=positive("--gpus"), help="Fewest GPUs per instance (default: 1).")
+    p.add_argument("--max-price", type=_price("--max-price"), help="Highest price per instance, $/hour (default: any).")
+    p.add_argument(
+        "--min-reliability", type=_price("--min-reliability"), help="Lowest host reliability, 0-1 (default: 0.95)."
+    )
+    p.add_argument("--disk", type=_price("--disk"), help="Disk per instance in GB (default: 30).")
     p.add_argument(
         "--filter", default="", help="More conditions: 'num_gpus>=2 dph<=1.5 gpu_ram>=24 reliability>=0.98'."
     )
@@ -79,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "himari-ray vast offers --limit 5",
     )
     _filter_flags(o)
-    o.add_argument("--limit", type=positive("--limit"), default=20, help="Show at most N offers (default 20).")
+    o.add_argument("--limit", type=positive("--limit"), default=20, help="Show at most N offers.")
     o.set_defaults(run=run_offers)
 
     u = add_command(
@@ -88,11 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Rent instances, search on each into one study, pull results, destroy them.",
         "himari-ray vast up pnl_cost --out runs/vast --instances 2 --trials 16",
     )
-    u.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
+    u.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name.")
     u.add_argument(
         "--out", type=new_path("--out"), required=True, help="Launch directory (new or empty): state, ledger, results."
     )
-    u.add_argument("--instances", type=positive("--instances"), default=1, help="Instances to rent (default 1).")
+    u.add_argument("--instances", type=positive("--instances"), default=1, help="Instances to rent.")
     u.add_argument(
         "--trials", type=positive("--trials"), help="Trials over all instances (default: the space's budget)."
     )
@@ -116,8 +118,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = add_command(vs, name, helptext, f"himari-ray vast {name} runs/vast")
         p.add_argument("dir", type=Path, help="The launch directory (--out of `vast up`).")
         if name == "logs":
-            p.add_argument("--instance", type=positive("--instance"), help="Only this instance id.")
-            p.add_argument("--lines", type=positive("--lines"), default=40, help="Lines per log (default 40).")
+            p.add_argument(
+                "--instance", type=positive("--instance"), help="Only this instance id (default: every instance)."
+            )
+            p.add_argument("--lines", type=positive("--lines"), default=40, help="Lines per log.")
         p.set_defaults(run=run_manage)
 
 

@@ -34,7 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("bundle", type=Path, help="A bundle directory written by `himari-ray export`.")
     a.add_argument("bars", type=Path, help="OHLCV file: CSV, Parquet, freqtrade .json/.feather, Binance klines.")
     a.add_argument("--out", type=Path, help="New CSV file (default: standard output).")
-    a.add_argument("--sha256", help="Refuse the bundle unless its manifest.json has this SHA-256 (from export).")
+    a.add_argument(
+        "--sha256",
+        help="Refuse the bundle unless its manifest.json has this SHA-256, as export printed it (default: no check).",
+    )
     a.add_argument(
         "--seed",
         type=seed(),

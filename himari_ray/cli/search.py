@@ -22,15 +22,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "himari-ray search --resume runs/pnl",
         ],
     )
-    s.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
+    s.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name.")
     s.add_argument("--trials", type=positive("--trials"), help="Number of trials (default: the space's budget).")
     s.add_argument(
         "--out", type=new_path("--out"), help="Output directory (default: runs/<space>-<time>); must be new or empty."
     )
     s.add_argument("--seed", type=seed(), help="Sampler seed (default: the space's budget.seed).")
-    s.add_argument("--data", type=Path, help="Train on this dataset directory instead of the space's data.")
+    s.add_argument("--data", type=Path, help="Train on this dataset directory (default: the space's data).")
     s.add_argument("--storage", help="Optuna study storage, any SQLAlchemy URL (default: sqlite in --out).")
-    s.add_argument("--address", help="Join this Ray cluster (token authentication) instead of starting one.")
+    s.add_argument(
+        "--address", help="Join this Ray cluster with token authentication (default: start a Ray of its own)."
+    )
     s.add_argument(
         "--tune-storage",
         metavar="URI",
@@ -45,9 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Which regimes a space's rewards make HOLD- or trade-dominant (no training).",
         "himari-ray preflight adaptive --sample 200",
     )
-    p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name (default: smoke).")
-    p.add_argument("--data", type=Path, help="Read this dataset directory instead of the space's data.")
-    p.add_argument("--sample", type=non_negative("--sample"), default=0, help="Also classify N sampled configs.")
+    p.add_argument("space", nargs="?", default=DEFAULT_SPACE, help="Space file or bundled name.")
+    p.add_argument("--data", type=Path, help="Read this dataset directory (default: the space's data).")
+    p.add_argument(
+        "--sample",
+        type=non_negative("--sample"),
+        default=0,
+        help="Also classify N configurations sampled from the space.",
+    )
     p.add_argument("--seed", type=seed(), default=0, help="Seed of the sampled configurations.")
     p.add_argument("--strict", action="store_true", help="Skill band [0.5, 1.0]: coin flip and perfect oracle.")
 
