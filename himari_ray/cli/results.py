@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.cli.common import add_command, print_results
+from himari_ray.cli.common import add_command, new_path, print_results
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "himari-ray report runs/smoke-20260101-120000 --out smoke.html",
     )
     r.add_argument("dir", type=Path, help="A search output directory.")
-    r.add_argument("--out", type=Path, help="HTML file to write (default: DIR/report.html).")
+    r.add_argument(
+        "--out",
+        type=new_path("--out", "a file"),
+        help="New HTML file, never overwritten (default: DIR/report.html, which is regenerated when it is a "
+        "report of ours).",
+    )
     r.set_defaults(run=run_report)
 
 
@@ -43,9 +48,14 @@ def run_report(args: argparse.Namespace) -> int:
     from himari_ray.report.html import check_plotting, check_writable, default_report_path, write_report
 
     check_plotting()
-    path = args.out or default_report_path(args.dir)
-    check_writable(path)
+    # An --out the user names is refused when it exists, as export, act and data refuse theirs; the default
+    # DIR/report.html is a view of DIR alone (like pareto.csv), so a report of ours there is regenerated.
+    replace_own = args.out is None
+    path = default_report_path(args.dir) if replace_own else args.out
+    replacing = replace_own and path.exists()
+    check_writable(path, replace_own)
     results = load_search(args.dir)
-    write_report(results, path)
-    print(f"report: {path} ({len(results.trials)} trials; open it in a browser)")
+    write_report(results, path, replace_own)
+    note = "replaced the previous report; " if replacing else ""
+    print(f"report: {path} ({len(results.trials)} trials; {note}open it in a browser)")
     return 0

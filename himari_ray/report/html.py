@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import errno
 import html
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 
@@ -15,15 +16,24 @@ from himari_ray.report.text import display_frame, summary_lines
 from himari_ray.searchdir import STATUS_HELP
 from himari_ray.types import UserInputError
 
-#: Marks a file this command wrote, so regenerating a report replaces it and nothing else is overwritten.
+#: Marks a file this command wrote, so regenerating the default DIR/report.html replaces only a report of ours.
 GENERATOR = f"himari-ray {__version__} report"
 INSTALL_HINT = 'report: needs matplotlib; install it with pip install -e ".[report]" (or pip install matplotlib)'
 
+# The trials table has a column per searched parameter and per score: wider than any page. It scrolls inside
+# its own box with the trial column pinned, so every score column is reachable and the page never scrolls
+# sideways (long paths and error lines elsewhere wrap instead).
 _STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; color: #222;
+       overflow-wrap: anywhere; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.8em; } td, th { padding: 2px 8px; border: 1px solid #ddd; }
-th { background: #f4f4f4; } img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
+.table-scroll { overflow-x: auto; max-width: 100%; border: 1px solid #ddd; }
+table { border-collapse: separate; border-spacing: 0; font-size: 0.8em; overflow-wrap: normal; }
+td, th { padding: 2px 8px; border-right: 1px solid #ddd; border-bottom: 1px solid #ddd; white-space: nowrap; }
+td { background: #fff; } th { background: #f4f4f4; }
+th:first-child, td:first-child { position: sticky; left: 0; z-index: 1; box-shadow: 2px 0 2px -1px #bbb; }
+th:first-child { z-index: 2; }
+img { max-width: 100%; } .note { color: #555; font-size: 0.9em; }
 """
 
 
@@ -39,19 +49,28 @@ def default_report_path(out: Path) -> Path:
     return Path(out) / "report.html"
 
 
-def check_writable(path: Path) -> None:
-    """Refuse to replace a file this command did not write (a report of ours is regenerated in place)."""
+def is_our_report(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return b'<meta name="generator" content="himari-ray' in f.read(2000)
+    except OSError:
+        return False
+
+
+def check_writable(path: Path, replace_own: bool = False) -> None:
+    """Refuse an existing path in one line, as `export`, `act` and `data` refuse an existing --out. Only the
+    default DIR/report.html (`replace_own`), derived from DIR alone, is regenerated in place, and only when
+    it is a report of ours."""
+    flag = "" if replace_own else "--out "
     if path.is_dir():
-        raise UserInputError(f"--out {path}: is a directory; name the HTML file to write")
-    if path.exists():
-        try:
-            ours = '<meta name="generator" content="himari-ray' in path.read_text(errors="replace")[:2000]
-        except OSError:
-            ours = False
-        if not ours:
-            raise UserInputError(f"--out {path}: exists and is not a himari-ray report; choose another file")
+        raise UserInputError(f"{flag}{path}: is a directory; name the HTML file to write")
+    if path.exists() or path.is_symlink():
+        if not replace_own:
+            raise UserInputError(f"--out {path}: already exists; choose a new --out (nothing is overwritten)")
+        if not is_our_report(path):
+            raise UserInputError(f"{path}: exists and is not a himari-ray report; name another file with --out")
     if not path.parent.is_dir():
-        raise UserInputError(f"--out {path}: no such directory {path.parent}")
+        raise UserInputError(f"{flag}{path}: no such directory {path.parent}")
 
 
 def render_html(results: SearchResults) -> str:
@@ -79,7 +98,9 @@ def render_html(results: SearchResults) -> str:
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
     parts.append("<h2>Trials</h2>")
-    parts.append(display_frame(results).to_html(index=False, escape=True, border=0))
+    parts.append('<p class="note">Scroll the table sideways for every column; the trial column stays in view.</p>')
+    table = display_frame(results).to_html(index=False, escape=True, border=0)
+    parts.append(f'<div class="table-scroll">{table}</div>')
     parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in summary_lines(results)) + "</ul>")
     parts.append(
         "<p class='note'>Status: "
@@ -89,16 +110,42 @@ def render_html(results: SearchResults) -> str:
     return "\n".join(parts)
 
 
-def write_report(results: SearchResults, path: Path) -> Path:
-    """Write the report atomically (a reader never sees half a file; a failure leaves the old one)."""
-    check_writable(path)
-    text = render_html(results)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".html")
+def write_report(results: SearchResults, path: Path, replace_own: bool = False) -> Path:
+    """Render the report and write it (see `write_html`)."""
+    check_writable(path, replace_own)
+    return write_html(render_html(results), path, replace_own)
+
+
+#: link() errors of file systems without hard links: there the existence check before the rename decides.
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV, errno.ENOSYS}
+
+
+def write_html(text: str, path: Path, replace_own: bool = False) -> Path:
+    """Write `text` to `path` atomically (a reader never sees half a file; a failure leaves nothing, or the
+    old report) with the mode a plain `open` gives (0644 under umask 022: a report is for sharing, and
+    mkstemp's 0600 hid it from a web server or a colleague). A new path is claimed with link(), which fails
+    on an existing one: a file that appeared after `check_writable` is still never replaced."""
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open(..., "w")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            f.flush()
+            os.fsync(f.fileno())
+        if replace_own:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise UserInputError(
+                    f"--out {path}: already exists; choose a new --out (nothing is overwritten)"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                check_writable(path)
+                os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
