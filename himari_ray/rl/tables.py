@@ -1,6 +1,8 @@
 """The env's fixed arrays as batched readers see them: observations gathered for many (bar, previous action)
-pairs at once, on numpy arrays or torch tensors alike, and the reward table. The fast runner samples from
-them (rl/fast_runner.py); the benchmarks' pure-torch reference reads them too.
+pairs at once, on numpy arrays or torch tensors alike, and the reward table. The fast runner keeps one copy
+on the host (its RLlib episodes are numpy) and one on its module's device, where it samples and where the
+train batch is gathered (rl/fast_runner.py, rl/device_batch.py); the benchmarks' pure-torch reference reads
+them too.
 """
 
 from __future__ import annotations
@@ -55,7 +57,12 @@ class EnvTables:
     """The arrays every copy of one env config shares: observation arrays and the reward table."""
 
     obs: ObsArrays
-    reward: np.ndarray  # (n_bars - 1, 3, 3): reward[t, prev_action, action]
+    reward: Any  # (n_bars - 1, 3, 3): reward[t, prev_action, action]; numpy, or a tensor of the same dtype
+
+    def to(self, device: torch.device) -> EnvTables:
+        """The same tables as torch tensors on `device` (values and dtypes unchanged: float64 rewards stay
+        float64, so a reward looked up there is the one the host table holds)."""
+        return EnvTables(obs=self.obs.to(device), reward=torch.as_tensor(self.reward, device=device))
 
     @classmethod
     def of(cls, env: HimariTradingEnv) -> EnvTables:
@@ -69,4 +76,4 @@ class EnvTables:
             env.config.context_len,
             env.config.position_mode if "position" in env.observation_space.spaces else "none",
         )
-        return cls(obs=obs, reward=np.asarray(env._reward))
+        return cls(obs=obs, reward=np.ascontiguousarray(env._reward))
