@@ -11,6 +11,12 @@ bar each copy decides at, where its episodes end and restart: none of it depends
   the N windows and one batched forward on the runner's device.
 Rewards are one vectorised table lookup; episodes are built in bulk. Learner, loss and GAE stay RLlib's.
 
+The host stays out of sampling: the env's tables live on the module's device too (`EnvTables.to`), the
+fragment's layout goes there once, and windows, actions, log-probs, previous actions and rewards are
+gathered and kept there (no step waits for the device); the fragment comes back to the host once, without
+windows, for RLlib's episodes and metrics. The local runner tags its episodes with their slice of the
+fragment, so a learner pipeline set up by `rl/device_batch.py` gathers the train batch on the device too.
+
 What is the same as the plain path (`tests/test_fast_runner.py` checks it against `SingleAgentEnvRunner`):
 the env copies, their seeding and episode starts (each copy's own `reset()` draws them), observations,
 rewards, truncation, action distribution inputs and log-probs. What differs: no per-step `info` dicts (the
@@ -38,8 +44,9 @@ from ray.rllib.utils.metrics import WEIGHTS_SEQ_NO
 from ray.rllib.utils.typing import ResultDict
 
 from himari_ray.env.trading import HimariTradingEnv
+from himari_ray.rl.device_batch import DEVICE_SLICE, DeviceSlice, HostFragment, SampledFragment
 from himari_ray.rl.model import VALUE_CHUNK
-from himari_ray.rl.tables import EnvTables, ObsArrays, gather_observations
+from himari_ray.rl.tables import EnvTables, gather_observations
 
 #: Most windows per forward pass when no observation depends on an action (`per_bar`). The production module
 #: grows ~0.9 GB per 1,024 windows in a no-grad forward (CPU, fp32; bench/README.md): chunks of the learner's
@@ -58,12 +65,12 @@ class _Plan:
     carried_return: np.ndarray  # per copy: return so far of the episode its first chunk continues
 
 
-def previous_actions(actions: np.ndarray, done: np.ndarray, prev0: np.ndarray) -> np.ndarray:
+def previous_actions(actions: torch.Tensor, done: torch.Tensor, prev0: torch.Tensor) -> torch.Tensor:
     """The action before each step's decision: the copy's last action, 0 (HOLD) where an episode starts
     (the step after its previous episode's last)."""
-    prevs = np.empty_like(actions)
+    prevs = torch.empty_like(actions)
     prevs[0] = prev0
-    prevs[1:] = np.where(done[:-1], 0, actions[:-1])
+    prevs[1:] = torch.where(done[:-1], 0, actions[:-1])
     return prevs
 
 
@@ -101,8 +108,10 @@ class FastEnvRunner(SingleAgentEnvRunner):
                 env=self.env, spaces=self.spaces, device=self._device
             )
         self._lanes: _Lanes | None = None
-        self._tables: EnvTables | None = None
-        self._device_obs: ObsArrays | None = None
+        self._tables: EnvTables | None = None  # host copy: the episodes' observations
+        self._device_tables: EnvTables | None = None  # on the module's device: sampling and the train batch
+        # Only a learner in this process can read device tensors in the episodes (num_learners=0: the trial's).
+        self._tag_episodes = not self.worker_index and not config.num_learners
         self._episode_stats: list[tuple[int, float, float]] = []
 
     # ----------------------------------------------------------------------------------------------------
@@ -115,7 +124,7 @@ class FastEnvRunner(SingleAgentEnvRunner):
         self._needs_initial_reset = False
         copies = self._copies()
         self._tables = EnvTables.of(copies[0])
-        self._device_obs = self._tables.obs.to(self._device)
+        self._device_tables = self._tables.to(self._device)
         start = np.array([int(info["bar"]) for info in infos], dtype=np.int64)
         n = len(copies)
         self._lanes = _Lanes(
@@ -131,8 +140,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
 
     def _pick_actions(self, dist: Any, explore: bool, starts: np.ndarray, bars: np.ndarray) -> torch.Tensor:
         """Actions from the module's distribution (what RLlib's `GetActions` connector does), one per row of
-        `dist`; `starts` and `bars` name each row's episode start and decision bar (for subclasses that replay
-        given actions)."""
+        `dist`; `starts` and `bars` (host arrays) name each row's episode start and decision bar (for subclasses
+        that replay given actions). The actions may come back on any device: they are moved to the module's."""
         return dist.sample() if explore else dist.to_deterministic().sample()
 
     @override(SingleAgentEnvRunner)
@@ -157,19 +166,25 @@ class FastEnvRunner(SingleAgentEnvRunner):
         if force_reset or self._needs_initial_reset or self._lanes is None:
             self._reset_lanes()
         n = len(self._lanes.bar)
-        prev0 = self._lanes.prev.copy()
+        # A copy (torch.tensor, not as_tensor): restarts in `_schedule` zero lanes.prev in place.
+        prev0 = torch.tensor(self._lanes.prev, device=self._device)
         plan = self._schedule(-(-num_timesteps // n))
+        # The layout goes to the device once; from here on the fragment stays there until `to_host`.
+        bars = torch.as_tensor(plan.bars, device=self._device)
+        done = torch.as_tensor(plan.done, device=self._device)
         # What RLlib's forward_exploration/_inference do, minus switching every module to eval and back on
         # each call (28% of the tiny preset's sampling time): eval once, then the same no-grad forward.
         self.module.eval()
         if self._tables.obs.position == "carried":
-            actions, logp, dist_inputs = self._act_in_lockstep(plan, prev0, explore)
+            actions, logp, dist_inputs = self._act_in_lockstep(plan, bars, done, prev0, explore)
         else:
-            actions, logp, dist_inputs = self._act_at_once(plan, explore)
-        prevs = previous_actions(actions, plan.done, prev0)
-        rewards = self._tables.reward[plan.bars, prevs, actions]
-        episodes = self._episodes(plan, prevs, actions, logp, dist_inputs, rewards)
-        ts = actions.size
+            actions, logp, dist_inputs = self._act_at_once(plan, bars, explore)
+        prevs = previous_actions(actions, done, prev0)
+        tables = self._device_tables
+        rewards = tables.reward[bars, prevs, actions]
+        fragment = SampledFragment(tables.obs, bars, prevs, actions, logp, dist_inputs, rewards, self._weights_seq_no)
+        episodes = self._episodes(plan, fragment)
+        ts = plan.bars.size
         self._log_env_steps(metric=self._metrics_num_env_steps_sampled, num_steps=ts)
         self._increase_sampled_metrics(ts, sum(e.is_done for e in episodes))
         return episodes
@@ -197,13 +212,10 @@ class FastEnvRunner(SingleAgentEnvRunner):
                     plan.chunks[i].append((s + 1, lanes.ids[i], 0, lanes.started[i]))
         return plan
 
-    def _forward(self, bars: np.ndarray, prevs: np.ndarray, explore: bool) -> tuple[Any, torch.Tensor]:
-        """The module's action distribution at these (bar, previous action) pairs: one no-grad forward."""
-        obs = gather_observations(
-            self._device_obs,
-            torch.as_tensor(bars, device=self._device),
-            torch.as_tensor(prevs, device=self._device),
-        )
+    def _forward(self, bars: torch.Tensor, prevs: torch.Tensor, explore: bool) -> tuple[Any, torch.Tensor]:
+        """The module's action distribution at these (bar, previous action) pairs (tensors on the module's
+        device): one gather from the device tables, one no-grad forward."""
+        obs = gather_observations(self._device_tables.obs, bars, prevs)
         forward = self.module._forward_exploration if explore else self.module._forward_inference
         with torch.no_grad():
             logits = forward({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
@@ -212,54 +224,57 @@ class FastEnvRunner(SingleAgentEnvRunner):
         )
         return dist_cls.from_logits(logits), logits
 
-    def _act_at_once(self, plan: _Plan, explore: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _act_at_once(
+        self, plan: _Plan, bars: torch.Tensor, explore: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`per_bar`: no observation depends on an action, so every step's windows go through the module
-        together, in forwards of FORWARD_WINDOWS (4 for a production iteration of 4,096 steps, against 64)."""
-        bars, starts = plan.bars.reshape(-1), plan.starts.reshape(-1)
-        parts = []
-        for lo in range(0, len(bars), FORWARD_WINDOWS):
+        together, in forwards of FORWARD_WINDOWS (4 for a production iteration of 4,096 steps, against 64).
+        `bars` is `plan.bars` on the device; all results stay there."""
+        flat, host_bars, starts = bars.reshape(-1), plan.bars.reshape(-1), plan.starts.reshape(-1)
+        acts, logps, logits_parts = [], [], []
+        for lo in range(0, len(flat), FORWARD_WINDOWS):
             sl = slice(lo, lo + FORWARD_WINDOWS)
-            dist, logits = self._forward(bars[sl], np.zeros_like(bars[sl]), explore)
-            act = self._pick_actions(dist, explore, starts[sl], bars[sl])
-            parts.append((act.cpu().numpy(), dist.logp(act).float().cpu().numpy(), logits.float().cpu().numpy()))
+            dist, logits = self._forward(flat[sl], torch.zeros_like(flat[sl]), explore)
+            act = self._pick_actions(dist, explore, starts[sl], host_bars[sl]).to(self._device)
+            acts.append(act.long())
+            logps.append(dist.logp(act).float())
+            logits_parts.append(logits.float())
         shape = plan.bars.shape
         return (
-            np.concatenate([a for a, _, _ in parts]).astype(np.int64).reshape(shape),
-            np.concatenate([lp for _, lp, _ in parts]).reshape(shape),
-            np.concatenate([d for _, _, d in parts]).reshape(*shape, -1),
+            torch.cat(acts).reshape(shape),
+            torch.cat(logps).reshape(shape),
+            torch.cat(logits_parts).reshape(*shape, -1),
         )
 
     def _act_in_lockstep(
-        self, plan: _Plan, prev0: np.ndarray, explore: bool
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, plan: _Plan, bars: torch.Tensor, done: torch.Tensor, prev0: torch.Tensor, explore: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`carried`: the observation shows the position, i.e. the previous action, so the copies step
-        together one bar at a time: per step one gather of the N windows and one batched forward."""
+        together one bar at a time: per step one gather of the N windows and one batched forward. The
+        position stays on the device from step to step, so no step waits for the device to finish."""
         n_steps, n = plan.bars.shape
-        actions = np.empty((n_steps, n), dtype=np.int64)
-        logp = np.empty((n_steps, n), dtype=np.float32)
-        dist_inputs = np.empty((n_steps, n, self.env.single_action_space.n), dtype=np.float32)
+        actions = torch.empty((n_steps, n), dtype=torch.int64, device=self._device)
+        logp = torch.empty((n_steps, n), dtype=torch.float32, device=self._device)
+        dist_inputs = torch.empty(
+            (n_steps, n, self.env.single_action_space.n), dtype=torch.float32, device=self._device
+        )
         prev = prev0
         for s in range(n_steps):
-            prev = np.where(plan.done[s - 1], 0, prev) if s else prev
-            dist, logits = self._forward(plan.bars[s], prev, explore)
-            act = self._pick_actions(dist, explore, plan.starts[s], plan.bars[s])
-            actions[s] = prev = act.cpu().numpy().astype(np.int64)
-            logp[s], dist_inputs[s] = dist.logp(act).float().cpu().numpy(), logits.float().cpu().numpy()
+            prev = torch.where(done[s - 1], 0, prev) if s else prev
+            dist, logits = self._forward(bars[s], prev, explore)
+            act = self._pick_actions(dist, explore, plan.starts[s], plan.bars[s]).to(self._device)
+            actions[s] = prev = act.long()
+            logp[s], dist_inputs[s] = dist.logp(act).float(), logits.float()
         return actions, logp, dist_inputs
 
-    def _episodes(
-        self,
-        plan: _Plan,
-        prevs: np.ndarray,
-        actions: np.ndarray,
-        logp: np.ndarray,
-        dist_inputs: np.ndarray,
-        rewards: np.ndarray,
-    ) -> list[SingleAgentEpisode]:
-        """The fragment cut into episode chunks (finished ones first); carries each ongoing episode's
-        progress, return and previous action into the next call."""
+    def _episodes(self, plan: _Plan, fragment: SampledFragment) -> list[SingleAgentEpisode]:
+        """The fragment cut into episode chunks (finished ones first), built on the host from one copy of its
+        per-step arrays; carries each ongoing episode's progress, return and previous action into the next
+        call. The local runner tags each chunk with its slice of the (device) fragment."""
         lanes = self._lanes
         n_steps = plan.bars.shape[0]
+        host: HostFragment = fragment.to_host()
+        prevs, actions, logp, dist_inputs, rewards = host.prevs, host.actions, host.logp, host.dist_inputs, host.rewards
         finished, ongoing = [], []
         for i, chunks in enumerate(plan.chunks):
             bounds = [c[0] for c in chunks[1:]] + [n_steps]
@@ -271,6 +286,8 @@ class FastEnvRunner(SingleAgentEnvRunner):
                     eid, t0, plan.bars[sl, i], prevs[sl, i], actions[sl, i], logp[sl, i], dist_inputs[sl, i],
                     rewards[sl, i], bool(plan.done[s1 - 1, i]),
                 )  # fmt: skip
+                if self._tag_episodes:
+                    episode.custom_data[DEVICE_SLICE] = DeviceSlice(fragment, i, s0, s1)
                 ret = (plan.carried_return[i] if t0 else 0.0) + float(rewards[sl, i].sum())
                 if episode.is_done:
                     self._episode_stats.append((t0 + s1 - s0, ret, time.perf_counter() - started))
