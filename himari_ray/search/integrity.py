@@ -50,7 +50,8 @@ PICKLED_JSON = ("search_gen_state-", "basic-variant-state-")
 WRITTEN_ONCE = ("tuner.pkl", ".validate_storage_marker")
 #: Files Tune's sync copies over themselves unchanged (tuner.pkl on a resumed run, each trial's params):
 #: a kill mid-copy leaves a strict prefix of the signed content, which a resume restores from its snapshot.
-SYNCED = ("tuner.pkl", "params.json", "params.pkl")
+TRIAL_PARAMS = ("params.json", "params.pkl")
+SYNCED = ("tuner.pkl", *TRIAL_PARAMS)
 #: Files Tune writes that a resume only parses as plain text or JSON, never unpickles; left unsigned
 #: because the driver appends to them continuously.
 PLAIN_DATA = ("result.json", "progress.csv", "error.txt")
@@ -262,12 +263,12 @@ class DirectorySigner:
             if what == CHECKPOINT and self.live and checkpoint_dir(rel) not in self._registered:
                 # Not reported yet, so perhaps still being written: only a version an earlier signature
                 # holds (a checkpoint of an earlier driver) stays signed.
-                digest = self._digest(src)
+                digest, _ = self._digest(src)
                 if key in prev and digest is not None and hmac.compare_digest(prev[key], mac(self.key, key, digest)):
                     files[key] = prev[key]
                 continue
-            digest = self._digest(src, cache=what != STATE)  # state files change every step: always read
-            snap = self._snapshot(rel, src, digest) if digest is not None and what in (STATE, SYNC) else None
+            digest, data = self._digest(src, cache=what != STATE)  # state files change every step: always read
+            snap = self._snapshot(rel, src, digest, data) if digest is not None and what in (STATE, SYNC) else None
             if digest is None or (what in (STATE, SYNC) and snap is None):
                 # Caught mid-write: the last whole version stays signed (and its snapshot with it).
                 files.update({k: v for k, v in prev.items() if k == key or _is_snapshot_of(k, rel)})
@@ -294,6 +295,13 @@ class DirectorySigner:
                 if name.startswith(".") and name not in WRITTEN_ONCE:
                     continue  # Tune's temporary files (`.<uuid>-tmp-...`), which its sync sometimes copies
                 found.append((Path(name), self._source(Path(name), staging)))
+            # A new trial's params, as Tune staged them when it created the trial: signed with the state
+            # that names the trial, not only at the trial's first checkpoint.
+            for trial in sorted(p for p in staging.iterdir() if p.is_dir()) if staging is not None else []:
+                for name in TRIAL_PARAMS:
+                    rel = Path(trial.name, name)
+                    if tune_rel(rel) not in self._files and (staging / rel).is_file():
+                        found.append((rel, staging / rel))
         if trials and tune.is_dir():
             for trial in sorted(p for p in tune.iterdir() if p.is_dir()):
                 for path in sorted(trial.rglob("*")):
@@ -307,31 +315,33 @@ class DirectorySigner:
             return staging / rel
         return self.out / "tune" / rel
 
-    def _digest(self, src: Path, cache: bool = True) -> str | None:
-        """sha256 of `src` if it is whole, else None; re-read only when its size or mtime changed."""
+    def _digest(self, src: Path, cache: bool = True) -> tuple[str | None, bytes | None]:
+        """sha256 of `src` if it is whole (else None), and the bytes read for it (None when the digest came
+        from the cache: re-read only when its size or mtime changed)."""
         try:
             st = src.stat()
         except FileNotFoundError:
-            return None
+            return None, None
         hit = self._cache.get(src)
         if cache and hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
-            return hit[2]
+            return hit[2], None
         data = read_whole(src)
         if data is None:
-            return None
+            return None, None
         digest = sha256(data)
         self._cache[src] = (st.st_size, st.st_mtime_ns, digest)
-        return digest
+        return digest, data
 
-    def _snapshot(self, rel: Path, src: Path, digest: str) -> str | None:
-        """Keep this version as `.himari-signed/<rel>.<digest prefix>` (written by rename, from bytes that
-        hash to `digest`); its relative path, or None if `src` changed meanwhile. Older versions are
-        deleted only after a newer signature is written, so a kill at any instant leaves the signed one."""
+    def _snapshot(self, rel: Path, src: Path, digest: str, data: bytes | None) -> str | None:
+        """Keep this version as `.himari-signed/<rel>.<digest prefix>`, written by rename from bytes that hash
+        to `digest`; its relative path, or None if `src` changed meanwhile. Older versions are deleted only
+        after a newer signature is written, so a kill at any instant leaves the signed one."""
         snap_rel = snapshot_rel(rel, digest)
         snap = self.out / snap_rel
         if snap.is_file():
             return snap_rel
-        data = read_whole(src)
+        if data is None:
+            data = read_whole(src)
         if data is None or sha256(data) != digest:
             return None
         snap.parent.mkdir(parents=True, exist_ok=True)
