@@ -3,6 +3,7 @@ authenticate; a moved directory resumes against its own study. Real drivers in r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -23,8 +24,8 @@ from himari_ray.search.integrity import (
     SIGNATURE_FILE,
     WRITTEN_ONCE,
     DirectorySigner,
-    verify_directory,
 )
+from himari_ray.search.resume_check import plan_resume, verify_directory
 from himari_ray.types import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,6 +141,166 @@ def test_every_state_file_tune_rewrites_rolls_back_after_a_kill(real_search, tmp
     (out / "tune" / "tuner.pkl").write_bytes(b"x")
     with pytest.raises(UserInputError, match=r"tuner\.pkl: changed since the search signed it"):
         verify_directory(out)
+
+
+def tune_state(out: Path, trials: dict[str, list[str]]) -> Path:
+    """An experiment state in Tune's layout: each trial (directory name -> the checkpoints it keeps) as a
+    JSON string, its checkpoints inside a hex-encoded blob the way Tune pickles its checkpoint manager."""
+    blob = "".join(f"/x/tune/{t}/{c}".encode().hex() for t, cks in trials.items() for c in cks)
+    data = [
+        [json.dumps({"trial_id": t, "relative_logdir": t}), json.dumps({"checkpoint_manager": blob})] for t in trials
+    ]
+    path = out / "tune" / "experiment_state-x.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"trial_data": data, "runner_data": {}}))
+    return path
+
+
+def test_a_file_caught_mid_write_is_never_signed(tmp_path):
+    """Tune's sync copies its state over tune/ in place: a signature taken mid-copy must keep the last whole
+    version signed (issue 18: an empty experiment_state was signed and its signed copy was empty too)."""
+    out = tmp_path / "s"
+    exp = tune_state(out, {})
+    searcher = out / "tune" / "searcher-state-x.pkl"
+    searcher.write_bytes(pickle.dumps({"n": 1}))
+    signer = DirectorySigner(out)
+    signer.sign()
+    whole = {exp: exp.read_bytes(), searcher: searcher.read_bytes()}
+    exp.write_bytes(b"")  # the next copy had just begun: truncated, nothing written yet
+    searcher.write_bytes(pickle.dumps({"n": 2})[:-3])
+    signer.sign(top_level_only=True)
+    notes = verify_directory(out)
+    assert len(notes) == 2 and all("rolled back" in n for n in notes)
+    assert all(p.read_bytes() == data for p, data in whole.items())
+
+
+def test_a_trial_file_cut_short_is_restored_and_a_changed_one_refused(tmp_path):
+    """params.json and params.pkl are copied over themselves on every sync: a kill mid-copy leaves a prefix
+    of the signed content (restored, where the issue's run was refused as tampering); other content is not."""
+    out = tmp_path / "s"
+    tune_state(out, {"trial_a": []})
+    params = out / "tune" / "trial_a" / "params.json"
+    params.parent.mkdir(parents=True)
+    params.write_text(json.dumps({"trade_cost": 0.1, "entropy_coeff": 0.01}))
+    pkl = params.with_name("params.pkl")
+    pkl.write_bytes(pickle.dumps({"trade_cost": 0.1}))
+    DirectorySigner(out).sign()
+    whole = params.read_bytes()
+    for cut in (0, 7):
+        params.write_bytes(whole[:cut])
+        notes = verify_directory(out)
+        assert params.read_bytes() == whole and len(notes) == 1 and "cut short" in notes[0]
+    pkl.write_bytes(pickle.dumps({"trade_cost": 0.2}))
+    with pytest.raises(UserInputError, match=r"params\.pkl: changed since the search signed it"):
+        verify_directory(out)
+
+
+def test_checkpoints_are_signed_once_reported_and_kept_while_a_signed_state_names_them(tmp_path):
+    """A trial writes its checkpoint file by file (not signed until Tune reports it); Tune deletes the
+    previous checkpoint as it registers a newer one, before the state naming that one is signed."""
+    from himari_ray.search.integrity import LINKS_DIR, SNAPSHOT_DIR, read_signature
+
+    out = tmp_path / "s"
+    exp = tune_state(out, {"trial_a": ["checkpoint_000001"]})
+    first = out / "tune" / "trial_a" / "checkpoint_000001"
+    first.mkdir(parents=True)
+    (first / "state.pkl").write_bytes(pickle.dumps({"weights": [1.0] * 100}))
+    signer = DirectorySigner(out, live=True)
+    signer.sign()
+    assert "tune/trial_a/checkpoint_000001/state.pkl" not in read_signature(out)  # perhaps still arriving
+    signer.register(first)
+    signer.sign_trials()
+    assert "tune/trial_a/checkpoint_000001/state.pkl" in read_signature(out)
+    saved = (first / "state.pkl").read_bytes()
+    shutil.rmtree(first)  # Tune registered checkpoint_000002 and deleted this one; then the driver was killed
+    second = first.with_name("checkpoint_000002")
+    second.mkdir()
+    (second / "state.pkl").write_bytes(pickle.dumps({"weights": [2.0] * 100})[:50])
+    notes = verify_directory(out)
+    assert (first / "state.pkl").read_bytes() == saved and not second.exists()
+    assert (out / QUARANTINE_DIR / "tune" / "trial_a" / "checkpoint_000002" / "state.pkl").is_file()
+    assert len(notes) == 2 and "restored from its signed links" in " ".join(notes)
+    tune_state(out, {"trial_a": []})  # a newer state that no longer names it: its links go
+    shutil.rmtree(first)
+    DirectorySigner(out, live=True).sign()
+    assert not (out / SNAPSHOT_DIR / LINKS_DIR / "trial_a" / "checkpoint_000001").exists()
+    assert exp.is_file()
+
+
+def test_a_trial_the_signed_state_does_not_know_and_a_partial_line_are_set_right(tmp_path):
+    """The kill came after Tune created trial_b (its directory copied into tune/) but before a signature
+    held the state naming it: a resume would make a second trial with its number. And a results file cut
+    mid-line would swallow the first report appended after the resume."""
+    out = tmp_path / "s"
+    tune_state(out, {"trial_a": []})
+    for trial in ("trial_a", "trial_b"):
+        (out / "tune" / trial).mkdir()
+        (out / "tune" / trial / "params.json").write_text("{}")
+    DirectorySigner(out).sign()
+    results = out / "tune" / "trial_a" / "result.json"
+    results.write_text('{"training_iteration": 1}\n{"training_iter')
+    notes = verify_directory(out)
+    assert not (out / "tune" / "trial_b").exists() and (out / QUARANTINE_DIR / "tune" / "trial_b").is_dir()
+    assert results.read_text() == '{"training_iteration": 1}\n' and len(notes) == 2
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every file under root with its digest: to show a refusal changed nothing."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_refused_resume_changes_nothing(real_search, tmp_path):
+    """A directory a kill left needing repairs (state to roll back, a params file cut short, a checkpoint
+    to set aside) plus one tampered file, or an unreachable study: refused in one line, exit 2, and the
+    whole tree is as it was: the check comes before any repair."""
+    out = tmp_path / "out"
+    shutil.copytree(real_search[0], out)
+    tune = out / "tune"
+    (max(tune.glob("experiment_state-*.json"))).write_bytes(b'{"written after": "the last signature"}')
+    params = next(tune.glob("trial_*/params.json"))
+    params.write_bytes(params.read_bytes()[:10])
+    late = next(tune.glob("trial_*")) / "checkpoint_999999" / "state.pkl"
+    late.parent.mkdir()
+    late.write_bytes(b"unsigned")
+    good = plan_resume(out)  # what would be repaired
+    assert len(good.steps) == 3
+    tuner_pkl = tune / "tuner.pkl"
+    saved = tuner_pkl.read_bytes()
+    tuner_pkl.write_bytes(saved[:-1] + b"!")
+    before = tree(out)
+    proc = subprocess.run([*CLI, "search", "--resume", str(out)], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and "tuner.pkl: changed since the search signed it" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and tree(out) == before
+    tuner_pkl.write_bytes(saved)
+
+    manifest = json.loads((out / "search.json").read_text())  # its study now lives where nothing answers
+    manifest.update(storage="postgresql://nobody@127.0.0.1:1/none", study_file=None)
+    (out / "search.json").write_text(json.dumps(manifest))
+    before = tree(out)
+    proc = subprocess.run([*CLI, "search", "--resume", str(out)], capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 2 and "cannot open the study storage" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and tree(out) == before
+
+
+@pytest.mark.slow
+def test_a_tune_that_would_restart_instead_of_resuming_is_stopped_before_any_trial(real_search, tmp_path):
+    """Tune resumes nothing from a state it cannot read: it logs that and starts the experiment again, every
+    trial anew with a config lacking the trial settings (the issue's duplicate trial_0001 and KeyError
+    'trial'). A signed state in a layout Tune cannot load stands for any such failure the check misses."""
+    out = tmp_path / "out"
+    shutil.copytree(real_search[0], out)
+    exp = max((out / "tune").glob("experiment_state-*.json"))
+    state = json.loads(exp.read_text())
+    del state["runner_data"]
+    exp.write_text(json.dumps(state))
+    DirectorySigner(out).sign()
+    dirs = sorted(p.name for p in (out / "tune").glob("trial_*"))
+    proc = subprocess.run([*CLI, "search", "--resume", str(out)], capture_output=True, text=True, env=ENV,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 1 and "would have started it again from scratch" in proc.stderr, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "tune").glob("trial_*")) == dirs  # no trial made, none run
 
 
 @pytest.mark.slow
