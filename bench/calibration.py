@@ -22,22 +22,16 @@ import numpy as np
 
 os.environ.setdefault("RAY_AUTH_MODE", "token")  # every Ray the tool starts uses token auth
 
-from himari_ray.search.confirm import best_report, run_confirm
+from himari_ray.schema import BAND_DISTANCE
+from himari_ray.search.confirm import run_confirm
 from himari_ray.search.space import load_space
+from himari_ray.searchdir import load_search_run, trained
 
 
 def trial_bests(out: Path) -> list[float]:
     """Per trial in Tune's order (the order the sampler proposed them): the validation band distance of its
     best report; inf for a trial that never trained (skipped by the preflight, crashed)."""
-    values = []
-    for d in sorted((out / "tune").glob("trial_*"), key=lambda p: int(p.name.split("_")[1])):
-        result = d / "result.json"
-        reports = (
-            [json.loads(line) for line in result.read_text().splitlines() if line.strip()] if result.is_file() else []
-        )
-        best = None if (d / "error.txt").is_file() else best_report(reports)
-        values.append(float("inf") if best is None else float(best["band_distance"]))
-    return values
+    return [float(run.best[BAND_DISTANCE]) if trained(run) else float("inf") for run in load_search_run(out).trials]
 
 
 def best_so_far(values: list[float]) -> list[float]:

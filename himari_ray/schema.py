@@ -283,6 +283,11 @@ def breakeven_p(regime: str) -> str:
     return f"breakeven_p_{regime}"
 
 
+def fee_breakeven_p(regime: str) -> str:
+    """`fee_breakeven_p_<regime>`: the hit rate the deployed trades of the regime need to pay their fees."""
+    return f"fee_breakeven_p_{regime}"
+
+
 def threshold(regime: str) -> str:
     """`threshold_<regime>`: a selective deployment's entry threshold on P(LONG) - P(SHORT) (> 1: never trades)."""
     return f"threshold_{regime}"
@@ -293,7 +298,12 @@ for _regime in REGIME_NAMES:
     for _end, _name in zip(("lower", "upper"), hit_interval(_regime), strict=True):
         key(_name, float, f"The {_end} end of the 95% Wilson interval of {_regime}'s hit rate.", "fraction")
     key(traded(_regime), int, f"{_regime} bars on which the deployed policy held a position.", views=(CONFIRM,))
-    key(breakeven_p(_regime), float, f"The preflight's break-even hit rate p* of {_regime} (train split).")
+    key(breakeven_p(_regime), float, f"The preflight's break-even hit rate p* of {_regime} under the reward.")
+    key(
+        fee_breakeven_p(_regime),
+        float,
+        f"Hit rate {_regime}'s deployed trades need to pay the fee: 0.5 + fee x position changes / (2 sum |r|).",
+    )
     key(threshold(_regime), float, f"{_regime}'s selective entry threshold on P(LONG) - P(SHORT) (NaN: not selective).")
 
 BAND_DISTANCE_PROB = key(

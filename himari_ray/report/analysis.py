@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from himari_ray.env.null import RegimeSkill, cannot_pay
 from himari_ray.schema import (
     ANALYZE,
     BAND_DISTANCE,
@@ -29,13 +30,18 @@ from himari_ray.schema import (
     VAL_SHARPE,
     VAL_SHARPE_WORST,
     action_pct,
+    breakeven_p,
+    fee_breakeven_p,
+    hit_interval,
+    hit_rate,
     hold_pct,
     hold_prob,
     number,
     shown,
+    traded,
     value,
 )
-from himari_ray.searchdir import SKIPPED, SearchRun, ranked, searched_value
+from himari_ray.searchdir import SKIPPED, SearchRun, best_trial, ranked, searched_value
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
 
 #: Trading metrics beside the shares, in table order: the schema's ANALYZE keys.
@@ -129,3 +135,36 @@ def status_counts(table: pd.DataFrame) -> dict[str, int]:
     if table.empty:
         return {}
     return {str(k): int(v) for k, v in table["status"].value_counts().items()}
+
+
+def skill_lines(search: SearchRun) -> list[str]:
+    """The best trial's skill per regime on validation, as deployed: hit rate on traded bars with its 95%
+    interval beside the preflight's break-even p*, and one finding per regime whose interval lies wholly
+    below p* (trading there cannot pay). A finding, not an error: nothing here stops a search."""
+    best = best_trial(search)
+    report = best.best if best is not None else None
+    if report is None or not math.isfinite(number(report, traded(REGIME_NAMES[0]))):
+        return []  # a search written before the per-regime skill was reported
+    skill = {}
+    for name in REGIME_NAMES:
+        low, high = hit_interval(name)
+        n = number(report, traded(name))
+        rate = number(report, hit_rate(name))
+        skill[name] = RegimeSkill(
+            name, int(n), round(rate * n) if n else 0, rate, number(report, low), number(report, high)
+        )
+    cells = [
+        f"{s.regime} {s.hit_rate:.2f} [{s.low:.2f}, {s.high:.2f}] on {s.traded} bars, p* "
+        f"{number(report, breakeven_p(s.regime)):.2f} (fees alone {number(report, fee_breakeven_p(s.regime)):.3f})"
+        if s.traded
+        else f"{s.regime} not traded"
+        for s in skill.values()
+    ]
+    lines = [
+        f"Skill of trial {best.number} (validation hit rate with its 95% interval; break-even p* of the reward, "
+        "and of the fee alone): " + "; ".join(cells)
+    ]
+    for kind, key in (("the trial's reward", breakeven_p), ("its fees", fee_breakeven_p)):
+        below = cannot_pay(skill, {name: number(report, key(name)) for name in REGIME_NAMES})
+        lines += [f"Finding ({kind}): {line}" for line in below]
+    return lines

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from himari_ray.report.analysis import skill_lines
 from himari_ray.report.results import SearchResults
 from himari_ray.schema import (
     ANALYZE,
@@ -83,7 +84,10 @@ def summary_lines(results: SearchResults) -> list[str]:
     if not front.empty:
         lines.append(f"{PARETO_TITLE} {', '.join(map(str, front['trial']))}")
     if not results.best.empty:
-        lines.append(f"Best trials (lowest objective first): {', '.join(map(str, results.best['trial']))}")
+        lines.append(
+            f"Best trials (ranked, the first is the search's best): {', '.join(map(str, results.best['trial']))}"
+        )
+    lines.extend(skill_lines(results.run))
     imp, note = results.importance, results.importance_note
     if imp.empty:
         lines.append(note)

@@ -39,6 +39,7 @@ from himari_ray.schema import (
     action_pct,
     breakeven_p,
     decisiveness,
+    fee_breakeven_p,
     for_split,
     hit_interval,
     hit_rate,
@@ -47,7 +48,7 @@ from himari_ray.schema import (
     threshold,
     traded,
 )
-from himari_ray.types import REGIME_NAMES, Dataset, Regime
+from himari_ray.types import POSITION_OF_ACTION, REGIME_NAMES, Dataset, Regime
 
 
 class PolicyEvaluator:
@@ -216,7 +217,15 @@ class PolicyEvaluator:
             (VAL_EDGE_SHARPE_P, null.p_sharpe),
         ):
             metrics[for_split(key, self.split)] = value
+        pos = POSITION_OF_ACTION[deployed].astype(np.float64)
+        changes, moves = np.abs(np.diff(np.r_[0.0, pos])), np.abs(self.next_returns) * (pos != 0)
         for name, skill in regime_skill(deployed, self.next_returns, self.regimes).items():
+            mask = self.regimes == Regime[name]
+            gross = float(moves[mask].sum())
+            # Break-even of the hit rate: n m (2p - 1) = fee x changes, with m the mean |r| of traded bars.
+            metrics[fee_breakeven_p(name)] = (
+                0.5 + self.cfg.fee * float(changes[mask].sum()) / (2 * gross) if gross > 0 else float("nan")
+            )
             metrics[hit_rate(name)] = skill.hit_rate
             metrics[hit_interval(name)[0]], metrics[hit_interval(name)[1]] = skill.low, skill.high
             metrics[traded(name)] = skill.traded

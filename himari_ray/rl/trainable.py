@@ -141,8 +141,9 @@ def preflight_skip(trial: TrialConfig) -> dict[str, Any] | None:
     the folds' validation bars), and a conflict in any fold skips the trial (the worst fold's report).
 
     Only a greedy policy is ruled out this way: the preflight's verdicts force its HOLD share to 0% or 100%,
-    while a sampler's HOLD share is set by the cost against the entropy bonus whatever the verdict."""
-    if not trial.preflight.enabled or trial.eval.deploy == "sample":
+    while a sampler's HOLD share is set by the cost against the entropy bonus whatever the verdict, and a
+    selective deployment's by its thresholds (fitted to the bands' centres on the end of train)."""
+    if not trial.preflight.enabled or trial.eval.deploy in ("sample", "selective"):
         return None
     worst = None
     for env in {m.env.data: m.env for m in trial.members()}.values():  # one per fold; seeds share the bars
