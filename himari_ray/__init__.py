@@ -1,8 +1,13 @@
 """himari-ray: distributed reward-shaping search for a regime-conditioned PPO trading policy."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from gymnasium.envs.registration import register, registry
 
-__version__ = "0.1.0"
+try:  # one source for the version: pyproject.toml, as installed
+    __version__ = version("himari-ray")
+except PackageNotFoundError:  # run from a source tree on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 #: The trading env's gymnasium id: `gym.make(ENV_ID, config={...})` after `import himari_ray`, with `config` an
 #: `EnvConfig` or its dict form (see `himari_ray.env.trading.HimariTradingEnv`).

@@ -390,11 +390,6 @@ def applied(param: str) -> str:
 
 
 # ---- Reading --------------------------------------------------------------------------------------------------
-def field(name: str) -> Field | None:
-    """The registered field of a key (families like `applied_<param>` are unregistered: None)."""
-    return FIELDS.get(name)
-
-
 def value(report: Mapping[str, Any], name: str) -> Any:
     """`report[name]`, or the key's absent value (NaN for an unknown key) when the report lacks it."""
     if name in report and report[name] is not None:

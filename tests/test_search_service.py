@@ -214,6 +214,17 @@ def test_multi_objective_search_records_its_pareto_front(tmp_path):
                 and (other["band_distance"] < row["band_distance"] or other["val_sharpe"] > row["val_sharpe"])
             )
     assert "Pareto front" in proc.stdout
+    # The study says what the tool says: each value pair is the trial's best report's, and the table's best
+    # trial is on Optuna's own Pareto front.
+    by_number = {t.user_attrs["tune_trial"]: t for t in s.trials if t.state == TrialState.COMPLETE}
+    for number, best in table_trials.items():
+        if number in by_number:
+            assert by_number[number].values == pytest.approx([best["band_distance"], best["val_sharpe"]])
+    from himari_ray.report import load_search
+
+    table_best = int(load_search(out).trials["trial"].iloc[0])
+    if table_best in by_number:
+        assert table_best in {t.user_attrs["tune_trial"] for t in s.best_trials}
 
 
 def test_address_joins_a_token_authenticated_cluster_and_a_driver_without_the_token_is_refused(tmp_path):

@@ -155,3 +155,43 @@ def test_a_study_of_last_report_values_is_refused_not_mixed(tmp_path):
     old.set_user_attr(VALUE_ATTR, VALUE_IS)  # what describe_study writes: best-report values
     assert check_compatible(optuna.storages.RDBStorage(url), "s", {}, ["min"]) == 1
     require_study(url, "s", flag="--resume")
+
+
+def _table_best(out: Path) -> int:
+    from himari_ray.report import load_search
+
+    return int(load_search(out).trials["trial"].iloc[0])
+
+
+@pytest.mark.slow
+def test_a_constrained_selective_search_and_its_study_name_the_same_best_trial(tmp_path):
+    """objective.mode constrained: Optuna holds each trial's constraint (best report's band distance minus the
+    tolerance), its value is the best report's objective, and study.best_trial (feasible trials only) is the
+    table's first row; where no finished trial is feasible, Optuna names none."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    space = tmp_path / "constrained.yaml"
+    text = (repo / "tests" / "spaces" / "e2e.yaml").read_text().replace("name: e2e", "name: constrained")
+    space.write_text(text + "eval: {deploy: selective}\nobjective: {mode: constrained, band_tolerance: 30}\n")
+    out = tmp_path / "out"
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "RAY_AUTH_MODE": "token"}
+    cmd = [sys.executable, "-m", "himari_ray", "search", str(space), "--out", str(out), "--trials", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="constrained", storage=f"sqlite:///{out / 'study.db'}")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete
+    for t in complete:
+        trial_dir = Path(t.user_attrs["trial_dir"])
+        reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        best = min(reversed(reports), key=lambda r: r[OBJECTIVE])  # ties: the later report
+        assert t.value == pytest.approx(best[OBJECTIVE])
+        assert list(t.constraints.values()) == pytest.approx([best[BAND_DISTANCE] - 30.0])
+    feasible = [t for t in complete if all(c <= 0 for c in t.constraints.values())]
+    if feasible:
+        assert study.best_trial.user_attrs["tune_trial"] == _table_best(out)
+    else:
+        with pytest.raises(ValueError):
+            study.best_trial  # noqa: B018  (Optuna names no best trial; the table's first is infeasible)

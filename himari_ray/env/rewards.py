@@ -202,7 +202,6 @@ class RewardFamily:
     fn: Callable[..., RewardTerms]
     costs: tuple[str, ...]  # reward is non-increasing in each; must be >= 0
     bonuses: tuple[str, ...] = ()  # reward is non-decreasing in each; must be >= 0
-    seed_session: str = ""
 
     @property
     def defaults(self) -> dict[str, float]:
@@ -226,7 +225,7 @@ _NORMALIZED_COSTS = (
 REWARD_FAMILIES: dict[str, RewardFamily] = {
     f.name: f
     for f in (
-        RewardFamily("pnl_cost", pnl_cost, costs=("trade_cost",), seed_session="4"),
+        RewardFamily("pnl_cost", pnl_cost, costs=("trade_cost",)),
         RewardFamily(
             "bonus_penalty",
             bonus_penalty,
@@ -239,24 +238,19 @@ REWARD_FAMILIES: dict[str, RewardFamily] = {
                 "correct_bonus",
                 "correct_trend_bonus",
             ),
-            seed_session="3, 5",
         ),
         RewardFamily(
             "opportunity_cost",
             opportunity_cost,
             costs=("trade_cost", "trending_hold_k", "wrong_k", "risky_wrong_k"),
-            seed_session="6",
         ),
         RewardFamily(
             "variance_normalized",
             variance_normalized,
             costs=_NORMALIZED_COSTS,
             bonuses=("trending_trade_bonus",),
-            seed_session="7-13",
         ),
-        RewardFamily(
-            "adaptive", adaptive, costs=_NORMALIZED_COSTS, bonuses=("trending_trade_bonus",), seed_session="14-18"
-        ),
+        RewardFamily("adaptive", adaptive, costs=_NORMALIZED_COSTS, bonuses=("trending_trade_bonus",)),
     )
 }
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from himari_ray import __version__
 from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
 from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.offers import OfferFilter, matches, vast_query
@@ -54,7 +55,10 @@ class LaunchConfig(BaseModel):
     seed: int = Field(0, ge=0, description="Sampler seed of the first box; box i uses seed + i.")
     storage: str = Field(description="The study's storage on this machine (SQLAlchemy URL).")
     image: str = Field("pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime", description="Docker image of each box.")
-    install: str = Field("pip install -q 'himari-ray==0.1.0'", description="Shell command installing himari-ray.")
+    install: str = Field(
+        f"pip install -q 'himari-ray=={__version__}'",
+        description="Shell command installing himari-ray on each box (default: this version, from PyPI).",
+    )
     ready_timeout_s: float = Field(900.0, gt=0, description="Seconds a box may take to be ready.")
     poll_s: float = Field(10.0, gt=0, description="Seconds between checks of the boxes.")
     box_proxy_port: int = Field(13000, ge=1024, le=65535, description="Port of the study proxy on each box.")

@@ -242,6 +242,17 @@ class TrialConfig(BaseModel):
         return self.model_copy(update={"env": env, "train": train_cfg, "preflight": preflight_cfg})
 
 
+def module_spec(trial: TrialConfig, env: HimariTradingEnv | None = None) -> RLModuleSpec:
+    """The trial's RLModule spec, the one builder of it: the module class and its model config, and, given an
+    env, the spaces (without one RLlib fills them in from its env runners)."""
+    spaces = {} if env is None else {"observation_space": env.observation_space, "action_space": env.action_space}
+    return RLModuleSpec(
+        module_class=RegimeTransformerModule,
+        model_config={**trial.model.to_model_config(), PRECISION_KEY: trial.train.precision},
+        **spaces,
+    )
+
+
 def build_ppo_config(trial: TrialConfig) -> PPOConfig:
     """The single place where himari-ray's typed configs become RLlib settings. The trial's GPU share
     (`num_gpus_per_learner`) is where its learner trains; remote env runners get their own share."""
@@ -263,12 +274,7 @@ def build_ppo_config(trial: TrialConfig) -> PPOConfig:
             num_gpus_per_learner=t.num_gpus_per_learner,
             learner_class=HimariPPOLearner,  # RLlib's PPO learner, sync-free and with fused Adam (rl/learner.py)
         )
-        .rl_module(
-            rl_module_spec=RLModuleSpec(
-                module_class=RegimeTransformerModule,
-                model_config={**trial.model.to_model_config(), PRECISION_KEY: t.precision},
-            )
-        )
+        .rl_module(rl_module_spec=module_spec(trial))
         .training(
             lr=t.lr,
             gamma=trial.gamma,

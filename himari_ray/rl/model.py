@@ -5,10 +5,10 @@ Built from the observation/action spaces and `model_config` only; it never impor
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
@@ -33,6 +33,12 @@ class ModelConfig(BaseModel):
     )
     head_hidden: int = Field(256, ge=1, description="Hidden width of the actor and critic heads.")
 
+    @model_validator(mode="after")
+    def _heads_divide_the_width(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        return self
+
     def to_model_config(self) -> dict[str, Any]:
         return self.model_dump()
 
@@ -43,7 +49,6 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "production": ModelConfig(),
     "tiny": ModelConfig(d_model=32, n_heads=2, n_layers=1, ffn_dim=64, dropout=0.0, head_hidden=32),
 }
-ModelPreset = Literal["production", "tiny"]
 
 #: Key of `model_config` (set by `rl.config.build_ppo_config`) naming the precision of the forward pass.
 PRECISION_KEY = "precision"

@@ -140,19 +140,10 @@ def train_seed(trial_json: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 def trained_module(trial: TrialConfig, weights: dict[str, Any]) -> Any:
     """The trial's RLModule with the given weights, built from its spaces and model config as RLlib does."""
-    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
-
     from himari_ray.env.trading import HimariTradingEnv
-    from himari_ray.rl.model import RegimeTransformerModule
+    from himari_ray.rl.config import module_spec
 
-    env = HimariTradingEnv(trial.env)
-    spec = RLModuleSpec(
-        module_class=RegimeTransformerModule,
-        observation_space=env.observation_space,
-        action_space=env.action_space,
-        model_config=trial.model.to_model_config(),
-    )
-    module = spec.build()
+    module = module_spec(trial, HimariTradingEnv(trial.env)).build()
     module.load_state_dict(weights)
     return module
 

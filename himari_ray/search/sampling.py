@@ -86,7 +86,7 @@ def make_searcher(
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    from himari_ray.search.study import PruningOptunaSearch, constraints_func
+    from himari_ray.search.study import PruningOptunaSearch
 
     metric, mode = objective_spec(space)
     constrained = space.objective.mode == "constrained"
@@ -97,7 +97,7 @@ def make_searcher(
         sampler=(
             optuna.samplers.RandomSampler(seed=seed)
             if space.budget.sampler == "random"
-            else optuna.samplers.TPESampler(seed=seed, constraints_func=constraints_func if constrained else None)
+            else optuna.samplers.TPESampler(seed=seed)
         ),
         storage=storage,
         study_name=space.name,

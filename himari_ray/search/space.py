@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from himari_ray.data.dataset import DataSpec, load_dataset
 from himari_ray.env.coordinates import BREAKEVEN_NAMES, BREAKEVEN_PREFIX, COORDINATE_PARAMS, coordinate_problem
@@ -155,7 +155,7 @@ class SearchSpace(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64, description="Study name (64 characters at most).")
     description: str = Field("", description="What this space is for.")
-    family: str = Field(description="Reward family (see himari_ray.rewards.REWARD_FAMILIES).")
+    family: str = Field(description="Reward family (see himari_ray.env.rewards.REWARD_FAMILIES).")
     fixed: dict[str, float] = Field(default_factory=dict, description="Reward parameters held fixed.")
     search: dict[str, ParamRange] = Field(description="Searched parameters: reward parameters or PPO settings.")
     coordinates: Literal["native", "breakeven"] = Field(
@@ -165,7 +165,16 @@ class SearchSpace(BaseModel):
     )
     data: DataSpec = Field(default_factory=DataSpec, description="Dataset.")
     env: EnvSettings = Field(default_factory=EnvSettings, description="Environment.")
-    model: Literal["production", "tiny"] | ModelConfig = Field("tiny", description="Preset name or sizes.")
+    model: Literal["production", "tiny"] | ModelConfig = Field(
+        "tiny", union_mode="left_to_right", description="Preset name (MODEL_PRESETS) or sizes."
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _sizes_or_preset(cls, v: Any) -> Any:
+        # Sizes are checked as sizes: an error names the size at fault, not the presets a dict is not.
+        return ModelConfig.model_validate(v) if isinstance(v, dict) else v
+
     train: TrainConfig = Field(default_factory=TrainConfig, description="PPO settings.")
     budget: Budget = Field(default_factory=Budget, description="Trials and concurrency.")
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings, description="ASHA settings.")

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
@@ -42,27 +41,20 @@ from himari_ray.types import UserInputError, open_storage, redact
 #: (per-regime HOLD%, band distance, Sharpe, net return), where the trial lives, and Tune's trial number.
 TRIAL_ATTR_METRICS = shown(STUDY)
 TUNE_TRIAL_ATTR, TRIAL_DIR_ATTR, CHECKPOINT_ATTR = "tune_trial", "trial_dir", "checkpoint"
-#: The user attribute holding a constrained trial's constraint values (<= 0 each: feasible).
-CONSTRAINTS_ATTR = "constraints"
 #: The violation of a constraint that could not be measured (a crashed or untrained report): finite, since
 #: the study stores attributes as JSON.
 UNMEASURED = 1e9
 
 
-def constraint_values(report: dict[str, Any], band_tolerance: float, min_net_return: float | None) -> list[float]:
-    """Optuna's constraint values of a report (feasible when each is <= 0): band distance minus its
-    tolerance, and the profit constraint's shortfall where the space sets one."""
+def constraint_values(report: dict[str, Any], band_tolerance: float, min_net_return: float | None) -> dict[str, float]:
+    """Optuna's constraint values of a report (feasible when each is <= 0): `band`, band distance minus its
+    tolerance, and `profit`, the profit constraint's shortfall, where the space sets one."""
     band = number(report, BAND_DISTANCE)
-    values = [band - band_tolerance if math.isfinite(band) else UNMEASURED]
+    values = {"band": band - band_tolerance if math.isfinite(band) else UNMEASURED}
     if min_net_return is not None:
         net = number(report, VAL_NET_RETURN)
-        values.append(min_net_return - net if math.isfinite(net) else UNMEASURED)
+        values["profit"] = min_net_return - net if math.isfinite(net) else UNMEASURED
     return values
-
-
-def constraints_func(trial: optuna.trial.FrozenTrial) -> list[float]:
-    """The constraints a sampler reads (TPESampler's `constraints_func`): what the searcher recorded."""
-    return list(trial.user_attrs.get(CONSTRAINTS_ATTR, [UNMEASURED]))
 
 
 #: Tune's trial id (the suffix of the trial directory), recorded when the trial is suggested.
@@ -218,10 +210,9 @@ class PruningOptunaSearch(OptunaSearch):
         if not result:
             return None
         constraint = getattr(self, "_constraint", None)  # a searcher pickled before constraints had none
-        if constraint is not None:  # read by the sampler's constraints_func; best_trial reads feasible ones only
-            values = constraint_values(headline, *constraint)
-            ot_trial.set_user_attr(CONSTRAINTS_ATTR, values)
-            self._ot_study._storage.set_trial_system_attr(ot_trial._trial_id, _CONSTRAINTS_KEY, tuple(values))
+        if constraint is not None:  # Optuna's own constraints: TPE models them, best_trial reads feasible ones only
+            for name, v in constraint_values(headline, *constraint).items():
+                ot_trial.set_constraint(name, v)
         for key in TRIAL_ATTR_METRICS:
             if FIELDS[key].kind is str:
                 ot_trial.set_user_attr(key, str(value(headline, key)) or None)

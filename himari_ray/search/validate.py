@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from ray.rllib.core.columns import Columns
-from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from himari_ray.data.dataset import load_dataset
 from himari_ray.env.trading import HimariTradingEnv
-from himari_ray.rl.config import TrialConfig
-from himari_ray.rl.model import RegimeTransformerModule
+from himari_ray.rl.config import TrialConfig, module_spec
 from himari_ray.search.space import SearchSpace
 from himari_ray.types import N_REGIMES, UserInputError
 
@@ -33,9 +31,6 @@ def check_buildable(space: SearchSpace, space_path: Path) -> None:
     """Build the dataset, one env per split the search reads, and the module; run one forward pass."""
     trial: TrialConfig = space.trial_config()
     where = f"{space_path}"
-    cfg = trial.model
-    if cfg.d_model % cfg.n_heads:
-        raise UserInputError(f"{where}: model: d_model {cfg.d_model} is not divisible by n_heads {cfg.n_heads}")
     try:
         ds = load_dataset(trial.env.data)
     except FileNotFoundError as exc:
@@ -56,12 +51,7 @@ def check_buildable(space: SearchSpace, space_path: Path) -> None:
         raise UserInputError(f"{where}: env: {exc}") from None
     # RLlib 2.60 warns that RLModuleConfig is deprecated whenever any module is built: not the user's concern.
     logging.getLogger("ray._common.deprecation").setLevel(logging.ERROR)
-    module = RLModuleSpec(
-        module_class=RegimeTransformerModule,
-        observation_space=env.observation_space,
-        action_space=env.action_space,
-        model_config=trial.model.to_model_config(),
-    ).build()
+    module = module_spec(trial, env).build()
     obs, _ = env.reset(seed=0)
     batch = {k: torch.as_tensor(np.array(v))[None] for k, v in obs.items()}
     with torch.no_grad():
