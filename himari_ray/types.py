@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 
 class Regime(enum.IntEnum):
@@ -135,6 +136,12 @@ SEARCHABLE, ENV_SECTION = "searchable", "env_section"
 def flagged(model: type, flag: str) -> tuple[str, ...]:
     """The fields of a pydantic model class that carry `flag` in their `json_schema_extra`."""
     return tuple(name for name, f in model.model_fields.items() if (f.json_schema_extra or {}).get(flag))
+
+
+class StrictModel(BaseModel):
+    """The base of every typed, frozen config: immutable, unknown keys refused, no NaN or infinity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class UserInputError(Exception):

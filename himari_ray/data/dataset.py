@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from himari_ray import __version__
 from himari_ray.data.denoise import KalmanConfig, denoise_features
@@ -29,7 +29,7 @@ from himari_ray.data.regime import RegimeDetectorConfig, detect_regimes_real_bar
 from himari_ray.data.seedpickle import read_seed_pickle
 from himari_ray.data.store import load_dataset_dir
 from himari_ray.data.synthetic import SYNTH_FEATURE_NAMES, synthetic_frame
-from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, UserInputError
+from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, StrictModel, UserInputError
 
 #: The bundled real sample: Binance BTC/USDT hourly bars 2018-2019 (freqtrade layout, gzip).
 SAMPLE_FILE = "btc_usdt_1h_2018_2019.csv.gz"
@@ -37,10 +37,8 @@ SAMPLE_FILE = "btc_usdt_1h_2018_2019.csv.gz"
 MIN_BARS_AFTER_WARMUP = 300
 
 
-class SplitFractions(BaseModel):
+class SplitFractions(StrictModel):
     """Chronological split shares; the test split takes the rest."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     train_frac: float = Field(0.6, gt=0, lt=1, description="Chronological share of bars in the train split.")
     val_frac: float = Field(0.2, gt=0, lt=1, description="Chronological share of bars in the validation split.")

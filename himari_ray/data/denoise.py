@@ -22,13 +22,13 @@ At the defaults q = 0.05, r = 1 the steady-state gain is 0.2: white noise varian
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from himari_ray.types import StrictModel
 
 
-class KalmanConfig(BaseModel):
+class KalmanConfig(StrictModel):
     """Whether and how strongly the features are denoised before the model sees them."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     enabled: bool = Field(False, description="Apply the causal Kalman filter to every feature column.")
     q: float = Field(

@@ -43,10 +43,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from himari_ray.data.regime_stats import rolling_vol, trend_strength, vol_percentile, vol_trend
-from himari_ray.types import Regime
+from himari_ray.types import Regime, StrictModel
 
 #: Scale of each input's distance to a threshold at which confidence saturates at 0.95 (see `regime_confidence`).
 CONF_SCALE_PCT = 0.10
@@ -64,10 +64,8 @@ CONF_MIN = 0.5
 CONF_MAX = 0.95
 
 
-class RegimeDetectorConfig(BaseModel):
+class RegimeDetectorConfig(StrictModel):
     """Windows and thresholds of the regime detector; the defaults are ARCHITECTURE §2.4's."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     vol_window: int = Field(24, ge=2, description="Bars in the rolling std that defines vol.")
     pct_window: int = Field(168, ge=2, description="Bars of vol history that vol_pct ranks the current vol in.")

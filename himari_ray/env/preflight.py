@@ -32,21 +32,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from himari_ray.env.normalization import decision_sigma
 from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, carried_horizon, reward_table
-from himari_ray.types import Dataset, Regime
+from himari_ray.types import Dataset, Regime, StrictModel
 
 HOLD_DOMINANT = "HOLD-dominant"
 TRADE_DOMINANT = "trade-dominant"
 CONTESTED = "contested"
 
 
-class PreflightConfig(BaseModel):
+class PreflightConfig(StrictModel):
     """Which split to read and which directional skill an honest policy is credited with."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     split: str = Field("train", pattern="^(train|val)$", description="Split to read (never test).")
     skill_low: float = Field(0.5, ge=0.5, le=1.0, description="Skill a policy is sure to have (coin flip).")

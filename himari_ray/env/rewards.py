@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from himari_ray.types import ENV_SECTION, SEARCHABLE, Regime
+from himari_ray.types import ENV_SECTION, SEARCHABLE, Regime, StrictModel
 
 RewardTerms = dict[str, np.ndarray]
 
@@ -343,10 +343,8 @@ def param_problem(family: str, key: str, value: float) -> str | None:
     return None
 
 
-class RewardConfig(BaseModel):
+class RewardConfig(StrictModel):
     """A reward family, its parameters, and how its normalisation statistics are taken."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     family: str = Field("pnl_cost", description="Name of a family in REWARD_FAMILIES.")
     params: dict[str, float] = Field(

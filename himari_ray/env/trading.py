@@ -7,18 +7,25 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from himari_ray.data.dataset import DataSpec, load_dataset
 from himari_ray.env.normalization import decision_sigma, expected_abs_z
 from himari_ray.env.rewards import RewardConfig, RewardInputs, compute_terms
-from himari_ray.types import ENV_SECTION, N_ACTIONS, N_REGIMES, POSITION_OF_ACTION, SEARCHABLE, Dataset, SplitArrays
+from himari_ray.types import (
+    ENV_SECTION,
+    N_ACTIONS,
+    N_REGIMES,
+    POSITION_OF_ACTION,
+    SEARCHABLE,
+    Dataset,
+    SplitArrays,
+    StrictModel,
+)
 
 
-class EnvConfig(BaseModel):
+class EnvConfig(StrictModel):
     """Everything an env (or an RLlib env runner building one) needs; a plain dict round-trips it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     data: DataSpec = Field(default_factory=DataSpec, description="The dataset to trade.")
     split: Literal["train", "val", "test"] = Field("train", description="Which chronological split.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from ray.rllib.algorithms.ppo import PPOConfig
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
@@ -22,13 +22,11 @@ from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, c
 from himari_ray.rl.fast_runner import FastEnvRunner
 from himari_ray.rl.learner import HimariPPOLearner
 from himari_ray.rl.model import MODEL_PRESETS, PRECISION_KEY, ModelConfig, RegimeTransformerModule
-from himari_ray.types import REGIME_NAMES, SEARCHABLE, flagged
+from himari_ray.types import REGIME_NAMES, SEARCHABLE, StrictModel, flagged
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(StrictModel):
     """PPO settings of one trial."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     iterations: int = Field(10, ge=1, description="PPO training iterations (one Tune report each).")
     train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
@@ -79,10 +77,8 @@ class TrainConfig(BaseModel):
         return v
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StrictModel):
     """How a trial's policy is scored on the validation split: a space file's `eval:` section, as is."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     bands: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: dict(DEFAULT_HOLD_BANDS), description="Target HOLD% band per regime."
@@ -148,10 +144,8 @@ def default_gamma(position_mode: str) -> float:
     return CARRIED_GAMMA if position_mode == "carried" else 0.0
 
 
-class ObjectiveConfig(BaseModel):
+class ObjectiveConfig(StrictModel):
     """What the search optimises, a space file's `objective:` section (how the policy is scored is `eval:`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     mode: Literal["single", "multi", "constrained"] = Field(
         "single",
@@ -169,20 +163,16 @@ class ObjectiveConfig(BaseModel):
     )
 
 
-class RobustConfig(BaseModel):
+class RobustConfig(StrictModel):
     """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     seeds: int = Field(1, ge=1, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
     folds: int = Field(0, ge=0, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
     aggregate: Literal["mean", "worst"] = Field("mean", description="Which aggregate the objective optimises.")
 
 
-class TrialConfig(BaseModel):
+class TrialConfig(StrictModel):
     """Everything one trial needs. Tune hands it around as a plain dict (`model_dump`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     env: EnvConfig = Field(default_factory=EnvConfig, description="Environment and reward.")
     model: ModelConfig = Field(default_factory=lambda: MODEL_PRESETS["tiny"], description="Transformer sizes.")

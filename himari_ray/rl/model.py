@@ -8,18 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.apis import ValueFunctionAPI
 from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.annotations import override
 from torch import nn
 
+from himari_ray.types import StrictModel
 
-class ModelConfig(BaseModel):
+
+class ModelConfig(StrictModel):
     """Sizes of the transformer; `to_model_config()` is what RLlib passes to the module."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     d_model: int = Field(256, ge=4, description="Width of the feature projection, regime embedding and encoder.")
     n_heads: int = Field(4, ge=1, description="Attention heads per encoder layer.")

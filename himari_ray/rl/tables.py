@@ -24,7 +24,7 @@ class ObsArrays:
     regimes: Any  # (n_bars,) int64, indexed by bar
     first_bar: int
     context_len: int
-    position: Literal["none", "per_bar", "carried"] = "none"  # whether (and how) obs carry a "position" key
+    position: Literal["per_bar", "carried"] = "per_bar"  # the env's position mode: how obs fill "position"
 
     def to(self, device: torch.device) -> ObsArrays:
         return ObsArrays(
@@ -38,14 +38,13 @@ class ObsArrays:
 
 def gather_observations(arrays: ObsArrays, bars: Any, prev_actions: Any) -> dict[str, Any]:
     """THE observation function of the fast path: the env's `_obs()` for many (bar, previous action) pairs
-    at once, on numpy arrays or torch tensors alike. Where the env's observation has a `position` key (the
-    previous action id in `carried` mode, always 0 in `per_bar`), it comes from `prev_actions`."""
+    at once, on numpy arrays or torch tensors alike. The observation's `position` (the previous action id in
+    `carried` mode, always 0 in `per_bar`) comes from `prev_actions`."""
     torch_in = isinstance(bars, torch.Tensor)
     steps = torch.arange(arrays.context_len, device=bars.device) if torch_in else np.arange(arrays.context_len)
     out = {}
-    if arrays.position != "none":
-        prev = prev_actions if arrays.position == "carried" else prev_actions * 0
-        out["position"] = prev.long() if torch_in else prev.astype(np.int64)
+    prev = prev_actions if arrays.position == "carried" else prev_actions * 0
+    out["position"] = prev.long() if torch_in else prev.astype(np.int64)
     # Keys in the order of the env's Dict space (sorted), as RLlib's own runner batches them.
     out["regime"] = arrays.regimes[bars]
     out["window"] = arrays.features[(bars - arrays.first_bar)[:, None] + steps]
@@ -74,6 +73,6 @@ class EnvTables:
             np.array(env._regimes, dtype=np.int64),  # a writable copy: torch refuses read-only arrays
             env.first_bar,
             env.config.context_len,
-            env.config.position_mode if "position" in env.observation_space.spaces else "none",
+            env.config.position_mode,
         )
         return cls(obs=obs, reward=np.ascontiguousarray(env._reward))

@@ -16,14 +16,12 @@ from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem,
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import ROUTES, EvalConfig, ObjectiveConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
-from himari_ray.types import ENV_SECTION, UserInputError, flagged
+from himari_ray.types import ENV_SECTION, StrictModel, UserInputError, flagged
 
 
-class ParamRange(BaseModel):
+class ParamRange(StrictModel):
     """A searched parameter: a numeric range, or a list of choices; optionally searched only `when` another
     (categorical) parameter takes one of the listed values."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     low: float | None = Field(None, description="Lower bound (inclusive).")
     high: float | None = Field(None, description="Upper bound (inclusive).")
@@ -86,10 +84,8 @@ EnvSettings = _section(
 )
 
 
-class Budget(BaseModel):
+class Budget(StrictModel):
     """How much to search."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
     max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
@@ -107,10 +103,8 @@ MOVED_KEYS = {
 }
 
 
-class SchedulerSettings(BaseModel):
+class SchedulerSettings(StrictModel):
     """ASHA early stopping (default, with the Optuna searcher), or population-based training."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     kind: Literal["asha", "pbt", "pb2"] = Field(
         "asha",
@@ -129,29 +123,23 @@ class SchedulerSettings(BaseModel):
     )
 
 
-class CollapseSettings(BaseModel):
+class CollapseSettings(StrictModel):
     """Stop a trial whose policy collapsed to all-HOLD or no-HOLD."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     warmup: int = Field(2, ge=1, description="Iterations before the check applies.")
     hold_high: float = Field(99.0, gt=0, le=100, description="Overall HOLD% above this is a collapse.")
     hold_low: float = Field(1.0, ge=0, lt=100, description="Overall HOLD% below this is a collapse.")
 
 
-class Resources(BaseModel):
+class Resources(StrictModel):
     """What one trial asks Ray for."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs for the trial process (sampling + learning).")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPU share of the trial's learner, e.g. 0.25.")
 
 
-class SearchSpace(BaseModel):
+class SearchSpace(StrictModel):
     """A search-space file (search_spaces/*.yaml)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64, description="Study name (64 characters at most).")
     description: str = Field("", description="What this space is for.")
