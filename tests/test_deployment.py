@@ -102,25 +102,32 @@ def test_the_fitted_shares_sit_at_the_band_centres_on_the_calibration_slice_and_
     assert 0 < metrics[VAL_EDGE_P] <= 1 and np.isfinite(metrics[VAL_EDGE])
 
 
+@pytest.mark.parametrize("hold_control", [0.0, 0.05])
 @pytest.mark.parametrize("mode", ["per_bar", "carried"])
-def test_act_equals_the_evaluator_under_selective_deployment(tmp_path, bars_file, dataset, mode):  # noqa: F811
+def test_act_equals_the_evaluator_under_selective_deployment(tmp_path, bars_file, dataset, mode, hold_control):  # noqa: F811
     ds, path = dataset
     module = make_module(ds.n_features, carried=mode == "carried")
-    config = TrialConfig(env=env(path, mode), eval=SELECTIVE)
+    config = TrialConfig(env=env(path, mode), eval=SELECTIVE.model_copy(update={"hold_control": hold_control}))
     export_module(module, ds, config, tmp_path / "bundle", NO_SEARCH, onnx=False)
     bundle = load_bundle(tmp_path / "bundle")
-    assert bundle.spec.selective["mode"] == mode
-    frame, _ = act_on_bars(bundle, bars_file)
+    assert bundle.spec.selective["mode"] == mode and bundle.spec.selective.get("hold_control", 0.0) == hold_control
     ev = PolicyEvaluator(config.env, config.eval, dataset=ds)
     _, actions, rule = ev.policy(module)
     assert rule.to_dict() == bundle.spec.selective
     c = CONTEXT
     bars = ev.window_index + (c - 1)
-    times = pd.to_datetime(ds.val.timestamps[bars[ev.scored]], utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamps = pd.to_datetime(ds.val.timestamps[bars], utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")
+    times = stamps[ev.scored]
     expected = np.asarray(ACTION_NAMES)[actions]
+    # From the file's first decision bar, act's path (and controller) starts before the evaluator's ...
+    frame, _ = act_on_bars(bundle, bars_file)
     got = frame.set_index("timestamp")["action"].loc[times].to_numpy()
-    if mode == "carried":  # act's path starts flat at the file's first decision bar, the evaluator's at val's
-        got, expected = got[200:], expected[200:]  # both paths have long since met (same rule, same inputs)
+    if mode == "carried" and hold_control == 0:  # ... and a static carried path meets the evaluator's later
+        assert (got[200:] == expected[200:]).all()
+    # ... from --start at validation's first decision bar, flat and at the fitted thresholds, it is the same
+    started, skipped = act_on_bars(bundle, bars_file, start=stamps[0])
+    assert started["timestamp"].iloc[skipped] == stamps[0] and (started["action"].iloc[:skipped] == "").all()
+    got = started.set_index("timestamp")["action"].loc[times].to_numpy()
     assert len(expected) > 200 and (got == expected).all()
     assert 0 < (expected == "HOLD").mean() < 1
     # no draws: the same file always gives the same actions
@@ -153,3 +160,16 @@ def test_the_constrained_objective_ranks_every_violator_after_every_satisfying_r
     # among violators, the nearer to its bands ranks first
     worst = sorted((r for r in reports if not r[FEASIBLE]), key=lambda r: r[OBJECTIVE])
     assert [r[BAND_DISTANCE] for r in worst] == sorted(r[BAND_DISTANCE] for r in worst)
+
+
+def test_act_refuses_a_start_that_is_not_a_time_or_lies_after_the_bars(tmp_path, bars_file, dataset):  # noqa: F811
+    from himari_ray.types import UserInputError
+
+    ds, path = dataset
+    config = TrialConfig(env=env(path), eval=SELECTIVE)
+    export_module(make_module(ds.n_features), ds, config, tmp_path / "bundle", NO_SEARCH, onnx=False)
+    bundle = load_bundle(tmp_path / "bundle")
+    with pytest.raises(UserInputError, match="--start 'soon': not a timestamp"):
+        act_on_bars(bundle, bars_file, start="soon")
+    with pytest.raises(UserInputError, match="after the last bar"):
+        act_on_bars(bundle, bars_file, start="2100-01-01")

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="Seed of the draws of a policy scored as a sampler (eval.deploy: sample); a greedy policy ignores it.",
     )
+    a.add_argument(
+        "--start",
+        help="Timestamp where the deployment begins: flat, with the fitted thresholds (default: the first bar "
+        "with a full context); earlier bars only warm the features up.",
+    )
     a.set_defaults(run=run_act)
 
 
@@ -70,12 +75,12 @@ def run_act(args: argparse.Namespace) -> int:
     if args.out is not None and not args.out.parent.is_dir():
         raise UserInputError(f"{args.out}: no such directory {args.out.parent}")
     bundle = load_bundle(args.bundle, args.sha256)
-    frame, skipped = act_on_bars(bundle, args.bars, args.seed)
+    frame, skipped = act_on_bars(bundle, args.bars, args.seed, args.start)
     write_actions(frame, args.out)
     first = frame["timestamp"].iloc[skipped] if skipped < len(frame) else "-"
     print(
         f"act: {len(frame) - skipped} actions ({deployment(bundle)}); the first {skipped} bars have none (the detector's warm-up over "
-        f"real bars, then a context of {bundle.spec.context_len}); first action at {first}"
+        f"real bars, then a context of {bundle.spec.context_len}{', then --start' if args.start else ''}); first action at {first}"
         + (f"; wrote {args.out}" if args.out else ""),
         file=sys.stderr,
     )

@@ -35,11 +35,13 @@ def deployed_actions(
     regimes: np.ndarray,
     uniforms: np.ndarray | None = None,
     selective: SelectivePolicy | None = None,
+    counted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(actions, probabilities) of the policy as deployed at every decision bar, in order.
 
     `logits` is (n, 3) per_bar or (n, 3, 3) by position carried; `uniforms` (n,) are the draws of a sampler;
-    `selective` the fitted rule of a selective deployment (its mode must match the logits' shape)."""
+    `selective` the fitted rule of a selective deployment (its mode must match the logits' shape); `counted`
+    the decisions whose HOLD share its controller steers by (the scored bars; env/control.py)."""
     logits = np.asarray(logits)
     carried = logits.ndim == 3
     if deploy not in DEPLOYMENTS:
@@ -52,7 +54,7 @@ def deployed_actions(
         if (selective.mode == "carried") != carried:
             raise ValueError(f"a {selective.mode} selective policy cannot act on logits of shape {logits.shape}")
         probs = softmax(logits)
-        actions = selective.actions(probs, regimes)
+        actions = selective.actions(probs, regimes, counted)
         if carried:
             return actions, probs[np.arange(len(actions)), np.r_[0, actions[:-1]]]
         return actions, probs

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from himari_ray.env.control import controlled_path
 from himari_ray.types import N_ACTIONS, N_REGIMES, REGIME_NAMES, Action
 
 #: A threshold above every |margin| (<= 1): the regime never trades.
@@ -238,11 +239,14 @@ def _number(value: Any, key: str) -> float:
 @dataclass(frozen=True)
 class SelectivePolicy:
     """A selective deployment rule: `mode` per_bar (thresholds on m) or carried (hysteresis path), one
-    threshold per regime (all of `REGIME_NAMES`; > 1 never trades) and the carried mode's exit ratio."""
+    threshold per regime (all of `REGIME_NAMES`; > 1 never trades), the carried mode's exit ratio, and the
+    causal HOLD-share controller's step and per-regime HOLD targets (env/control.py; step 0: static)."""
 
     mode: str
     thresholds: Mapping[str, float]
     exit_ratio: float = DEFAULT_EXIT_RATIO
+    hold_control: float = 0.0
+    targets: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -262,8 +266,20 @@ class SelectivePolicy:
         ratio = _number(self.exit_ratio, "exit_ratio")
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"selective policy: exit_ratio must lie in (0, 1], got {ratio}")
+        step = _number(self.hold_control, "hold_control")
+        if not 0.0 <= step <= 1.0:
+            raise ValueError(f"selective policy: hold_control must lie in [0, 1], got {step}")
+        targets = None
+        if step > 0:
+            if not isinstance(self.targets, Mapping) or set(self.targets) != set(REGIME_NAMES):
+                raise ValueError(f"selective policy: hold_control needs targets for every regime {list(REGIME_NAMES)}")
+            targets = {name: _number(self.targets[name], f"targets.{name}") for name in REGIME_NAMES}
+            if any(not 0.0 <= v <= 1.0 for v in targets.values()):
+                raise ValueError(f"selective policy: targets must be HOLD fractions in [0, 1], got {targets}")
         object.__setattr__(self, "thresholds", clean)  # a private copy: the caller's dict may change later
         object.__setattr__(self, "exit_ratio", ratio)
+        object.__setattr__(self, "hold_control", step)
+        object.__setattr__(self, "targets", targets)
 
     @classmethod
     def fit(
@@ -274,26 +290,44 @@ class SelectivePolicy:
         bands: Mapping[str, tuple[float, float]],
         exit_ratio: float = DEFAULT_EXIT_RATIO,
         scored: np.ndarray | None = None,
+        hold_control: float = 0.0,
     ) -> SelectivePolicy:
         """Fit the thresholds on calibration bars: (n, 3) probabilities per_bar, (n, 3, 3) by position carried
-        (whose path also decides on bars it does not score: `scored` marks the ones whose HOLD share counts)."""
+        (whose path also decides on bars it does not score: `scored` marks the ones whose HOLD share counts).
+        With `hold_control` > 0 they are the controller's starting point, its targets the bands' centres."""
+        targets = {name: (lo + hi) / 200.0 for name, (lo, hi) in bands.items()} if hold_control > 0 else None
+        if targets is not None:
+            targets = {name: targets.get(name, 0.0) for name in REGIME_NAMES}  # a band-less regime never trades
         if mode == "carried":
             thresholds = fit_hysteresis(probs_or_by_position, regimes, bands, exit_ratio, scored=scored)
-            return cls(mode, thresholds, exit_ratio)
+            return cls(mode, thresholds, exit_ratio, hold_control, targets)
         mask = slice(None) if scored is None else np.asarray(scored, dtype=bool)
-        return cls(
-            mode, fit_thresholds(np.asarray(probs_or_by_position)[mask], np.asarray(regimes)[mask], bands), exit_ratio
-        )
+        fitted = fit_thresholds(np.asarray(probs_or_by_position)[mask], np.asarray(regimes)[mask], bands)
+        return cls(mode, fitted, exit_ratio, hold_control, targets)
 
-    def actions(self, probs_or_by_position: np.ndarray, regimes: np.ndarray) -> np.ndarray:
-        """The deployed actions: (n, 3) probabilities per_bar, (n, 3, 3) probabilities by position carried."""
+    def actions(
+        self, probs_or_by_position: np.ndarray, regimes: np.ndarray, counted: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The deployed actions: (n, 3) probabilities per_bar, (n, 3, 3) probabilities by position carried.
+        Under the HOLD-share controller `counted` marks the decisions it counts (the scored ones; all if None)."""
+        if self.hold_control > 0:
+            assert self.targets is not None
+            m = margin(probs_or_by_position)
+            return controlled_path(
+                m, regimes, self.thresholds, self.targets, self.hold_control, self.mode == "carried",
+                self.exit_ratio, counted,
+            )  # fmt: skip
         if self.mode == "carried":
             return hysteresis_actions(probs_or_by_position, regimes, self.thresholds, self.exit_ratio)
         return selective_actions(probs_or_by_position, regimes, self.thresholds)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values: {"mode", "thresholds": {regime: float}, "exit_ratio"}."""
-        return {"mode": self.mode, "thresholds": dict(self.thresholds), "exit_ratio": self.exit_ratio}
+        """Plain JSON-able values: {"mode", "thresholds": {regime: float}, "exit_ratio"}, and for a controlled
+        rule "hold_control" and "targets": {regime: HOLD fraction} (a static rule is written as before them)."""
+        out: dict[str, Any] = {"mode": self.mode, "thresholds": dict(self.thresholds), "exit_ratio": self.exit_ratio}
+        if self.hold_control > 0:
+            out["hold_control"], out["targets"] = self.hold_control, dict(self.targets or {})
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> SelectivePolicy:
@@ -301,12 +335,15 @@ class SelectivePolicy:
         if not isinstance(data, Mapping):
             raise ValueError(f"selective policy: expected a mapping, got {type(data).__name__}")
         for key in data:
-            if key not in ("mode", "thresholds", "exit_ratio"):
+            if key not in ("mode", "thresholds", "exit_ratio", "hold_control", "targets"):
                 raise ValueError(f"selective policy: unknown key {key!r}")
         for key in ("mode", "thresholds", "exit_ratio"):
             if key not in data:
                 raise ValueError(f"selective policy: {key} is missing")
-        return cls(data["mode"], data["thresholds"], data["exit_ratio"])
+        # A bundle exported before the controller existed has neither key: its rule is static.
+        return cls(
+            data["mode"], data["thresholds"], data["exit_ratio"], data.get("hold_control", 0.0), data.get("targets")
+        )
 
 
 __all__ = [

@@ -74,7 +74,25 @@ def decision_inputs(bundle: Bundle, bars_path: str | Path) -> tuple[pd.DataFrame
     return bars, {**columns, "warmup": warmup}, windows, columns["regime_ids"][c - 1 :]
 
 
-def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[pd.DataFrame, int]:
+def _first_decision_at(bars: pd.DataFrame, skipped: int, start: str | None, path: Path) -> int:
+    """The index, among the decision bars, of the first at or after `start` (0 without one)."""
+    if start is None:
+        return 0
+    try:
+        when = pd.Timestamp(start)
+    except (ValueError, TypeError):
+        raise UserInputError(f"--start {start!r}: not a timestamp (e.g. 2019-07-01T00:00:00Z)") from None
+    when = when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    times = bars.index[skipped:]
+    i = int(times.searchsorted(when))
+    if i >= len(times):
+        raise UserInputError(f"--start {start}: after the last bar of {path} ({times[-1] if len(times) else '-'})")
+    return i
+
+
+def act_on_bars(
+    bundle: Bundle, bars_path: str | Path, seed: int = 0, start: str | None = None
+) -> tuple[pd.DataFrame, int]:
     """One row per hourly bar of the file (`OUTPUT_COLUMNS`) and the number of leading bars without an action.
 
     `action` is what the policy was scored as doing (`deployment`, through the evaluator's own rule,
@@ -82,22 +100,33 @@ def act_on_bars(bundle: Bundle, bars_path: str | Path, seed: int = 0) -> tuple[p
     same seed: same actions), or the selective rule with the bundle's thresholds (no draws); `p_*` are the
     policy's probabilities (softmax of its logits). A carried policy acts on the position its previous action
     left it in, starting flat at the first decision bar; its probabilities are those along that path.
+
+    `start` (a timestamp): the deployment begins at the first decision bar at or after it, flat, with a
+    selective rule's fitted thresholds (its HOLD-share controller, env/control.py, starts there); earlier bars
+    only warm the features up and get no action. The evaluator starts the same way at its split's first bar.
     """
     bars, columns, windows, regimes = decision_inputs(bundle, bars_path)
     warmup = columns["warmup"]
     spec = bundle.spec
     c = spec.context_len
+    first = warmup + c - 1  # the first decision bar
+    begin = _first_decision_at(bars, first, start, Path(bars_path))
+    windows, regimes = windows[begin:], regimes[begin:]
     deploy = deployment(bundle)
     uniforms = np.random.default_rng(seed).random(len(regimes)) if deploy == "sample" else None
     if bundle.carried:
-        # The policy follows its own path of positions, flat at the file's first decision bar, as in training.
+        # The policy follows its own path of positions, flat at the first decision bar, as in training.
         logits = np.stack([bundle.logits(windows, regimes, p) for p in range(3)], axis=1)
     else:
         logits = bundle.logits(windows, regimes)
-    actions, probs = deployed_actions(deploy, logits, regimes, uniforms, selective_rule(bundle))
+    # The bars the evaluator scores (bar and next bar both real; the file's last bar is the one being decided
+    # live): a selective rule's controller counts only those, as the evaluator's does.
+    real = bars["real"].to_numpy(dtype=bool)
+    counted = (real & np.r_[real[1:], True])[first + begin :]
+    actions, probs = deployed_actions(deploy, logits, regimes, uniforms, selective_rule(bundle), counted)
 
     n = len(bars)
-    skipped = warmup + c - 1  # bars before the first decision bar
+    skipped = first + begin  # bars before the first action
     frame = pd.DataFrame(
         {
             "timestamp": bars.index.strftime("%Y-%m-%dT%H:%M:%SZ"),

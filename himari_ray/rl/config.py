@@ -105,6 +105,14 @@ class EvalConfig(StrictModel):
         description="selective, carried: a position is kept while its margin stays above this fraction of the "
         "entry threshold (hysteresis: not flipped bar by bar); 1: no hysteresis.",
     )
+    hold_control: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="selective: step of the causal HOLD-share controller that moves each regime's threshold "
+        "after every decision towards its band's centre (env/control.py; reads only past actions, never "
+        "returns); 0: the thresholds stay as fitted.",
+    )
     null_draws: int = Field(
         200, ge=19, le=10_000, description="Direction-randomised nulls scored beside every evaluation (edge, p)."
     )

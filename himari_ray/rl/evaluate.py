@@ -150,7 +150,9 @@ class PolicyEvaluator:
         windows, regimes, scored = self.calibration
         probs = softmax(self._logits(module, windows, regimes))
         mode = "carried" if self.carried else "per_bar"
-        return SelectivePolicy.fit(mode, probs, regimes, self.cfg.bands, self.cfg.exit_ratio, scored=scored)
+        return SelectivePolicy.fit(
+            mode, probs, regimes, self.cfg.bands, self.cfg.exit_ratio, scored=scored, hold_control=self.cfg.hold_control
+        )
 
     def policy(self, module: RLModule) -> tuple[np.ndarray, np.ndarray, SelectivePolicy | None]:
         """(n, 3) action probabilities and the deployed policy's actions at the scored bars (carried: along
@@ -163,7 +165,9 @@ class PolicyEvaluator:
                 selective = self.fit_selective(module) if self.cfg.deploy == "selective" else None
         finally:
             module.train(was_training)
-        actions, probs = deployed_actions(self.cfg.deploy, logits, self.decision_regimes, self.uniforms, selective)
+        actions, probs = deployed_actions(
+            self.cfg.deploy, logits, self.decision_regimes, self.uniforms, selective, counted=self.scored
+        )
         return probs[self.scored], actions[self.scored], selective
 
     def actions(self, module: RLModule) -> np.ndarray:
