@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -194,6 +195,9 @@ def test_feather_without_pyarrow_says_how_to_get_it(tmp_path, monkeypatch):
         raise ImportError("Missing optional dependency 'pyarrow'.  Use pip or conda to install pyarrow.")
 
     monkeypatch.setattr(pd, "read_feather", no_pyarrow)
+    # The importer reads the file's size from pyarrow before pandas reads it: `import pyarrow` fails too.
+    for name in ("pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(UserInputError, match=r"reading Feather needs pyarrow \(pip install pyarrow\)$"):
         read_ohlcv(path)
 
@@ -212,7 +216,7 @@ def test_freqtrade_json_and_csv_import_to_the_same_dataset(tmp_path):
     """The real sample as freqtrade JSON and as CSV: one dataset, bar for bar."""
     from himari_ray.data.dataset import import_ohlcv, sample_path
 
-    csv = pd.read_csv(sample_path(), nrows=700)
+    csv = pd.read_csv(sample_path(), nrows=1300)  # the fewest bars an import takes (1210), and some
     csv_path = tmp_path / "bars.csv"
     csv.to_csv(csv_path, index=False)
     ms = pd.to_datetime(csv.timestamp, utc=True).astype("int64") // 10**6
