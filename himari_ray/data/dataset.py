@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,18 @@ from himari_ray.types import SPLIT_NAMES, Dataset, FeatureScaler, SplitArrays, S
 SAMPLE_FILE = "btc_usdt_1h_2018_2019.csv.gz"
 #: Bars a built dataset must keep after the warm-up, so each split has room for a context window.
 MIN_BARS_AFTER_WARMUP = 300
+#: The env's defaults (`EnvConfig.context_len`, `EnvConfig.episode_len`; data sits below env, so they are
+#: repeated here and a test keeps them equal): what every bundled space but smoke and deploy (16 and 256) uses.
+DEFAULT_CONTEXT_LEN = 100
+DEFAULT_EPISODE_LEN = 512
+#: The shortest train split a bar file may give: one observation window and one episode of decisions. Any
+#: shorter, every episode runs over the same few hundred bars, the selective deployment's calibration slice (the
+#: last 20% of train) holds a few dozen, and the preflight prices each regime's p* from a handful: a search
+#: would run and report numbers that mean nothing. Refused at import, saying how many bars would do.
+MIN_TRAIN_BARS = DEFAULT_CONTEXT_LEN + DEFAULT_EPISODE_LEN
+#: Validation and test must each hold a default window and a decision after it (what a search and the final
+#: evaluation check first): a window of bars, plus the bar whose return the decision earns, plus one.
+MIN_EVAL_BARS = DEFAULT_CONTEXT_LEN + 2
 
 
 class SplitFractions(StrictModel):
@@ -146,11 +159,41 @@ def causal_columns(bars: pd.DataFrame, detector: RegimeDetectorConfig) -> tuple[
 
 
 def finite_features(features: np.ndarray, file: str) -> np.ndarray:
-    """float32 features, or a one-line error naming the first feature that is not finite."""
-    bad = ~np.isfinite(features).all(axis=0)
+    """float32 features, or a one-line error naming the first feature that is not finite (checked after the
+    cast: a float64 value past float32's 3.4e38 would become inf there)."""
+    with np.errstate(over="ignore"):
+        out = features.astype(np.float32)
+    bad = ~np.isfinite(out).all(axis=0)
     if bad.any():
         raise UserInputError(f"{file}: feature {FEATURE_NAMES[int(np.argmax(bad))]} is not finite")
-    return features.astype(np.float32)
+    return out
+
+
+def split_shortfall(n: int, fractions: SplitFractions) -> bool:
+    """Whether `n` bars after the warm-up cut into a split too short to train or evaluate on."""
+    sizes = [hi - lo for lo, hi in fractions.bounds(n).values()]
+    return n < MIN_BARS_AFTER_WARMUP or any(
+        have < need for have, need in zip(sizes, (MIN_TRAIN_BARS, MIN_EVAL_BARS, MIN_EVAL_BARS), strict=True)
+    )
+
+
+def split_requirement(warmup: int, fractions: SplitFractions) -> str:
+    """What the bars of a file must cover, in words, for an error line."""
+    return (
+        f"{warmup} of warm-up, then {MIN_TRAIN_BARS} for the train split at --train-frac {fractions.train_frac:g}: "
+        f"a {DEFAULT_CONTEXT_LEN}-bar context and one {DEFAULT_EPISODE_LEN}-decision episode; {MIN_EVAL_BARS} each "
+        f"for val and test"
+    )
+
+
+def bars_needed(warmup: int, fractions: SplitFractions) -> int:
+    """The fewest bars a file needs for `fractions` to cut splits `split_shortfall` accepts."""
+    shares = (fractions.train_frac, fractions.val_frac, 1.0 - fractions.train_frac - fractions.val_frac)
+    needs = (MIN_TRAIN_BARS, MIN_EVAL_BARS, MIN_EVAL_BARS)
+    n = max(MIN_BARS_AFTER_WARMUP, *(math.ceil(k / f) for k, f in zip(needs, shares, strict=True)))
+    while split_shortfall(n, fractions):  # int() rounding in `bounds`: a step or two more
+        n += 1
+    return warmup + n
 
 
 def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[str, Any]) -> Dataset:
@@ -158,10 +201,10 @@ def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[st
     (columns open, high, low, close, volume, real; see `read_ohlcv`)."""
     columns, warmup = causal_columns(bars, settings.detector)
     n = len(bars) - warmup
-    if n < MIN_BARS_AFTER_WARMUP:
+    if split_shortfall(n, settings):
         raise UserInputError(
-            f"{source['file']}: {len(bars)} bars; needs at least {warmup + MIN_BARS_AFTER_WARMUP} "
-            f"(longest lookback {warmup} + {MIN_BARS_AFTER_WARMUP})"
+            f"{source['file']}: {len(bars)} bars; needs at least {bars_needed(warmup, settings)} "
+            f"({split_requirement(warmup, settings)})"
         )
     del columns["real"]  # `tradable` carries it into the dataset
     n_train = settings.bounds(n)["train"][1]
@@ -173,15 +216,17 @@ def build_from_bars(bars: pd.DataFrame, settings: BuildSettings, source: dict[st
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with path.open("rb") as fh:  # in blocks: the file is not held in memory a second time
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def import_ohlcv(path: str | Path, settings: BuildSettings | None = None) -> Dataset:
     """A dataset from an OHLCV file (any layout `read_ohlcv` knows)."""
     settings = settings or BuildSettings()
     path = Path(path)
-    min_bars = max(LONGEST_LOOKBACK, warmup_bars(settings.detector)) + MIN_BARS_AFTER_WARMUP
-    bars, report = read_ohlcv(path, min_bars=min_bars)
+    warmup = max(LONGEST_LOOKBACK, warmup_bars(settings.detector))
+    need = bars_needed(warmup, settings)  # counted in real bars, before the grid is filled
+    bars, report = read_ohlcv(path, min_bars=need, why=split_requirement(warmup, settings))
     source = {"kind": "ohlcv", "file": str(path), "sha256": _sha256(path), "import": report.to_dict()}
     return build_from_bars(bars, settings, source)
 
