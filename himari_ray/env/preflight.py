@@ -151,9 +151,18 @@ def band_conflicts(results: list[RegimePreflight], bands: dict[str, tuple[float,
     return out
 
 
+def describe_p_star(p_star: float) -> str:
+    """p* for a line of text: a number, or in words why there is none."""
+    if np.isinf(p_star):
+        return "never: even a perfect oracle loses to HOLD"
+    if np.isnan(p_star):
+        return "unknown: no bars of the regime"
+    return f"{p_star:.2f}"
+
+
 def describe_conflicts(conflicts: list[RegimePreflight]) -> str:
     """'LOW_VOL: HOLD-dominant (p* 0.79); TRENDING: trade-dominant (p* 0.21)'."""
-    return "; ".join(f"{r.regime}: {r.verdict} (p* {r.breakeven_skill:.2f})" for r in conflicts)
+    return "; ".join(f"{r.regime}: {r.verdict} (p* {describe_p_star(r.breakeven_skill)})" for r in conflicts)
 
 
 def skip_penalty(
@@ -172,11 +181,24 @@ def skip_penalty(
 
 
 def format_preflight(results: list[RegimePreflight]) -> str:
+    """The table, then a note for each p* that is not a number: `never` where even a perfect oracle's trades
+    earn less than HOLD (no hit rate makes trading pay), `-` where the split holds no bar of the regime."""
     head = f"{'regime':9} {'bars':>6} {'HOLD':>8} {'coin':>8} {'oracle':>8} {'E|z|':>6} {'p*':>6}  verdict"
     lines = [head]
     for r in results:
-        p = "inf" if np.isinf(r.breakeven_skill) else f"{r.breakeven_skill:.3f}"
+        p = "never" if np.isinf(r.breakeven_skill) else "-" if r.n == 0 else f"{r.breakeven_skill:.3f}"
         lines.append(
             f"{r.regime:9} {r.n:6d} {r.hold:8.3f} {r.coin_flip:8.3f} {r.oracle:8.3f} {r.e_abs_z:6.3f} {p:>6}  {r.verdict}"
+        )
+    never = [r.regime for r in results if np.isinf(r.breakeven_skill)]
+    if never:
+        lines.append(
+            f"p* never ({', '.join(never)}): even a perfect oracle, right on every trade, earns less there than "
+            "HOLD, so no hit rate makes trading pay"
+        )
+    empty = [r.regime for r in results if r.n == 0]
+    if empty:
+        lines.append(
+            f"p* - ({', '.join(empty)}): the split has no decision bar in the regime, so there is nothing to price"
         )
     return "\n".join(lines)
