@@ -26,6 +26,13 @@ FORMAT_VERSION = 2
 ARRAY_FIELDS = ("features", "regime_ids", "regime_confidences", "prices", "returns", "timestamps", "tradable")
 #: Metadata key of the per-split sha256 digests.
 CHECKSUMS = "checksums"
+#: The most a dataset's arrays may expand to. `data synth`'s 10 million bars take ~0.85 GiB, 500,000 imported
+#: bars (the most a bar file may hold) ~0.1 GiB. numpy allocates each array at the size its zip member
+#: declares, so a member declaring more is refused before anything is read; zipfile stops a member at its
+#: declared size, so one that lies cannot inflate past it.
+MAX_ARRAY_BYTES = 4 * 2**30
+#: The most metadata.json may hold (a dataset's is a few KiB; one gap per listed outage at most a few MiB).
+MAX_METADATA_BYTES = 64 * 2**20
 
 
 def split_checksum(split: SplitArrays) -> str:
@@ -69,6 +76,13 @@ def save_dataset(ds: Dataset, out: str | Path) -> Path:
     return out
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def _require(meta: dict[str, Any], key: str, path: Path) -> Any:
     if key not in meta:
         raise UserInputError(f"{path}: missing key {key!r}")
@@ -80,6 +94,8 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     meta_path, arrays_path = path / "metadata.json", path / "arrays.npz"
     if not path.is_dir() or not meta_path.is_file() or not arrays_path.is_file():
         raise UserInputError(f"{path}: not a himari-ray dataset (expected metadata.json and arrays.npz)")
+    if meta_path.stat().st_size > MAX_METADATA_BYTES:
+        raise UserInputError(f"{meta_path}: more than {_size(MAX_METADATA_BYTES)}; not a dataset's metadata")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
@@ -99,6 +115,13 @@ def load_dataset_dir(path: str | Path) -> Dataset:
     names = tuple(names)
     scaler_meta = _require(meta, "scaler", meta_path)
     try:
+        with zipfile.ZipFile(arrays_path) as zf:
+            declared = sum(info.file_size for info in zf.infolist())
+        if declared > MAX_ARRAY_BYTES:
+            raise UserInputError(
+                f"{arrays_path}: its arrays expand to {_size(declared)}, more than the {_size(MAX_ARRAY_BYTES)} "
+                "a dataset may hold; refused unread"
+            )
         with np.load(arrays_path, allow_pickle=False) as npz:
             data = {k: npz[k] for k in npz.files}
     # zipfile raises many types on a damaged archive (NotImplementedError for a flipped flag bit,
