@@ -4,13 +4,16 @@ confirmed on the untouched test split.
 - `sampler`: the bundled `smoke` space (per_bar, eval.deploy: sample, objective single: the HOLD bands).
 - `selective per_bar`: the bundled `deploy` space with per_bar positions (eval.deploy: selective, objective
   constrained: validation Sharpe within 5 pp of the bands).
-- `selective carried`: the bundled `deploy` space as shipped (carried positions with hysteresis).
+- `selective carried, static`: the bundled `deploy` space with its HOLD-share controller off
+  (eval.hold_control: 0): carried positions with hysteresis at the thresholds fitted on the end of train.
+- `selective carried`: the bundled `deploy` space as shipped (hysteresis, thresholds steered by the causal
+  HOLD-share controller, env/control.py).
 
 Each search uses the same trials, iterations and seed; its best trial (the one ranking) is confirmed with
 `--confirm-seeds` seeds. Nothing is tuned on test: the test split is read once per search, by confirm, after
 the search has chosen. Figures go to stdout (markdown) and OUT/deployments.json.
 
-    .venv/bin/python bench/deployments.py --out runs/deployments            # ~12 min on 2 CPUs
+    .venv/bin/python bench/deployments.py --out runs/deployments            # ~15 min on 2 CPUs
 """
 
 from __future__ import annotations
@@ -36,16 +39,19 @@ from himari_ray.search.confirm import run_confirm
 from himari_ray.search.space import load_space
 
 DEPLOYMENTS = {
-    "sampler": ("smoke", None),
-    "selective per_bar": ("deploy", "per_bar"),
-    "selective carried": ("deploy", "carried"),
+    "sampler": ("smoke", None, {}),
+    "selective per_bar": ("deploy", "per_bar", {}),
+    "selective carried, static": ("deploy", "carried", {"hold_control": 0.0}),
+    "selective carried": ("deploy", "carried", {}),
 }
 
 
-def space_for(name: str, mode: str | None):
+def space_for(name: str, mode: str | None, eval_update: dict):
     space, path = load_space(name)
     if mode is not None:
         space = space.model_copy(update={"env": space.env.model_copy(update={"position_mode": mode})})
+    if eval_update:
+        space = space.model_copy(update={"eval": space.eval.model_copy(update=eval_update)})
     return space, path
 
 
@@ -70,10 +76,11 @@ def main() -> None:
     check_out_dir(args.out)
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     started, rows = time.time(), {}
-    for label, (name, mode) in DEPLOYMENTS.items():
-        space, path = space_for(name, mode)
+    for label, (name, mode, eval_update) in DEPLOYMENTS.items():
+        space, path = space_for(name, mode, eval_update)
         t0 = time.time()
-        out = run_search(space, path, args.out / label.replace(" ", "-"), trials=args.trials, seed=args.seed)
+        folder = label.replace(",", "").replace(" ", "-")
+        out = run_search(space, path, args.out / folder, trials=args.trials, seed=args.seed)
         searched = time.time() - t0
         record = run_confirm(out, seeds=args.confirm_seeds)
         rows[label] = {"dir": str(out), "search_s": searched, "confirm_s": time.time() - t0 - searched, **record}
