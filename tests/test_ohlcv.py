@@ -304,3 +304,44 @@ def test_files_that_would_mislead_or_crash_are_one_line(tmp_path, name, make, ne
     with pytest.raises(UserInputError, match=needle) as err:
         read_ohlcv(path)
     assert "\n" not in str(err.value)
+
+
+def test_the_split_floor_is_the_envs_default_window_and_episode():
+    """The train split holds one default window and episode; val and test a window and two bars (1210 in all)."""
+    from himari_ray.data.dataset import (
+        DEFAULT_CONTEXT_LEN,
+        DEFAULT_EPISODE_LEN,
+        MIN_EVAL_BARS,
+        MIN_TRAIN_BARS,
+        BuildSettings,
+        bars_needed,
+    )
+    from himari_ray.env.trading import EnvConfig
+
+    env = EnvConfig()
+    assert (env.context_len, env.episode_len) == (DEFAULT_CONTEXT_LEN, DEFAULT_EPISODE_LEN)
+    assert env.context_len + env.episode_len == MIN_TRAIN_BARS and env.context_len + 2 == MIN_EVAL_BARS
+    assert bars_needed(190, BuildSettings()) == 1210
+
+
+COSTLY_SPACE = """\
+name: costly
+family: pnl_cost
+fixed: {reward_scale: 100.0, trade_cost: 5.0}
+search: {entropy_coeff: {low: 0.001, high: 0.05, log: true}}
+env: {context_len: 16, episode_len: 128, position_mode: per_bar}
+model: tiny
+"""
+
+
+def test_preflight_says_why_there_is_no_break_even(tmp_path):
+    """A cost above every move: even a perfect oracle loses to HOLD. The table says so in words, never 'inf'."""
+    from tests.test_fuzz import run
+
+    (tmp_path / "costly.yaml").write_text(COSTLY_SPACE)
+    assert run(["data", "synth", "--n-bars", "1500", "--out", "ds"], tmp_path)[0] == 0
+    code, out, err = run(["preflight", "costly.yaml", "--data", "ds"], tmp_path)
+    assert code == 0, err
+    assert " inf" not in out and "p* inf" not in out
+    assert "p* never (LOW_VOL, TRENDING, HIGH_VOL, CRISIS): even a perfect oracle" in out
+    assert "(p* never: even a perfect oracle loses to HOLD)" in out
