@@ -234,6 +234,14 @@ def regime_skill(
     return out
 
 
+def p_star_text(p_star: float) -> str:
+    """A break-even hit rate as shown: two decimals, `never` where no hit rate pays (+inf or above 1: even an
+    oracle right on every trade earns less than HOLD there, as the preflight says), `-` where unknown."""
+    if math.isnan(p_star):
+        return "-"
+    return "never" if p_star > 1 else f"{p_star:.2f}"
+
+
 def cannot_pay(skill: Mapping[str, RegimeSkill], breakeven: Mapping[str, float]) -> list[str]:
     """One line per regime (in `REGIME_NAMES` order) whose hit-rate interval lies wholly below its break-even
     hit rate p*. A NaN p* (unknown) or an untraded regime says nothing; p* of +inf or above 1 (no hit rate
@@ -245,7 +253,7 @@ def cannot_pay(skill: Mapping[str, RegimeSkill], breakeven: Mapping[str, float])
             continue
         findings.append(
             f"{name}: hit rate {s.hit_rate:.2f} [{s.low:.2f}, {s.high:.2f}] on {s.traded} traded bars is below "
-            f"break-even p* {p_star:.2f}: trading there cannot pay"
+            f"break-even p* {p_star_text(p_star)}: trading there cannot pay"
         )
     return findings
 
@@ -261,6 +269,7 @@ __all__ = [
     "null_positions",
     "null_scores",
     "null_signs",
+    "p_star_text",
     "position_runs",
     "positions_of",
     "regime_skill",
