@@ -144,6 +144,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+#: Hard upper bounds of counts and seeds, for flags and config fields alike: a count beyond MAX_COUNT is a typo,
+#: not a plan, and a seed must fit the 32 bits numpy takes.
+MAX_COUNT = 100_000
+MAX_SEED = 2**32 - 1
+
+
 class UserInputError(Exception):
     """Bad input from the user (a file, a key, a flag). The CLI prints it as one line and exits 2."""
 

@@ -7,7 +7,7 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from himari_ray.types import UserInputError, redact
+from himari_ray.types import MAX_COUNT, MAX_SEED, UserInputError, redact
 
 #: The space `search` and `preflight` use when none is named.
 DEFAULT_SPACE = "smoke"
@@ -59,11 +59,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         raise UserInputError(f"{self.prog}: {message}")
-
-
-#: Hard upper bounds: a count or seed beyond these is a typo, not a plan (and a seed must fit numpy's 32 bits).
-MAX_COUNT = 100_000
-MAX_SEED = 2**32 - 1
 
 
 def add_command(

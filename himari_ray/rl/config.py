@@ -22,17 +22,21 @@ from himari_ray.env.trading import CARRIED_GAMMA, EnvConfig, HimariTradingEnv, c
 from himari_ray.rl.fast_runner import FastEnvRunner
 from himari_ray.rl.learner import HimariPPOLearner
 from himari_ray.rl.model import MODEL_PRESETS, PRECISION_KEY, ModelConfig, RegimeTransformerModule
-from himari_ray.types import REGIME_NAMES, SEARCHABLE, StrictModel, flagged
+from himari_ray.types import MAX_COUNT, MAX_SEED, REGIME_NAMES, SEARCHABLE, StrictModel, flagged
 
 
 class TrainConfig(StrictModel):
     """PPO settings of one trial."""
 
-    iterations: int = Field(10, ge=1, description="PPO training iterations (one Tune report each).")
-    train_batch_size: int = Field(2048, ge=8, description="Env steps per iteration (per learner).")
-    minibatch_size: int = Field(256, ge=4, description="SGD minibatch size.")
-    num_epochs: int = Field(4, ge=1, description="SGD passes over each train batch.")
-    lr: float = Field(3e-4, gt=0, description="Adam learning rate.", json_schema_extra={SEARCHABLE: True})
+    # <= MAX_COUNT (100,000): a trial of more reports than any search budget runs; a typo, not a plan.
+    iterations: int = Field(10, ge=1, le=MAX_COUNT, description="PPO training iterations (one Tune report each).")
+    # <= 2**20 env steps: a batch held in one learner's memory (the bundled spaces use 256 to 2048).
+    train_batch_size: int = Field(2048, ge=8, le=2**20, description="Env steps per iteration (per learner).")
+    minibatch_size: int = Field(256, ge=4, le=2**20, description="SGD minibatch size.")  # and <= the batch
+    # <= 1,000: past a few dozen passes PPO only overfits the batch it has; 1,000 is a typo, not a plan.
+    num_epochs: int = Field(4, ge=1, le=1_000, description="SGD passes over each train batch.")
+    # <= 1: Adam steps of a whole unit per parameter diverge on any network (the bundled spaces use <= 3e-3).
+    lr: float = Field(3e-4, gt=0, le=1.0, description="Adam learning rate.", json_schema_extra={SEARCHABLE: True})
     gamma: float | None = Field(
         None,
         ge=0,
@@ -42,17 +46,23 @@ class TrainConfig(StrictModel):
         json_schema_extra={SEARCHABLE: True},
     )
     lambda_: float = Field(0.95, ge=0, le=1, description="GAE lambda.", json_schema_extra={SEARCHABLE: True})
-    entropy_coeff: float = Field(0.01, ge=0, description="Entropy bonus weight.", json_schema_extra={SEARCHABLE: True})
-    clip_param: float = Field(0.2, gt=0, description="PPO clip range.", json_schema_extra={SEARCHABLE: True})
-    num_env_runners: int = Field(0, ge=0, description="Remote env runners (0: sample in the trial process).")
-    num_envs_per_env_runner: int = Field(
-        4, ge=1, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
+    # <= 100: the entropy of 3 actions is at most ln 3, rewards are O(1) a bar; a weight of 100 already drowns them.
+    entropy_coeff: float = Field(
+        0.01, ge=0, le=100, description="Entropy bonus weight.", json_schema_extra={SEARCHABLE: True}
     )
+    # <= 10: a probability ratio clipped at 1 +- 10 is no clipping at all (PPO uses 0.1 to 0.3).
+    clip_param: float = Field(0.2, gt=0, le=10, description="PPO clip range.", json_schema_extra={SEARCHABLE: True})
+    # <= 1,024 runners and env copies each: more than a cluster's CPUs (Ray would wait forever to place them).
+    num_env_runners: int = Field(0, ge=0, le=1_024, description="Remote env runners (0: sample in the trial process).")
+    num_envs_per_env_runner: int = Field(
+        4, ge=1, le=1_024, description="Env copies per runner; 4 cut RLlib's per-step overhead 2.6x (bench/README.md)."
+    )
+    # <= 8 GPUs: the one local learner trains on one node, and no node has more.
     num_gpus_per_learner: float = Field(
-        0.0, ge=0, description="GPU share of the (local) learner; a search sets it to resources.gpus_per_trial."
+        0.0, ge=0, le=8, description="GPU share of the (local) learner; a search sets it to resources.gpus_per_trial."
     )
     num_gpus_per_env_runner: float = Field(
-        0.0, ge=0, description="GPU share of each remote env runner (the local runner uses the learner's GPU)."
+        0.0, ge=0, le=8, description="GPU share of each remote env runner (the local runner uses the learner's GPU)."
     )
     env_runner: Literal["fast", "plain"] = Field(
         "fast",
@@ -65,8 +75,11 @@ class TrainConfig(StrictModel):
     compile: bool = Field(
         False, description="torch.compile the learner's forward_train (inductor): faster updates after a warm-up."
     )
-    seed: int = Field(0, ge=0, description="Seed of RLlib, torch and the env copies.")
-    checkpoint_every: int = Field(1, ge=1, description="Checkpoint every N iterations (and at the last).")
+    # <= 2**31 - 1: RLlib adds each runner's index (and 1e6 for evaluation), robust seeds and confirm add up
+    # to 99 each, and numpy's global seed must stay below 2**32.
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed of RLlib, torch and the env copies.")
+    # <= 100,000: the most iterations a trial has.
+    checkpoint_every: int = Field(1, ge=1, le=100_000, description="Checkpoint every N iterations (and at the last).")
 
     @field_validator("minibatch_size")
     @classmethod
@@ -90,7 +103,10 @@ class EvalConfig(StrictModel):
         "(trades where its directional margin P(LONG) - P(SHORT) clears a per-regime threshold fitted on the end "
         "of train; band distance of its HOLD shares, docs/DEPLOYMENT.md).",
     )
-    sample_seed: int = Field(0, ge=0, description="Seed of the draws of a sampling policy (eval.deploy: sample).")
+    # Seeds <= 2**32 - 1: numpy takes 32-bit seeds (the CLI's --seed has the same bound).
+    sample_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="Seed of the draws of a sampling policy (eval.deploy: sample)."
+    )
     calibration_frac: float = Field(
         0.2,
         gt=0,
@@ -116,14 +132,18 @@ class EvalConfig(StrictModel):
     null_draws: int = Field(
         200, ge=19, le=10_000, description="Direction-randomised nulls scored beside every evaluation (edge, p)."
     )
-    null_seed: int = Field(0, ge=0, description="Seed of the nulls' sign flips.")
-    fee: float = Field(0.0004, ge=0, description="Fee per unit of position change in validation PnL (4 bps).")
-    batch_size: int = Field(4096, ge=1, description="Windows per forward pass in the greedy evaluation.")
+    null_seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the nulls' sign flips.")
+    # <= 0.1 (10% a trade): no venue charges more; 4 (percent for a fraction) is the typo this catches.
+    fee: float = Field(0.0004, ge=0, le=0.1, description="Fee per unit of position change in validation PnL (4 bps).")
+    # <= 2**20 windows: one forward pass of that many windows already fills a large GPU.
+    batch_size: int = Field(4096, ge=1, le=2**20, description="Windows per forward pass in the greedy evaluation.")
     leak_alarm: LeakAlarmConfig = Field(
         default_factory=LeakAlarmConfig, description="When a hit rate on traded val bars is too good to be honest."
     )
+    # In [-1, 100]: a compounded return is a fraction (0.05 is 5%) that cannot fall below -100%; past 10,000% it
+    # is a percentage written for a fraction.
     min_net_return: float | None = Field(
-        None, description="Profit constraint: val net return must exceed this (None: no constraint)."
+        None, ge=-1, le=100, description="Profit constraint: val net return must exceed this (None: no constraint)."
     )
 
     @field_validator("bands")
@@ -174,8 +194,10 @@ class ObjectiveConfig(StrictModel):
 class RobustConfig(StrictModel):
     """Evaluate each configuration over several seeds and/or walk-forward folds inside train+val."""
 
-    seeds: int = Field(1, ge=1, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
-    folds: int = Field(0, ge=0, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
+    # <= 100 seeds and 20 folds: every trial trains seeds x folds runs; past that one trial is a search of its own
+    # (and a fold's validation window shrinks to a few hundred bars).
+    seeds: int = Field(1, ge=1, le=100, description="Independent PPO runs (seeds seed, seed+1, ...) per configuration.")
+    folds: int = Field(0, ge=0, le=20, description="Anchored walk-forward folds inside train+val (0: plain train/val).")
     aggregate: Literal["mean", "worst"] = Field("mean", description="Which aggregate the objective optimises.")
 
 

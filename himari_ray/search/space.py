@@ -16,7 +16,7 @@ from himari_ray.env.rewards import REWARD_FAMILIES, RewardConfig, param_problem,
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import ROUTES, EvalConfig, ObjectiveConfig, RobustConfig, TrainConfig, TrialConfig
 from himari_ray.rl.model import MODEL_PRESETS, ModelConfig
-from himari_ray.types import ENV_SECTION, StrictModel, UserInputError, flagged
+from himari_ray.types import ENV_SECTION, MAX_COUNT, MAX_SEED, StrictModel, UserInputError, flagged
 
 
 class ParamRange(StrictModel):
@@ -27,7 +27,10 @@ class ParamRange(StrictModel):
     high: float | None = Field(None, description="Upper bound (inclusive).")
     log: bool = Field(False, description="Sample on a log scale (needs low > 0).")
     integer: bool = Field(False, description="Sample whole numbers.")
-    choices: list[str | float] | None = Field(None, description="Categorical values instead of a range.")
+    # <= 1,000 choices: more than a search budget tries; a list that long is a generated mistake.
+    choices: list[str | float] | None = Field(
+        None, max_length=1_000, description="Categorical values instead of a range."
+    )
     when: dict[str, list[str | float]] | None = Field(
         None, description="Search this parameter only when each named parameter takes one of these values."
     )
@@ -87,9 +90,12 @@ EnvSettings = _section(
 class Budget(StrictModel):
     """How much to search."""
 
-    trials: int = Field(8, ge=1, description="Number of trials (configurations) to run.")
-    max_concurrent: int = Field(2, ge=1, description="Trials running at once.")
-    seed: int = Field(0, ge=0, description="Seed of the Optuna sampler.")
+    # <= 100,000 trials: beyond any budget (each trains a PPO run), and the CLI's --trials has the same cap.
+    trials: int = Field(8, ge=1, le=MAX_COUNT, description="Number of trials (configurations) to run.")
+    # <= 10,000 at once: more trials than any cluster holds; Ray would only queue them.
+    max_concurrent: int = Field(2, ge=1, le=10_000, description="Trials running at once.")
+    # <= 2**32 - 1: Optuna's samplers seed numpy, which takes 32 bits (the CLI's --seed has the same bound).
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the Optuna sampler.")
     sampler: Literal["tpe", "random"] = Field(
         "tpe", description="Optuna sampler: tpe, or random (the baseline the calibration benchmark compares TPE to)."
     )
@@ -111,9 +117,14 @@ class SchedulerSettings(StrictModel):
         description="asha: Optuna proposes, ASHA stops laggards; pbt: a population mutates in flight; "
         "pb2: PBT whose mutations a Gaussian-process bandit picks (needs scikit-learn: pip install himari-ray[pb2]).",
     )
-    grace_period: int = Field(1, ge=1, description="ASHA: iterations before a trial can be stopped.")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA halving rate.")
-    perturbation_interval: int = Field(2, ge=1, description="PBT: iterations between exploit/explore steps.")
+    # grace_period and perturbation_interval <= train.iterations (checked in SearchSpace): ASHA could never stop
+    # a trial, PBT never perturb one; <= 100,000 here, the most iterations a trial has.
+    grace_period: int = Field(1, ge=1, le=100_000, description="ASHA: iterations before a trial can be stopped.")
+    # <= 100: past that ASHA keeps one trial in a hundred at its first rung, which is stopping all but one.
+    reduction_factor: float = Field(2.0, gt=1, le=100, description="ASHA halving rate.")
+    perturbation_interval: int = Field(
+        2, ge=1, le=100_000, description="PBT: iterations between exploit/explore steps."
+    )
     synch: bool = Field(False, description="PBT/PB2: wait for the whole population at each perturbation point.")
     quantile_fraction: float = Field(
         0.25, gt=0, le=0.5, description="PBT: share of the population that exploits the top (0.5 for tiny ones)."
@@ -126,23 +137,87 @@ class SchedulerSettings(StrictModel):
 class CollapseSettings(StrictModel):
     """Stop a trial whose policy collapsed to all-HOLD or no-HOLD."""
 
-    warmup: int = Field(2, ge=1, description="Iterations before the check applies.")
+    # <= 100,000 iterations (the most a trial has); a warmup past train.iterations turns the check off, as the
+    # tests that keep every trial do.
+    warmup: int = Field(2, ge=1, le=100_000, description="Iterations before the check applies.")
+    # Percentages, and hold_low < hold_high (checked below): inverted, every policy would be a collapse.
     hold_high: float = Field(99.0, gt=0, le=100, description="Overall HOLD% above this is a collapse.")
     hold_low: float = Field(1.0, ge=0, lt=100, description="Overall HOLD% below this is a collapse.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> CollapseSettings:
+        if not self.hold_low < self.hold_high:
+            raise ValueError(
+                f"hold_low {self.hold_low:g} must be < hold_high {self.hold_high:g} (inverted, every trial collapses)"
+            )
+        return self
 
 
 class Resources(StrictModel):
     """What one trial asks Ray for."""
 
-    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs for the trial process (sampling + learning).")
-    gpus_per_trial: float = Field(0.0, ge=0, description="GPU share of the trial's learner, e.g. 0.25.")
+    # <= 1,024 CPUs and 8 GPUs: more than one node has, and a trial's learner runs on one node (the learner's
+    # own num_gpus_per_learner has the same bound).
+    cpus_per_trial: float = Field(1.0, gt=0, le=1_024, description="CPUs for the trial process (sampling + learning).")
+    gpus_per_trial: float = Field(0.0, ge=0, le=8, description="GPU share of the trial's learner, e.g. 0.25.")
+
+
+#: Upper bounds on the numbers of a space whose models live in other modules (the environment's, the reward's,
+#: the model's, the data's, the preflight's and the leak alarm's configs keep their own lower bounds): a space
+#: key -> (the largest sane value, why). Checked on the value a space sets and on both ends (and every choice)
+#: of a range that searches it.
+SPACE_LIMITS: dict[str, tuple[float, str]] = {
+    "env.context_len": (4_096, "attention costs grow with its square; 4,096 hourly bars is half a year"),
+    "env.episode_len": (1_000_000, "more decisions than a century of hourly bars holds"),
+    "env.trailing_window": (100_000, "a sigma window of 11 years of hourly bars is the train split's own sigma"),
+    "model.d_model": (4_096, "16 times the production width; past it a trial outgrows one GPU"),
+    "model.n_heads": (64, "heads of at least 64 dimensions at the widest model"),
+    "model.n_layers": (64, "21 times the production depth"),
+    "model.ffn_dim": (16_384, "4 times the widest model's width"),
+    "model.head_hidden": (4_096, "the widest model's width"),
+    "data.n_bars": (1_000_000, "the synthetic market is built in memory: 114 years of hourly bars"),
+    "data.seed": (MAX_SEED, "numpy takes 32-bit seeds"),
+    "data.folds": (20, "past 20 a fold's validation window is a few hundred bars"),
+    "preflight.holding_bars": (10_000, "a position held over a year of hourly bars is buy-and-hold"),
+    "eval.leak_alarm.min_trades": (1_000_000, "more traded bars than any validation split holds"),
+    "eval.leak_alarm.ridge": (1e6, "a penalty that flattens the baseline to its intercept"),
+}
+#: Largest magnitude of a reward parameter (fixed, or either end of a searched range): rewards are float32 in
+#: the env and the learner; costs and scales are O(1) to O(100) in every family (reward_scale 100), so a value
+#: past 1e6 is a typo (1e300 overflows float32 to inf and every advantage to NaN).
+REWARD_PARAM_LIMIT = 1e6
+
+
+def _shown(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) < 1e15 else f"{value:g}"
+
+
+def _limit_problem(key: str, value: Any, limit: float | None = None, why: str = "") -> str | None:
+    """Why a number set or searched at `key` is out of its sane bound (None where it is not, or not a number)."""
+    if limit is None:
+        if key not in SPACE_LIMITS:
+            return None
+        limit, why = SPACE_LIMITS[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or abs(value) <= limit:
+        return None
+    return f"{_shown(value)} is beyond {'+-' if value < 0 else ''}{_shown(limit)} ({why})"
+
+
+def _dotted(model: BaseModel, key: str) -> Any:
+    node: Any = model
+    for part in key.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
 
 
 class SearchSpace(StrictModel):
     """A search-space file (search_spaces/*.yaml)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64, description="Study name (64 characters at most).")
-    description: str = Field("", description="What this space is for.")
+    # <= 500 characters: a line or two for tables and the study's attributes, not a document.
+    description: str = Field("", max_length=500, description="What this space is for (500 characters at most).")
     family: str = Field(description="Reward family (see himari_ray.env.rewards.REWARD_FAMILIES).")
     fixed: dict[str, float] = Field(default_factory=dict, description="Reward parameters held fixed.")
     search: dict[str, ParamRange] = Field(description="Searched parameters: reward parameters or PPO settings.")
@@ -241,6 +316,45 @@ class SearchSpace(StrictModel):
             for key in self.scheduler.mutate:
                 if self.search[key].choices is not None or self.search[key].integer:
                     raise ValueError(f"scheduler.mutate: pb2 mutates continuous ranges only; {key!r} is not one")
+        return self
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> SearchSpace:
+        """Every number of the space within its sane bound: the sections whose models live elsewhere
+        (`SPACE_LIMITS`), the reward's parameters (`REWARD_PARAM_LIMIT`), and the settings counted in
+        iterations against `train.iterations`. A searched value is held to the bound of the value it sets."""
+        for key in SPACE_LIMITS:
+            problem = _limit_problem(key, _dotted(self, key))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+        params = REWARD_FAMILIES[self.family].defaults
+        why = "a reward parameter past that overflows the float32 rewards"
+        for key, value in self.fixed.items():
+            problem = _limit_problem(key, value, REWARD_PARAM_LIMIT, why)
+            if problem:
+                raise ValueError(f"fixed.{key}: {problem}")
+        for key, rng in self.search.items():
+            where = f"env.{key}" if key in ENV_SECTION_SOURCES else None
+            ends = {"low": rng.low, "high": rng.high} if rng.choices is None else dict(enumerate(rng.choices))
+            for end, value in ends.items():
+                if key in params:
+                    problem = _limit_problem(key, value, REWARD_PARAM_LIMIT, why)
+                else:
+                    problem = _limit_problem(where, value) if where else None
+                if problem:
+                    label = f"search.{key}.{end}" if rng.choices is None else f"search.{key}.choices[{end}]"
+                    raise ValueError(f"{label}: {problem}")
+        iterations = self.train.iterations
+        if self.scheduler.kind == "asha" and self.scheduler.grace_period > iterations:
+            raise ValueError(
+                f"scheduler.grace_period: {self.scheduler.grace_period} exceeds train.iterations {iterations} "
+                "(ASHA could never stop a trial)"
+            )
+        if self.scheduler.kind != "asha" and self.scheduler.perturbation_interval > iterations:
+            raise ValueError(
+                f"scheduler.perturbation_interval: {self.scheduler.perturbation_interval} exceeds train.iterations "
+                f"{iterations} ({self.scheduler.kind} would never perturb a trial)"
+            )
         return self
 
     def check_probes(self) -> None:
