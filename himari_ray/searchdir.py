@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,6 +226,36 @@ class SearchRun:
     finished: bool = False
 
 
+def is_report(raw: Any) -> bool:
+    """Whether a parsed line of `result.json` is a Tune report: an object whose `training_iteration` is a whole
+    number (not NaN, text, a list or a flag: every table, curve and status counts iterations with it)."""
+    if not isinstance(raw, dict):
+        return False
+    it = raw.get(TRAINING_ITERATION)
+    return isinstance(it, int) and not isinstance(it, bool) and it >= 0
+
+
+#: Most line numbers a problem lists before it says how many there are in all (a whole binary file is one line).
+LISTED_LINES = 10
+
+
+def _lines_text(lines: list[int]) -> str:
+    shown = ", ".join(map(str, lines[:LISTED_LINES]))
+    more = f", ... ({len(lines)} in all)" if len(lines) > LISTED_LINES else ""
+    return ("line " if len(lines) == 1 else "lines ") + shown + more
+
+
+def unreadable_file(path: Path) -> str | None:
+    """Why `path` (a trial's result.json) cannot be read as a file at all (None: it is a file, or absent, as
+    it is before a trial's first report): a directory or other non-file there, or a symbolic link to nothing.
+    Never opened: a FIFO there would block the reader."""
+    if path.is_symlink() and not path.exists():
+        return f"a symbolic link to nothing ({os.readlink(path)})"
+    if path.exists() and not path.is_file():
+        return "a directory, not a file" if path.is_dir() else "not a regular file"
+    return None
+
+
 def read_reports(path: Path) -> tuple[list[dict[str, Any]], list[int], bool]:
     """The readable reports of one `result.json`, the numbers of its unreadable lines (not JSON, or not a
     Tune report), and whether the last line is one of them (a report being written while a trial runs)."""
@@ -237,7 +268,7 @@ def read_reports(path: Path) -> tuple[list[dict[str, Any]], list[int], bool]:
             continue
         try:
             raw = json.loads(line)
-            if not isinstance(raw, dict) or TRAINING_ITERATION not in raw:
+            if not is_report(raw):
                 raise ValueError("not a report")
         except ValueError:
             bad.append(i + 1)
@@ -305,11 +336,13 @@ def load_search_run(out: Path) -> SearchRun:
     for n, trial_dir in trial_dirs(out).items():
         run = TrialRun(number=n, trial_id=trial_dir.name.split("_", 2)[2], path=trial_dir, reports=[])
         result, trailing = trial_dir / "result.json", False
-        if result.is_file():
+        if (why := unreadable_file(result)) is not None:
+            problems.append(f"{result}: unreadable: {why}; trial {n} shows no report")
+        elif result.is_file():
             try:
                 run.reports, run.corrupt_lines, trailing = read_reports(result)
             except OSError as exc:
-                problems.append(f"{result}: unreadable ({exc.strerror})")
+                problems.append(f"{result}: unreadable ({exc.strerror}); trial {n} shows no report")
             if trailing and statuses.get(run.trial_id, "RUNNING") in ("RUNNING", "PENDING") and not state_over:
                 run.corrupt_lines.pop()  # the report being written as we read, not corruption
         if (trial_dir / "error.txt").is_file():
@@ -320,7 +353,7 @@ def load_search_run(out: Path) -> SearchRun:
         run.status = trial_status(run, manifest, statuses.get(run.trial_id), finished)
         if run.corrupt_lines:
             n = len(run.corrupt_lines)
-            where = ("line " if n == 1 else "lines ") + ", ".join(map(str, run.corrupt_lines))
+            where = _lines_text(run.corrupt_lines)
             problems.append(
                 f"{run.path / 'result.json'}: {where} {'is not a JSON report' if n == 1 else 'are not JSON reports'}"
                 f" (skipped); "

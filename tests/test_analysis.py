@@ -158,22 +158,29 @@ def test_a_partly_corrupt_search_reports_the_readable_trials_and_names_the_bad_f
     bad.write_text(lines[0][:-20] + "\n" + lines[1] + "\n")  # the first report cut mid-line, another after it
     code = main(["analyze", str(out)])
     captured = capsys.readouterr()
-    assert code == 0, captured.err
+    # The table is printed, and the exit code says it is partial: the bad file is named on stderr, one line.
+    assert code == 2, captured.err
     assert f"unreadable: {bad}: line 1" in captured.out
+    assert captured.err.strip().splitlines() == [f"error: {bad}: line 1 is not a JSON report (skipped); trial "
+                                                 f"{int(trained[0].name.split('_')[1])} shows its 1 other report(s)"]  # fmt: skip
     n = int(trained[0].name.split("_")[1])
     assert n in load_search(out).trials["trial"].tolist()  # listed, without reports
     assert len(load_search(out).trials) == len(list((out / "tune").glob("trial_*")))
 
 
 @pytest.mark.slow
-def test_a_fully_corrupt_search_is_one_line_exit_2(real_search, tmp_path, capsys):
+def test_a_fully_corrupt_search_names_every_file_exit_2(real_search, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(real_search[0], out)
-    for result in (out / "tune").glob("trial_*/result.json"):
+    results = sorted((out / "tune").glob("trial_*/result.json"))
+    for result in results:
         result.write_text("{not json\n{}\n")
     code = main(["analyze", str(out)])
-    err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "result.json: lines 1, 2 are not JSON reports" in err
+    err = capsys.readouterr().err.strip().splitlines()
+    # Every unreadable file named, one line each (not only the first).
+    assert code == 2 and len(err) == len(results) > 1, err
+    assert all(line.startswith("error: ") and "result.json: lines 1, 2 are not JSON reports" in line for line in err)
+    assert sorted(line.split()[1].rstrip(":") for line in err) == [str(r) for r in results]
 
 
 def test_not_a_search_and_an_empty_search_are_one_line_exit_2(tmp_path, capsys):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 from pathlib import Path
 
@@ -114,19 +115,56 @@ def quote(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def print_results(out: Path, fmt: str = "table", write_pareto: bool = False) -> int:
-    """Print a search's results (`analyze`): trials table, Pareto front, best trials, importance."""
+#: An error line longer than this is cut (as the CLI cuts its one line).
+MAX_PROBLEM_CHARS = 400
+
+
+def report_problems(problems: list[str]) -> int:
+    """Name each unreadable file on stderr, one `error:` line each, and return exit code 2: what `analyze` and
+    `report` do after printing what they could, so a script can tell a partial result from a whole one."""
+    for problem in problems:
+        line = " ".join(problem.split())
+        if len(line) > MAX_PROBLEM_CHARS:
+            line = line[: MAX_PROBLEM_CHARS - 3] + "..."
+        print(f"error: {line}", file=sys.stderr)
+    return 2 if problems else 0
+
+
+def load_results(out: Path):
+    """`load_search(out)`, or None after naming every unreadable file (one line each) where no trial is
+    readable (`load_search` itself names the first alone)."""
     from himari_ray.report import load_search
+    from himari_ray.searchdir import load_search_run
+
+    try:
+        return load_search(out)
+    except UserInputError:
+        try:
+            problems = load_search_run(Path(out)).problems
+        except UserInputError:
+            problems = []
+        if len(problems) < 2:
+            raise
+        report_problems(problems)
+        return None
+
+
+def print_results(out: Path, fmt: str = "table", write_pareto: bool = False) -> int:
+    """Print a search's results (`analyze`): trials table, Pareto front, best trials, importance; then name
+    each unreadable file on stderr and exit 2 where there was one."""
     from himari_ray.report.cost import cost_report
     from himari_ray.report.text import render
 
-    results = load_search(out)
+    results = load_results(out)
+    if results is None:
+        return 2
     print(render(results, fmt))
     if write_pareto and not results.pareto.empty:
         results.pareto.to_csv(Path(out) / "pareto.csv", index=False)
     if fmt == "table" and (cost := cost_report(out)):  # a search launched on rented instances: what it cost
         print(f"\n{cost}")
-    return 0
+    sys.stdout.flush()  # the results first, then what could not be read
+    return report_problems(results.problems)
 
 
 def print_table(out: Path, write_pareto: bool = False) -> int:

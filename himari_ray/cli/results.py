@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.cli.common import add_command, new_path, print_results
+from himari_ray.cli.common import add_command, load_results, new_path, print_results, report_problems
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,7 +44,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from himari_ray.report import load_search
     from himari_ray.report.html import check_plotting, check_writable, default_report_path, write_report
 
     check_plotting()
@@ -54,8 +53,11 @@ def run_report(args: argparse.Namespace) -> int:
     path = default_report_path(args.dir) if replace_own else args.out
     replacing = replace_own and path.exists()
     check_writable(path, replace_own)
-    results = load_search(args.dir)
+    results = load_results(args.dir)
+    if results is None:
+        return 2
     write_report(results, path, replace_own)
     note = "replaced the previous report; " if replacing else ""
-    print(f"report: {path} ({len(results.trials)} trials; {note}open it in a browser)")
-    return 0
+    print(f"report: {path} ({len(results.trials)} trials; {note}open it in a browser)", flush=True)
+    # The report shows what could be read (and lists what could not); the exit code says it is partial.
+    return report_problems(results.problems)
