@@ -27,7 +27,7 @@ from himari_ray.search.sampling import (
     tune_distributions,
 )
 from himari_ray.search.space import SearchSpace, load_space
-from himari_ray.search.storage import check_tune_storage, mirror_trials
+from himari_ray.search.storage import check_tune_storage, mirror_trials, probe_study
 from himari_ray.search.validate import check_address, check_buildable
 from himari_ray.searchdir import SEARCH_JSON, SPACE_YAML, TUNE_DIR, SearchManifest, load_search_run, trained
 from himari_ray.types import (
@@ -396,6 +396,8 @@ def resume_search(out: Path, address: str | None = None, storage_url: str | None
     plan = plan_resume(out)  # reads only: a refused resume (tampered, incomplete) changes nothing
     url = resume_storage_url(manifest.storage_url(out), storage_url)
     owner = manifest.search_id or str(out)
+    if url:
+        probe_study(url, space.name)  # read-only: an unreachable or wrong storage is refused before it is opened
     storage = require_study(url, space.name, flag="--resume") if url else None
     if url:
         bind_resumed_searcher(url, owner, str(out))

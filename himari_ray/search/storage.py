@@ -3,9 +3,10 @@ search directory at the end."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, redact, scrub, url_secrets
 
 #: URI schemes Tune's storage_path takes through pyarrow (object stores and cluster file systems).
 TUNE_STORAGE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss", "az")
@@ -47,3 +48,64 @@ def mirror_trials(remote: str, out: Path) -> None:
     if fs.get_file_info(root).type == pafs.FileType.NotFound:
         return  # nothing was written (a search refused before its first trial)
     pafs.copy_files(root, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+
+
+#: Optuna's table of studies (its RDB schema since 1.0): a database without it holds no study.
+STUDIES_TABLE = "studies"
+
+
+def probe_study(url: str, study_name: str, flag: str = "--resume") -> None:
+    """Refuse, reading only, a resumed search's study storage that cannot be reached or holds no study named
+    `study_name`: before anything opens it for writing. Optuna's RDB storage creates its tables in any database
+    it opens and SQLite creates a missing file, so a resume against a wrong or unreachable storage would have
+    written there before saying no. SQLite files are opened read-only; other databases through one read-only
+    query. A gRPC proxy (grpc://) is left to the proxy, which reads its own storage."""
+    if url.startswith("grpc://"):
+        return
+    shown = redact(url)
+    if url.startswith("sqlite:"):
+        path = url.partition(":///")[2].partition("?")[0]
+        if not path or path == ":memory:" or not Path(path).is_file() or Path(path).stat().st_size == 0:
+            raise UserInputError(
+                f"{path or shown}: the search's study is missing or empty; refusing to start it afresh"
+            )
+        try:
+            with sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                names = (
+                    {row[0] for row in db.execute(f"SELECT study_name FROM {STUDIES_TABLE}")}
+                    if STUDIES_TABLE in tables
+                    else None
+                )
+        except sqlite3.Error as exc:
+            raise UserInputError(f"{flag} {shown}: cannot read the study storage ({exc})") from None
+    else:
+        names = _rdb_study_names(url, flag)
+    if names is None:
+        raise UserInputError(
+            f"{flag} {shown}: not an Optuna study storage (no {STUDIES_TABLE} table); refusing to write one there"
+        )
+    if study_name not in names:
+        raise UserInputError(f"{flag} {shown}: holds no study named {study_name!r}; refusing to start it afresh")
+
+
+def _rdb_study_names(url: str, flag: str) -> set[str] | None:
+    """The study names of a SQLAlchemy database (None: it has no Optuna tables), read with one SELECT."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                if not sqlalchemy.inspect(conn).has_table(STUDIES_TABLE):
+                    return None
+                rows = conn.execute(sqlalchemy.text(f"SELECT study_name FROM {STUDIES_TABLE}"))
+                return {row[0] for row in rows}
+        finally:
+            engine.dispose()
+    except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # Drivers quote the URL, or the password alone, in their errors: neither may reach the terminal.
+        raise UserInputError(
+            f"{flag} {redact(url)}: cannot open the study storage ({scrub(first, *url_secrets(url))})"
+        ) from None
