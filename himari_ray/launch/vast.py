@@ -19,15 +19,17 @@ keep) and every message we raise is scrubbed of it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError, scrub
+from himari_ray.types import UserInputError, redact, scrub, shorten
 
 DEFAULT_URL = "https://console.vast.ai"
 KEY_FILES = ("~/.config/vastai/vast_api_key", "~/.vast_api_key")
@@ -39,30 +41,48 @@ class VastError(RuntimeError):
 
 def load_api_key() -> str:
     """The user's Vast API key, or one line saying where to put it. Surrounding whitespace (the newline an
-    editor or `echo` adds) is stripped; a key with whitespace or control characters inside is refused, since
-    it would end in an HTTP library's traceback that quotes the header, key and all. No message quotes it."""
+    editor or `echo` adds) and a UTF-8 byte-order mark (Notepad's) are stripped; a key with whitespace or
+    control characters inside is refused, since it would end in an HTTP library's traceback that quotes the
+    header, key and all. No message quotes it."""
     key = os.environ.get("VAST_API_KEY", "").strip()
     if key:
         return _checked_key(key, "VAST_API_KEY")
+    empty = None
     for name in KEY_FILES:
         path = Path(name).expanduser()
         if path.is_file():
             try:
-                text = path.read_bytes()[:MAX_KEY_BYTES].decode("ascii")
-            except UnicodeDecodeError:
-                raise UserInputError(f"{path}: not a Vast.ai API key (not plain text)") from None
+                with path.open("rb") as f:
+                    raw = f.read(MAX_KEY_BYTES + 1)
             except OSError as exc:
                 raise UserInputError(f"{path}: cannot read the Vast.ai API key ({exc.strerror})") from None
+            if len(raw) > MAX_KEY_BYTES:
+                raise UserInputError(f"{path}: not a Vast.ai API key (more than {MAX_KEY_BYTES} bytes)")
+            try:
+                text = raw.removeprefix(b"\xef\xbb\xbf").decode("ascii")
+            except UnicodeDecodeError:
+                raise UserInputError(f"{path}: not a Vast.ai API key (not plain text)") from None
             key = text.strip()
             if key:
                 return _checked_key(key, str(path))
+            empty = empty or path
+    if empty is not None:  # the file vastai reads is there but holds nothing: say which one
+        raise UserInputError(
+            f"{empty}: empty, no Vast.ai API key in it; set VAST_API_KEY or run `vastai set api-key ...`"
+        )
     raise UserInputError(
         "no Vast.ai API key: set VAST_API_KEY or run `vastai set api-key ...` (writes ~/.config/vastai/vast_api_key)"
     )
 
 
+#: Seconds one request may wait for Vast's answer.
+TIMEOUT_S = 30.0
 #: Vast keys are 64 hex characters; a file much longer than any key is not one (and is not read whole).
 MAX_KEY_BYTES = 4096
+#: The most bytes of one API answer we read: an offer search of 64 offers is tens of kB.
+MAX_ANSWER_BYTES = 32 * 2**20
+#: Vast's ids are decimal integers; one past JSON's exact integers (2**53) is no id we ever rented.
+MAX_ID = 2**53
 
 
 def _checked_key(key: str, source: str) -> str:
@@ -73,19 +93,45 @@ def _checked_key(key: str, source: str) -> str:
     return key
 
 
-class VastClient:
-    """The four Vast endpoints himari-ray uses."""
+def valid_id(value: Any) -> int | None:
+    """`value` as a Vast id (an offer's, an instance's) if it is one: a positive integer, or its decimal
+    digits in a string (JSON object keys are strings); None otherwise (a bool, a float, a word, 0, -3)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= MAX_ID else None
 
-    def __init__(self, api_key: str, base_url: str | None = None, timeout: float = 30.0):
+
+def _html_title(text: str) -> str | None:
+    """What an HTML page (a proxy's or a maintenance page) says, for a message: its title or first heading."""
+    if not re.match(r"\s*<(!doctype|html|head|body)", text, re.IGNORECASE):
+        return None
+    m = re.search(r"<(title|h1)[^>]*>(.*?)</\1>", text, re.IGNORECASE | re.DOTALL)
+    words = re.sub(r"<[^>]+>", " ", m.group(2) if m else re.sub(r"(?is)<(script|style).*?</\1>", "", text))
+    return shorten(" ".join(words.split()) or "blank", 60)
+
+
+class VastClient:
+    """The four Vast endpoints himari-ray uses. Every failure is a `VastError`: one line naming the method and
+    the endpoint's path (never its query string: an offer filter, long once URL-encoded, would crowd out
+    the reason), the reason, and never the key."""
+
+    def __init__(self, api_key: str, base_url: str | None = None, timeout: float | None = None):
         self._key = api_key
         self.base_url = (base_url or os.environ.get("VAST_URL") or DEFAULT_URL).rstrip("/")
-        self.timeout = timeout
+        parts = urllib.parse.urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            source = "VAST_URL" if base_url is None else "the Vast URL"
+            raise UserInputError(f"{source} {redact(self.base_url)!r}: expected an http:// or https:// URL")
+        self.timeout = TIMEOUT_S if timeout is None else timeout
 
     def _scrub(self, text: str) -> str:
         return scrub(text, self._key)
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
+        where = f"{method} {path.split('?', 1)[0]}"
         req = urllib.request.Request(
             f"{self.base_url}/api/v0{path}",
             data=data,
@@ -98,30 +144,50 @@ class VastClient:
         )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                payload = resp.read()
+                payload = resp.read(MAX_ANSWER_BYTES + 1)
+                if resp.length and len(payload) <= MAX_ANSWER_BYTES:  # fewer bytes than Content-Length said
+                    raise http.client.IncompleteRead(payload, resp.length)
         except ValueError as exc:  # http.client refuses a header value it cannot send, quoting it: scrub it
-            raise VastError(self._scrub(f"{method} {path.split('?', 1)[0]}: cannot send the request ({exc})")) from None
+            raise VastError(self._scrub(f"{where}: cannot send the request ({exc})")) from None
         except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")
-            try:
-                parsed = json.loads(detail)
-                detail = str(parsed.get("msg") or parsed.get("error") or parsed)
-            except (json.JSONDecodeError, AttributeError):
-                pass
-            first = detail.strip().splitlines()[0] if detail.strip() else exc.reason
-            where = path.split("?", 1)[0]  # the query string (an offer filter) would crowd out the status
-            raise VastError(self._scrub(f"{method} {where}: HTTP {exc.code}: {first}")) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise VastError(self._scrub(f"{method} {path}: cannot reach {self.base_url} ({reason})")) from None
+            raise VastError(self._scrub(f"{where}: HTTP {exc.code}: {_error_detail(exc)}")) from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise VastError(self._scrub(f"{where}: cannot reach {self.base_url} ({self._reason(exc)})")) from None
+        if len(payload) > MAX_ANSWER_BYTES:
+            raise VastError(f"{where}: the answer is larger than {MAX_ANSWER_BYTES // 2**20} MiB")
+        if not payload:
+            return {}
+        text = payload.decode("utf-8", errors="replace")
         try:
-            return json.loads(payload) if payload else {}
-        except json.JSONDecodeError:
-            raise VastError(f"{method} {path}: the answer is not JSON") from None
+            answer = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError, RecursionError):
+            title = _html_title(text)
+            what = f"an HTML page ({title})" if title else "not JSON"
+            raise VastError(self._scrub(f"{where}: the answer is {what}")) from None
+        if not isinstance(answer, dict):
+            raise VastError(f"{where}: the answer is a JSON {type(answer).__name__}, not an object")
+        return answer
 
-    def search_offers(self, query: dict[str, Any]) -> list[dict[str, Any]]:
+    def _reason(self, exc: BaseException) -> str:
+        """Why a request got no answer, in words: "Connection refused", "Name or service not known"..."""
+        reason = getattr(exc, "reason", exc) if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError):  # socket.timeout is TimeoutError
+            return f"no answer within {self.timeout:g} s"
+        if isinstance(reason, http.client.IncompleteRead):
+            return "the connection closed mid-answer"
+        if isinstance(reason, http.client.RemoteDisconnected):
+            return "the server closed the connection without answering"
+        if isinstance(reason, OSError) and reason.strerror:
+            return reason.strerror
+        return shorten(str(reason) or type(reason).__name__)
+
+    def search_offers(self, query: dict[str, Any]) -> list[Any]:
+        """The offers Vast returned, as it returned them: `offers.usable_offers` checks each one."""
         q = urllib.parse.quote(json.dumps(query, separators=(",", ":")))
-        return list(self._call("GET", f"/bundles/?q={q}").get("offers", []))
+        offers = self._call("GET", f"/bundles/?q={q}").get("offers", [])
+        if not isinstance(offers, list):
+            raise VastError(f"GET /bundles/: the answer's offers are a JSON {type(offers).__name__}, not a list")
+        return offers
 
     def create_instance(
         self, offer_id: int, image: str, disk_gb: float, onstart: str, label: str, env: dict[str, str]
@@ -139,11 +205,25 @@ class VastClient:
         answer = self._call("PUT", f"/asks/{int(offer_id)}/", body)
         if not answer.get("success") or "new_contract" not in answer:
             msg = answer.get("msg") or answer.get("error") or "no instance id in the answer"
-            raise VastError(self._scrub(f"PUT /asks/{offer_id}/: creation refused ({msg})"))
-        return int(answer["new_contract"])
+            raise VastError(self._scrub(f"PUT /asks/{offer_id}/: creation refused ({shorten(str(msg))})"))
+        iid = valid_id(answer["new_contract"])
+        if iid is None:  # something may have been created: the caller's destroy_all finds it by its label
+            raise VastError(f"PUT /asks/{offer_id}/: the answer's new_contract is not an instance id")
+        return iid
 
     def instances(self) -> list[dict[str, Any]]:
-        return list(self._call("GET", "/instances/?owner=me").get("instances", []))
+        """Our instances; each has a valid integer `id` (a listing with one that has none is refused whole:
+        an instance we cannot name is one we could neither watch nor destroy)."""
+        listed = self._call("GET", "/instances/?owner=me").get("instances", [])
+        if not isinstance(listed, list):
+            raise VastError(f"GET /instances/: the answer's instances are a JSON {type(listed).__name__}, not a list")
+        out = []
+        for n, inst in enumerate(listed):
+            iid = valid_id(inst.get("id")) if isinstance(inst, dict) else None
+            if iid is None:
+                raise VastError(f"GET /instances/: entry {n} of the answer has no valid instance id")
+            out.append({**inst, "id": iid})
+        return out
 
     def destroy(self, instance_id: int) -> None:
         try:
@@ -151,3 +231,24 @@ class VastClient:
         except VastError as exc:
             if "HTTP 404" not in str(exc):  # already gone: nothing bills
                 raise
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    """The first line of what an HTTP error answer says: Vast's `msg`, an HTML page's title, or the reason."""
+    try:
+        detail = exc.read(64 * 1024).decode(errors="replace")
+    except (OSError, http.client.HTTPException):
+        detail = ""
+    try:
+        parsed = json.loads(detail)
+        if isinstance(parsed, dict):
+            detail = str(parsed.get("msg") or parsed.get("error") or parsed)
+    except (json.JSONDecodeError, RecursionError):
+        if (title := _html_title(detail)) is not None:
+            detail = f"an HTML page ({title})"
+    first = detail.strip().splitlines()[0] if detail.strip() else str(exc.reason or "no reason given")
+    return shorten(first, 200)
