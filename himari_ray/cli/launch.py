@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from himari_ray.cli.common import DEFAULT_SPACE, add_command, new_path, positive, seed
+from himari_ray.cli.common import DEFAULT_SPACE, add_command, new_path, positive, quote, seed
 from himari_ray.types import UserInputError
 
 
@@ -17,6 +17,21 @@ def _price(flag: str):
             raise UserInputError(f"{flag}: expected a number, got {text!r}") from None
         if not value > 0:
             raise UserInputError(f"{flag}: must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _instance_id(flag: str):
+    """An argparse type for a Vast instance id: its decimal digits (ids run to 8 digits and more, past the
+    bound a count has), or one line naming the flag."""
+
+    def parse(text: str) -> int:
+        from himari_ray.launch.vast import MAX_ID, valid_id
+
+        value = valid_id(text.strip())
+        if value is None:
+            raise UserInputError(f"{flag}: expected an instance id (digits, 1 to {MAX_ID}), got {quote(text)}")
         return value
 
     return parse
@@ -119,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("dir", type=Path, help="The launch directory (--out of `vast up`).")
         if name == "logs":
             p.add_argument(
-                "--instance", type=positive("--instance"), help="Only this instance id (default: every instance)."
+                "--instance", type=_instance_id("--instance"), help="Only this instance id (default: every instance)."
             )
             p.add_argument("--lines", type=positive("--lines"), default=40, help="Lines per log.")
         p.set_defaults(run=run_manage)
@@ -164,10 +179,14 @@ def run_up(args: argparse.Namespace) -> int:
 
 def run_manage(args: argparse.Namespace) -> int:
     from himari_ray.launch import manage
+    from himari_ray.launch.vast import VastError
 
     client = _client()
-    if args.vast_command == "down":
-        return manage.down(args.dir, client)
-    if args.vast_command == "logs":
-        return manage.logs(args.dir, client, instance=args.instance, lines=args.lines)
-    return getattr(manage, args.vast_command)(args.dir, client)
+    try:
+        if args.vast_command == "down":
+            return manage.down(args.dir, client)
+        if args.vast_command == "logs":
+            return manage.logs(args.dir, client, instance=args.instance, lines=args.lines)
+        return getattr(manage, args.vast_command)(args.dir, client)
+    except VastError as exc:  # an answer Vast gave mid-command (a box without an SSH address, ...)
+        raise UserInputError(f"Vast: {exc}") from None

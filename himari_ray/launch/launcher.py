@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import secrets
 import shutil
 import socket
@@ -30,13 +31,15 @@ from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
 from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.offers import OfferFilter, matches, vast_query
 from himari_ray.launch.onstart import onstart_script, run_dir
-from himari_ray.launch.vast import VastClient, VastError
+from himari_ray.launch.vast import VastClient, VastError, valid_id
 from himari_ray.report.cost import cost_report
-from himari_ray.types import UserInputError, redact
+from himari_ray.types import UserInputError, quote, redact
 
 STATE_FILE = "launch.json"
 #: Consecutive failed Vast API calls a running launch sits out before it gives up (and destroys all).
 MAX_API_FAILURES = 30
+#: Where a user destroys instances by hand.
+CONSOLE = "https://cloud.vast.ai/instances/"
 #: Vast states of an instance that will not run again.
 DEAD = ("exited", "offline", "stopped", "destroyed")
 
@@ -67,13 +70,60 @@ class LaunchConfig(BaseModel):
 
 
 def ssh_connect(instance: dict[str, Any]) -> Box:
-    return SSHBox(str(instance["ssh_host"]), int(instance["ssh_port"]))
+    host, port = instance.get("ssh_host"), instance.get("ssh_port")
+    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]*", host):
+        raise VastError(f"instance {instance.get('id')}: Vast lists no SSH host for it ({quote(host, 40)})")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise VastError(f"instance {instance.get('id')}: Vast lists no SSH port for it ({quote(port, 40)})")
+    return SSHBox(host, port)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+#: launch.json holds a few lines per instance; one larger than this is not ours (and is not read whole).
+MAX_STATE_BYTES = 16 * 2**20
+#: What `up` names a launch (`himari-<hex>`); its instances are `<label>-<n>`. A label is matched against
+#: every instance of the account by `down`, so one that could match another launch's is refused.
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)*")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _state_problem(data: Any) -> str | None:
+    """What is wrong with launch.json's content, or None. Checks what status/logs/pull/down and `up` read."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got a JSON {type(data).__name__}"
+    label = data.get("label")
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or len(label) > 64:
+        return f"label: {quote(label, 40)} is not a launch label (like himari-1a2b3c4d)"
+    for key in ("study", "space", "storage"):
+        if key in data and not isinstance(data[key], str):
+            return f"{key}: expected text, got {quote(data[key], 40)}"
+    instances = data.get("instances")
+    if not isinstance(instances, dict):
+        return f"instances: expected an object of instance id -> instance, got {quote(instances, 40)}"
+    for key, info in instances.items():
+        if valid_id(key) is None:
+            return f"instances: {quote(key, 30)} is not an instance id"
+        if not isinstance(info, dict):
+            return f"instances.{key}: expected an object, got {quote(info, 40)}"
+        for name, ok, what in (
+            ("label", lambda v: isinstance(v, str) and v.startswith(f"{label}-"), f"text starting {label}-"),
+            ("gpu", lambda v: isinstance(v, str), "text"),
+            ("num_gpus", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a GPU count"),
+            ("dph", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6, "a price"),
+        ):
+            if not ok(info.get(name)):
+                return f"instances.{key}.{name}: expected {what}, got {quote(info.get(name), 40)}"
+        if "owner" in info and not isinstance(info["owner"], str):
+            return f"instances.{key}.owner: expected text, got {quote(info['owner'], 40)}"
+    return None
 
 
 class LaunchState:
@@ -84,10 +134,22 @@ class LaunchState:
 
     @classmethod
     def load(cls, out: Path) -> LaunchState:
+        """launch.json, checked: one line naming it and the key where it is not what `up` writes."""
         path = Path(out) / STATE_FILE
         if not path.is_file():
             raise UserInputError(f"{out}: not a launch directory (no {STATE_FILE}); give the --out of `vast up`")
-        return cls(out, json.loads(path.read_text()))
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise UserInputError(f"{path}: not a launch state (larger than {MAX_STATE_BYTES // 2**20} MiB)")
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+        except UnicodeDecodeError:
+            raise UserInputError(f"{path}: not a launch state (not UTF-8 text)") from None
+        except (ValueError, RecursionError):
+            raise UserInputError(f"{path}: not valid JSON (cut short or edited?); `vast up` writes it whole") from None
+        problem = _state_problem(data)
+        if problem:
+            raise UserInputError(f"{path}: {problem}")
+        return cls(out, data)
 
     def save(self) -> None:
         tmp = self.out / f"{STATE_FILE}.tmp"
@@ -105,6 +167,12 @@ def find_offers(client: VastClient, f: OfferFilter) -> list[dict[str, Any]]:
     return sorted(offers, key=lambda o: float(o["dph_total"]))
 
 
+def _ours(instance: dict[str, Any], label: str) -> bool:
+    """Whether a listed instance is one this launch created: labelled `<label>-<n>` (`himari-ab-0` is not
+    `himari-a`'s)."""
+    return re.fullmatch(rf"{re.escape(label)}-\d+", str(instance.get("label", ""))) is not None
+
+
 def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str) -> list[int]:
     """Destroy every instance of this launch not yet destroyed; returns those that could not be."""
     ledger = Ledger(state.out)
@@ -112,7 +180,7 @@ def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str)
     prefix = state.data["label"]
     ours = set(state.instances) - done
     with contextlib.suppress(VastError):  # also any instance with our label launch.json missed (created as we died)
-        ours |= {int(i["id"]) for i in client.instances() if str(i.get("label", "")).startswith(f"{prefix}-")} - done
+        ours |= {i["id"] for i in client.instances() if _ours(i, prefix)} - done
     failed = []
     for iid in sorted(ours):
         try:
@@ -121,7 +189,7 @@ def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str)
             echo(f"instance {iid}: destroyed ({reason})")
         except VastError as exc:
             failed.append(iid)
-            echo(f"instance {iid}: could NOT be destroyed ({exc}); destroy it at https://cloud.vast.ai/instances/")
+            echo(f"instance {iid}: could NOT be destroyed ({exc}); destroy it at {CONSOLE}")
     return failed
 
 
@@ -160,7 +228,11 @@ def _wait_ready(
                 )
             phase = ""
             if status == "running":
-                box = connect(inst)
+                try:
+                    box = connect(inst)
+                except VastError:  # running before Vast has mapped its SSH port: not ready yet
+                    last[iid] = f"Vast status {status}, no SSH address listed yet"
+                    continue
                 phase = _phase(box)
                 if phase.startswith("failed"):
                     raise UserInputError(

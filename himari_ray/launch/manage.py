@@ -6,6 +6,7 @@ from pathlib import Path
 
 from himari_ray.launch.box import BOX_DIR
 from himari_ray.launch.launcher import (
+    CONSOLE,
     DEAD,
     Connect,
     Echo,
@@ -24,7 +25,7 @@ from himari_ray.types import UserInputError, is_redacted
 
 def _listed(client: VastClient) -> dict[int, dict]:
     try:
-        return {int(i["id"]): i for i in client.instances()}
+        return {i["id"]: i for i in client.instances()}
     except VastError as exc:
         raise UserInputError(f"Vast instances: {exc}") from None
 
@@ -32,15 +33,19 @@ def _listed(client: VastClient) -> dict[int, dict]:
 def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: Echo = print) -> int:
     """Each instance's Vast state, on-start phase and uptime; the study's progress; the cost so far."""
     state = LaunchState.load(out)
+    destroyed = Ledger(out).destroyed()  # checked before Vast is asked anything
     listed = _listed(client)
-    destroyed = Ledger(out).destroyed()
     echo(f"{'instance':>10} {'label':20} {'gpu':16} {'$/h':>6} {'vast':>10}  {'phase':12} ssh")
     for iid, info in sorted(state.instances.items()):
         inst = listed.get(iid)
         vast = "destroyed" if iid in destroyed or inst is None else str(inst.get("actual_status") or "provisioning")
         phase = _phase(connect(inst)) if inst is not None and vast == "running" else ""
         gpu = f"{info['num_gpus']}x {info['gpu']}"
-        ssh = f"ssh -p {inst['ssh_port']} root@{inst['ssh_host']}" if inst is not None and vast == "running" else ""
+        ssh = (
+            f"ssh -p {inst.get('ssh_port')} root@{inst.get('ssh_host')}"
+            if inst is not None and vast == "running"
+            else ""
+        )
         echo(f"{iid:>10} {info['label']:20} {gpu:16} {float(info['dph']):6.3f} {vast:>10}  {phase:12} {ssh}")
     if state.data.get("storage") and is_redacted(state.data["storage"]):
         echo(f"study: not counted ({state.data['storage']}: its password is not kept on disk)")
@@ -56,14 +61,15 @@ def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: 
 
 
 def _running(state: LaunchState, client: VastClient, instance: int | None) -> dict[int, dict]:
-    listed = _listed(client)
     if instance is not None and instance not in state.instances:
         raise UserInputError(f"--instance {instance}: not an instance of this launch ({sorted(state.instances)})")
+    destroyed = Ledger(state.out).destroyed()  # checked before Vast is asked anything
+    listed = _listed(client)
     wanted = [instance] if instance is not None else sorted(state.instances)
     return {
         i: listed[i]
         for i in wanted
-        if i in listed and i not in Ledger(state.out).destroyed() and listed[i].get("actual_status") not in DEAD
+        if i in listed and i not in destroyed and listed[i].get("actual_status") not in DEAD
     }
 
 
@@ -103,8 +109,13 @@ def pull(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: Ec
 
 
 def down(out: Path, client: VastClient, echo: Echo = print) -> int:
-    """Destroy every instance of the launch; 1 if any could not be destroyed."""
-    state = LaunchState.load(out)
+    """Destroy every instance of the launch; 1 if any could not be destroyed. A launch.json or ledger that
+    cannot be read is refused before anything is destroyed (the line says where to destroy by hand)."""
+    try:
+        state = LaunchState.load(out)
+        Ledger(out).destroyed()
+    except UserInputError as exc:
+        raise UserInputError(f"{exc}; nothing destroyed: fix it, or destroy at {CONSOLE}") from None
     failed = destroy_all(client, state, echo, "down")
     Ledger(out).record("down")
     if cost := cost_report(out):
