@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from himari_ray.cli.common import DEFAULT_SPACE, add_command, new_path, positive, quote, seed
@@ -148,10 +149,12 @@ def run_offers(args: argparse.Namespace) -> int:
     f = _offer_filter(args)
     client = _client()
     try:
-        offers = find_offers(client, f)
+        offers, note = find_offers(client, f)
     except VastError as exc:
         raise UserInputError(f"Vast offers: {exc}") from None
     print(format_offers(offers[: args.limit]))
+    if note:  # offers Vast returned without a field the filter checks: never listed nor rented, but counted
+        print(f"warning: {note}", file=sys.stderr)
     return 0
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from himari_ray import __version__
 from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
 from himari_ray.launch.ledger import Ledger
-from himari_ray.launch.offers import OfferFilter, matches, vast_query
+from himari_ray.launch.offers import OfferFilter, matches, usable_offers, vast_query
 from himari_ray.launch.onstart import onstart_script, run_dir
 from himari_ray.launch.vast import VastClient, VastError, valid_id
 from himari_ray.report.cost import cost_report
@@ -161,10 +161,14 @@ class LaunchState:
         return {int(k): v for k, v in self.data["instances"].items()}
 
 
-def find_offers(client: VastClient, f: OfferFilter) -> list[dict[str, Any]]:
-    """Offers matching `f`, cheapest first."""
-    offers = [o for o in client.search_offers(vast_query(f)) if matches(o, f)]
-    return sorted(offers, key=lambda o: float(o["dph_total"]))
+def find_offers(client: VastClient, f: OfferFilter) -> tuple[list[dict[str, Any]], str]:
+    """Offers matching `f`, cheapest first, and a note on those Vast returned that could not be checked
+    ("" when none). When Vast returned offers and not one could be checked, a `VastError` says why."""
+    returned = client.search_offers(vast_query(f))
+    usable, note = usable_offers(returned, f)
+    if returned and not usable:
+        raise VastError(f"GET /bundles/: no offer can be checked against the filter ({note})")
+    return sorted((o for o in usable if matches(o, f)), key=lambda o: float(o["dph_total"])), note
 
 
 def _ours(instance: dict[str, Any], label: str) -> bool:
@@ -363,13 +367,15 @@ def up(
         _, mode = objective_spec(space)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
         try:
-            offers = find_offers(client, f)
+            offers, note = find_offers(client, f)
         except VastError as exc:
             raise UserInputError(f"Vast offers: {exc}") from None
+        if note:
+            echo(note)
         if len(offers) < cfg.instances:
             raise UserInputError(
                 f"no offers: {len(offers)} match the filter, {cfg.instances} needed; widen it (higher dph<=, lower "
-                "reliability>=, another gpu) and check with `himari-ray vast offers`"
+                "reliability>=, another gpu) and check with `himari-ray vast offers`" + (f" ({note})" if note else "")
             )
     except UserInputError:
         if fresh:  # nothing rented, nothing of the user's in it: leave no directory that blocks a rerun

@@ -4,7 +4,9 @@ ignored a field)."""
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -117,8 +119,61 @@ def vast_query(f: OfferFilter, limit: int = 64) -> dict[str, Any]:
     return q
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def offer_problem(offer: Any, f: OfferFilter) -> str | None:
+    """Why an offer Vast returned cannot be checked against `f` (or rented), in a few words; None when it can.
+    Each field the second check or the launch reads must be there with the right type: an offer without a
+    price is never rented at "no price"."""
+    from himari_ray.launch.vast import valid_id
+
+    if not isinstance(offer, dict):
+        return "not a JSON object"
+    if valid_id(offer.get("id")) is None or isinstance(offer.get("id"), str):
+        return "missing id" if "id" not in offer else "id not an offer id"
+    if not isinstance(offer.get("gpu_name"), str):
+        return "missing gpu_name" if "gpu_name" not in offer else "gpu_name not text"
+    n = offer.get("num_gpus")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        return "missing num_gpus" if n is None else "num_gpus not a whole number"
+    reliability = "reliability2" if "reliability2" in offer else "reliability"
+    needed = ["dph_total", reliability, "disk_space"] + (["gpu_ram"] if f.min_gpu_ram_gb else [])
+    for name in needed:
+        if name not in offer:
+            return f"missing {name}"
+        if not _number(offer[name]):
+            return f"{name} not a number"
+    return None
+
+
+def usable_offers(offers: list[Any], f: OfferFilter) -> tuple[list[dict[str, Any]], str]:
+    """The offers that can be checked against `f`, and a note on the others ("" if none).
+
+    Offers Vast returns with a field missing or mistyped are never rented, since the filter cannot be
+    checked on them (a missing price is not a low price). They are not dropped silently either: the note
+    counts them by reason ("skipped 3 of 7 offers Vast returned: 2 missing gpu_name, 1 dph_total not a
+    number"), `vast offers` and `vast up` print it, and when no offer at all could be checked the caller
+    refuses (a changed API, not an empty market), which is what a user reading "no offer matches" would
+    otherwise be misled by."""
+    usable, why = [], Counter[str]()
+    for offer in offers:
+        problem = offer_problem(offer, f)
+        if problem is None:
+            usable.append(offer)
+        else:
+            why[problem] += 1
+    if not why:
+        return usable, ""
+    reasons = ", ".join(f"{n} {problem}" for problem, n in why.most_common(4))
+    if len(why) > 4:
+        reasons += f", {sum(n for _, n in why.most_common()[4:])} other"
+    return usable, f"skipped {sum(why.values())} of {len(offers)} offers Vast returned: {reasons}"
+
+
 def matches(offer: dict[str, Any], f: OfferFilter) -> bool:
-    """The filter checked again on what the API returned."""
+    """The filter checked again on what the API returned (an offer `offer_problem` passed)."""
     n = int(offer.get("num_gpus", 0))
     return (
         (f.gpu_name is None or offer.get("gpu_name") == f.gpu_name)
@@ -131,14 +186,20 @@ def matches(offer: dict[str, Any], f: OfferFilter) -> bool:
     )
 
 
+def _shown(text: str, limit: int) -> str:
+    """Server text fit for a terminal's table: no control characters (an escape sequence would run), one line,
+    at most `limit` characters."""
+    return " ".join("".join(c if c.isprintable() else "?" for c in text).split())[:limit]
+
+
 def format_offers(offers: list[dict[str, Any]]) -> str:
     if not offers:
         return "no offer matches"
     lines = [f"{'offer':>10} {'gpu':14} {'n':>2} {'$/hour':>7} {'reliab.':>7} {'disk GB':>7}  location"]
     for o in offers:
         lines.append(
-            f"{o['id']:>10} {o.get('gpu_name', '?'):14} {o.get('num_gpus', 0):>2} {float(o.get('dph_total', 0)):7.3f}"
-            f" {float(o.get('reliability2', o.get('reliability', 0))):7.3f} {float(o.get('disk_space', 0)):7.0f}"
-            f"  {o.get('geolocation', '')}"
+            f"{o['id']:>10} {_shown(o['gpu_name'], 14):14} {o['num_gpus']:>2} {float(o['dph_total']):7.3f}"
+            f" {float(o.get('reliability2', o.get('reliability', 0))):7.3f} {float(o['disk_space']):7.0f}"
+            f"  {_shown(str(o.get('geolocation') or ''), 40)}"
         )
     return "\n".join(lines)
