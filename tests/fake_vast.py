@@ -1,6 +1,7 @@
 """A local stand-in for Vast.ai: its HTTP endpoints on 127.0.0.1, and "instances" that are a directory and
 the local processes of their on-start script. Test-only fields on an offer: `_refuse` (creation answers
-400), `_stuck` (the instance never leaves `loading`, like an image pull that hangs)."""
+400), `_stuck` (the instance never leaves `loading`, like an image pull that hangs); `answer_offers` makes the
+offer search answer exactly what a test gives it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class FakeVast:
         self.instances: dict[int, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.fail_next = 0  # answer this many of the next requests with 503, as Vast does at busy times
+        #: When set, the offer search answers these as they are, unfiltered: what a server whose records lack
+        #: or mistype fields would send (the search itself could not compare them).
+        self.answer_offers: list[Any] | None = None
         self._next = 7000
         self._tag = uuid.uuid4().hex[:8]  # marks the processes of our boxes (and no one else's)
         self._lock = threading.Lock()
@@ -75,6 +79,8 @@ class FakeVast:
         parsed = urllib.parse.urlparse(path)
         parts = [p for p in parsed.path.split("/") if p]  # api, v0, ...
         if method == "GET" and parts[2:] == ["bundles"]:
+            if self.answer_offers is not None:
+                return 200, {"offers": self.answer_offers}
             q = json.loads(urllib.parse.parse_qs(parsed.query)["q"][0])
             return 200, {"offers": [self._public(o) for o in self._search(q)]}
         if method == "PUT" and parts[2] == "asks":

@@ -20,9 +20,10 @@ import pytest
 from optuna.trial import TrialState
 
 from himari_ray.launch import manage
-from himari_ray.launch.launcher import LaunchConfig, up
+from himari_ray.launch.launcher import LaunchConfig, find_offers, up
+from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.offers import OfferFilter, parse_filter
-from himari_ray.launch.vast import VastClient
+from himari_ray.launch.vast import VastClient, VastError
 from himari_ray.report.cost import search_cost
 from himari_ray.types import UserInputError, open_storage
 from tests.fake_vast import FakeVast, LocalBox
@@ -177,9 +178,11 @@ def test_a_refused_creation_destroys_the_instances_already_created(fake, tmp_pat
     assert "refused to create an instance from offer 12" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert "this offer is no longer available); all instances destroyed" in proc.stderr
     assert not fake.instances  # the first one was created, then destroyed
-    events = [json.loads(x)["event"] for x in (out / "ledger.jsonl").read_text().splitlines()]
-    assert events == ["created", "destroyed"]
-    assert_key_nowhere(proc.stdout, proc.stderr, dirs=(out, fake.root))
+    # Nothing ran and nothing bills: the cost is printed and --out is gone, so the same command can rerun.
+    assert "instance 7000: destroyed (launch failed)" in proc.stdout and "cost: $" in proc.stdout
+    assert f"{out}: removed: nothing ran and nothing bills" in proc.stdout
+    assert not out.exists()
+    assert_key_nowhere(proc.stdout, proc.stderr, dirs=(tmp_path,))
 
 
 def test_an_instance_that_never_gets_ready_is_destroyed(fake, tmp_path):
@@ -364,4 +367,94 @@ def test_a_failing_install_ends_the_launch_in_one_line_and_destroys_the_box(fake
     assert "on-start failed install (no matching distribution for himari-ray); all instances destroyed" in str(
         err.value
     )
-    assert not fake.instances and lines[-1].endswith("destroyed (launch failed)")
+    assert not fake.instances and any(x.endswith("destroyed (launch failed)") for x in lines)
+    assert not (tmp_path / "run").exists() and lines[-1].endswith("removed: nothing ran and nothing bills")
+
+
+# --- issue 18: what Vast, the files and the flags can get wrong, each one line (fast: no Ray) ---------------
+
+
+def test_a_network_error_names_the_reason_and_the_path_without_the_query(tmp_path):
+    port = free_port()  # nothing listens there
+    client = VastClient(KEY, base_url=f"http://127.0.0.1:{port}")
+    with pytest.raises(VastError) as err:
+        find_offers(client, parse_filter("gpu=RTX_4090 dph<=0.5"))
+    assert str(err.value) == f"GET /bundles/: cannot reach http://127.0.0.1:{port} (Connection refused)"
+
+
+def test_offers_missing_fields_are_counted_not_dropped_silently(fake):
+    fake.answer_offers = [
+        *OFFERS[:2],
+        {k: v for k, v in OFFERS[0].items() if k != "gpu_name"} | {"id": 15},
+        OFFERS[0] | {"id": 16, "dph_total": "cheap"},
+    ]
+    proc = cli(fake, "offers", "--filter", "dph<=1")
+    assert proc.returncode == 0, proc.stderr
+    assert [int(x.split()[0]) for x in proc.stdout.splitlines()[1:]] == [11, 12]
+    assert proc.stderr == "warning: skipped 2 of 4 offers Vast returned: 1 missing gpu_name, 1 dph_total not a number\n"
+
+
+def test_offers_none_of_which_can_be_checked_are_refused(fake, tmp_path):
+    fake.answer_offers = [{k: v for k, v in o.items() if k != "dph_total"} for o in OFFERS[:2]]
+    proc = cli(fake, "offers", "--gpu", "RTX_4090")
+    assert proc.returncode == 2 and proc.stderr == (
+        "error: Vast offers: GET /bundles/: no offer can be checked against the filter "
+        "(skipped 2 of 2 offers Vast returned: 2 missing dph_total)\n"
+    )
+    proc = cli(fake, "up", str(SPACES / "e2e.yaml"), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "no offer can be checked" in proc.stderr, proc.stderr
+    assert not (tmp_path / "run").exists() and not fake.instances
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("12345678", "--instance 12345678: not an instance of this launch"),  # a real id: past a count's bound
+        ("abc", "--instance: expected an instance id (digits, 1 to 9007199254740992), got 'abc'"),
+        ("-4", "--instance: expected an instance id"),
+        ("9" * 30, "--instance: expected an instance id"),
+        ("1e5", "--instance: expected an instance id"),
+    ],
+)
+def test_an_instance_id_on_the_command_line_is_checked(fake, tmp_path, value, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "launch.json").write_text(json.dumps({"label": "himari-x", "study": "e2e", "instances": {}}))
+    proc = cli(fake, "logs", str(out), "--instance", value)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    assert not fake.requests
+
+
+def test_a_label_that_prefixes_another_launch_destroys_only_its_own(fake, tmp_path):
+    client = VastClient(KEY, base_url=fake.url)
+    ours = client.create_instance(11, "img", 30, "sleep 60", "himari-a-0", env={})
+    theirs = client.create_instance(12, "img", 30, "sleep 60", "himari-a-b-0", env={})
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "launch.json").write_text(json.dumps({"label": "himari-a", "study": "e2e", "instances": {}}))
+    assert manage.down(out, client, echo=lambda _: None) == 0
+    assert list(fake.instances) == [theirs] and ours not in fake.instances
+
+
+def test_the_ledger_cuts_a_half_written_last_line_before_appending(tmp_path):
+    ledger = Ledger(tmp_path)
+    ledger.record("created", 7000, gpu="RTX 4090", num_gpus=1, dph=0.35)
+    with ledger.path.open("a") as f:
+        f.write('{"time": 2.0, "event": "destr')  # what a SIGKILL mid-write leaves
+    assert [e["event"] for e in ledger.events()] == ["created"]  # the cut line is not read
+    ledger.record("destroyed", 7000)
+    assert [e["event"] for e in ledger.events()] == ["created", "destroyed"]
+    assert ledger.destroyed() == {7000}
+
+
+def test_vast_up_into_an_empty_dir_that_fails_leaves_it_empty(fake, tmp_path):
+    fake.offers[0]["_stuck"] = True
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = cli(
+        fake, "up", str(SPACES / "e2e.yaml"), "--out", str(out), "--gpu", "RTX_4090", "--filter", "num_gpus<=1",
+        "--ready-timeout", "1",
+    )  # fmt: skip
+    assert proc.returncode == 2 and "not ready after 1 s" in proc.stderr, proc.stderr
+    assert out.is_dir() and not list(out.iterdir()) and not fake.instances
+    assert f"{out}: emptied: nothing ran and nothing bills" in proc.stdout

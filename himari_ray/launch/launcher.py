@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -344,10 +345,54 @@ def destroy_one(client: VastClient, state: LaunchState, iid: int, reason: str, e
         echo(f"instance {iid}: could NOT be destroyed ({exc}); `himari-ray vast down {state.out}` retries")
 
 
+#: What a failed launch's one line says of its instances; where some could not be destroyed it says which.
+ALL_DESTROYED = "all instances destroyed"
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost directory of `path` that does not exist yet (what `mkdir(parents=True)` creates), or None."""
+    path = path.absolute()
+    if os.path.lexists(path):
+        return None
+    while not os.path.lexists(path.parent):
+        path = path.parent
+    return path
+
+
+def _restore(out: Path, made: Path | None) -> None:
+    """Leave --out as `up` found it: the directories it made removed, or the empty one it was given emptied
+    (check_out_dir let only a new or empty directory through, so everything in it is this launch's)."""
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+        return
+    for child in out.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def _left_billing(client: VastClient, state: LaunchState) -> list[int] | None:
+    """This launch's instances Vast still lists and the ledger does not say destroyed; None when Vast cannot
+    be asked (then nobody knows, and launch.json must stay for `vast down`)."""
+    try:
+        listed = client.instances()
+    except VastError:
+        return None
+    done = Ledger(state.out).destroyed()
+    return sorted(i["id"] for i in listed if _ours(i, state.data["label"]) and i["id"] not in done)
+
+
 def up(
     cfg: LaunchConfig, f: OfferFilter, out: Path, client: VastClient, connect: Connect = ssh_connect, echo: Echo = print
 ) -> int:
-    """Rent, run, watch, pull, destroy. Everything is checked before anything is rented."""
+    """Rent, run, watch, pull, destroy. Everything is checked before anything is rented.
+
+    A launch that fails before any box is ready (no offer, a refused creation, a box that never starts,
+    Ctrl-C) destroys what it rented, prints the cost, and leaves --out as it found it: the directory removed
+    if `up` made it, emptied if it was given an empty one; a rerun with the same --out then works. Where an
+    instance could not be destroyed (or Vast cannot say), launch.json and the ledger stay for `vast down`.
+    Once a box is ready it may have searched, and everything stays."""
     from himari_ray.launch.proxy import StudyProxy
     from himari_ray.search.driver import check_out_dir
     from himari_ray.search.sampling import objective_spec, optuna_distributions
@@ -359,13 +404,16 @@ def up(
         raise UserInputError(f"--trials {cfg.trials} < --instances {cfg.instances}: each instance needs a trial")
     if space.scheduler.kind != "asha":
         raise UserInputError(f"{path}: scheduler {space.scheduler.kind} keeps no shared study; use asha on Vast")
+    space_text = Path(path).read_text()
     check_out_dir(out)
-    fresh = not out.exists()
+    made = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)  # the study may live in it (the default storage)
+    state: LaunchState | None = None
     try:
         storage = open_storage(cfg.storage)
         _, mode = objective_spec(space)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
+        proxy = StudyProxy(cfg.storage, port=_free_port())  # built (grpcio there) before renting; started later
         try:
             offers, note = find_offers(client, f)
         except VastError as exc:
@@ -377,70 +425,25 @@ def up(
                 f"no offers: {len(offers)} match the filter, {cfg.instances} needed; widen it (higher dph<=, lower "
                 "reliability>=, another gpu) and check with `himari-ray vast offers`" + (f" ({note})" if note else "")
             )
-    except UserInputError:
-        if fresh:  # nothing rented, nothing of the user's in it: leave no directory that blocks a rerun
-            shutil.rmtree(out, ignore_errors=True)
+        label = f"himari-{secrets.token_hex(4)}"
+        state = LaunchState(out, {"label": label, "space": space.name, "study": space.name, "instances": {}})
+        # launch.json is on disk: the URL without its password (`vast status` then says it cannot count the study).
+        state.data["storage"] = redact(cfg.storage)
+        state.save()
+        try:
+            codes, lost = _rent_and_watch(cfg, f, client, connect, echo, state, offers, space_text, storage, proxy)
+        except VastError as exc:
+            raise UserInputError(f"Vast: {exc}; {ALL_DESTROYED}") from None
+    except BaseException as exc:
+        if state is None:  # nothing rented: leave no directory that blocks a rerun
+            _restore(out, made)
+            raise
+        _after_failure(exc, client, state, out, made, echo)
         raise
-    label = f"himari-{secrets.token_hex(4)}"
-    state = LaunchState(out, {"label": label, "space": space.name, "study": space.name, "instances": {}})
-    # launch.json is on disk: the URL without its password (`vast status` then says it cannot count the study).
-    state.data["storage"] = redact(cfg.storage)
-    state.save()
-    ledger = Ledger(out)
-    ok = False
-    try:
-        for i, offer in enumerate(offers[: cfg.instances]):
-            name = f"{label}-{i}"
-            script = onstart_script(
-                name,
-                Path(path).read_text(),
-                cfg.trials // cfg.instances + (i < cfg.trials % cfg.instances),  # exactly --trials in all
-                cfg.seed + i,
-                cfg.install,
-                cfg.ray_port,
-                cfg.box_proxy_port,
-            )
-            try:
-                iid = client.create_instance(offer["id"], cfg.image, f.min_disk_gb, script, name, env={})
-            except VastError as exc:
-                raise UserInputError(
-                    f"Vast refused to create an instance from offer {offer['id']} ({exc}); all instances destroyed; "
-                    "offers change by the minute: run it again or widen the filter"
-                ) from None
-            info = {"gpu": offer.get("gpu_name", "?"), "num_gpus": offer.get("num_gpus", 0), "dph": offer["dph_total"]}
-            ledger.record("created", iid, offer=offer["id"], **info)
-            state.data["instances"][str(iid)] = {"label": name, "offer": offer["id"], **info}
-            state.save()
-            echo(
-                f"instance {iid}: created from offer {offer['id']} ({info['num_gpus']}x {info['gpu']}, ${float(info['dph']):.3f}/h)"
-            )
-        # The proxy runs before any box is ready: each box's tunnel opens the moment that box is ready.
-        with StudyProxy(cfg.storage, port=_free_port()) as proxy:
-            tunnels: list[Tunnel] = []
-            try:
-                boxes = _wait_ready(
-                    client,
-                    state,
-                    connect,
-                    cfg,
-                    echo,
-                    lambda box: tunnels.append(box.forward(cfg.box_proxy_port, proxy.port)),
-                )
-                codes, lost = _monitor(client, state, boxes, storage, cfg, echo)
-            finally:
-                for t in tunnels:
-                    t.close()
-        owners = {v["owner"] for v in state.instances.values() if "owner" in v}
-        counts = _study_counts(storage, space.name, owners)
-        ledger.record("trials", finished=counts.get("complete", 0) + counts.get("pruned", 0))
-        ok = True
-    except VastError as exc:
-        raise UserInputError(f"Vast: {exc}; all instances destroyed") from None
-    finally:
-        if not (ok and cfg.keep):
-            failed = destroy_all(client, state, echo, "search over" if ok else "launch failed")
-            if failed:
-                echo(f"{len(failed)} instance(s) may still bill: {failed}")
+    if not cfg.keep:
+        failed = destroy_all(client, state, echo, "search over")
+        if failed:
+            echo(f"{len(failed)} instance(s) may still bill: {failed}")
     if cost := cost_report(out):
         echo(cost)
     bad = [i for i, c in codes.items() if c != 0]
@@ -448,3 +451,93 @@ def up(
         echo(f"{len(lost)} instance(s) lost, {len(bad)} search(es) failed: see `himari-ray analyze` on {out}/boxes/*")
         return 1
     return 0
+
+
+def _after_failure(
+    exc: BaseException, client: VastClient, state: LaunchState, out: Path, made: Path | None, echo: Echo
+) -> None:
+    """Destroy what a failed launch rented, and say so: restore --out where nothing ran and nothing bills; a
+    `UserInputError`'s line is rewritten to name what may still bill (raised from here in its place)."""
+    failed = destroy_all(client, state, echo, "launch failed")
+    left = failed if failed else _left_billing(client, state)
+    if cost := cost_report(out):
+        echo(cost)
+    searched = any("owner" in v for v in state.instances.values())
+    if left == [] and not searched:
+        _restore(out, made)
+        echo(f"{out}: {'removed' if made is not None else 'emptied'}: nothing ran and nothing bills")
+    still = (
+        ALL_DESTROYED
+        if left == []
+        else (f"instance(s) {left} may still bill" if left else "Vast cannot say whether all instances are gone")
+        + f"; `himari-ray vast down {out}` retries"
+    )
+    if left:
+        echo(f"{len(left)} instance(s) may still bill: {left}")
+    if isinstance(exc, UserInputError):
+        line = str(exc)
+        line = line.replace(ALL_DESTROYED, still) if ALL_DESTROYED in line else f"{line}; {still}"
+        if line != str(exc):
+            raise UserInputError(line) from None
+
+
+def _rent_and_watch(
+    cfg: LaunchConfig,
+    f: OfferFilter,
+    client: VastClient,
+    connect: Connect,
+    echo: Echo,
+    state: LaunchState,
+    offers: list[dict[str, Any]],
+    space_text: str,
+    storage: Any,
+    proxy: Any,
+) -> tuple[dict[int, int], list[int]]:
+    """Create one instance per offer, wait for each to be ready, watch the searches to their end."""
+    ledger = Ledger(state.out)
+    label = state.data["label"]
+    for i, offer in enumerate(offers[: cfg.instances]):
+        name = f"{label}-{i}"
+        script = onstart_script(
+            name,
+            space_text,
+            cfg.trials // cfg.instances + (i < cfg.trials % cfg.instances),  # exactly --trials in all
+            cfg.seed + i,
+            cfg.install,
+            cfg.ray_port,
+            cfg.box_proxy_port,
+        )
+        try:
+            iid = client.create_instance(offer["id"], cfg.image, f.min_disk_gb, script, name, env={})
+        except VastError as exc:
+            raise UserInputError(
+                f"Vast refused to create an instance from offer {offer['id']} ({exc}); {ALL_DESTROYED}; "
+                "offers change by the minute: run it again or widen the filter"
+            ) from None
+        info = {"gpu": offer["gpu_name"], "num_gpus": offer["num_gpus"], "dph": offer["dph_total"]}
+        ledger.record("created", iid, offer=offer["id"], **info)
+        state.data["instances"][str(iid)] = {"label": name, "offer": offer["id"], **info}
+        state.save()
+        echo(
+            f"instance {iid}: created from offer {offer['id']} ({info['num_gpus']}x {info['gpu']}, ${float(info['dph']):.3f}/h)"
+        )
+    # The proxy runs before any box is ready: each box's tunnel opens the moment that box is ready.
+    with proxy:
+        tunnels: list[Tunnel] = []
+        try:
+            boxes = _wait_ready(
+                client,
+                state,
+                connect,
+                cfg,
+                echo,
+                lambda box: tunnels.append(box.forward(cfg.box_proxy_port, proxy.port)),
+            )
+            codes, lost = _monitor(client, state, boxes, storage, cfg, echo)
+        finally:
+            for t in tunnels:
+                t.close()
+    owners = {v["owner"] for v in state.instances.values() if "owner" in v}
+    counts = _study_counts(storage, state.data["study"], owners)
+    ledger.record("trials", finished=counts.get("complete", 0) + counts.get("pruned", 0))
+    return codes, lost
