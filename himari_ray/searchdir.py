@@ -46,6 +46,9 @@ from himari_ray.types import STUDY_FILE, TRIAL_STATE_FILE, UserInputError
 SEARCH_JSON = "search.json"
 SPACE_YAML = "space.yaml"
 TUNE_DIR = "tune"
+#: What `confirm` writes: its record (the test split's read, per-seed and summary figures) and its markdown.
+CONFIRM_JSON = "confirm.json"
+CONFIRM_MD = "confirm.md"
 #: Where an RLlib Algorithm checkpoint keeps the module (Ray 2.60, single-agent, one local learner).
 MODULE_IN_CHECKPOINT = Path("learner_group") / "learner" / "rl_module" / "default_policy"
 
@@ -440,3 +443,18 @@ def untrained_reason(run: TrialRun) -> str | None:
     if not trained(run):
         return "was skipped by the preflight, never trained"
     return None
+
+
+def read_confirm(out: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(`confirm`'s record, None), (None, None) when the search was never confirmed, or (None, one line
+    naming the file) when the record cannot be read."""
+    path = Path(out) / CONFIRM_JSON
+    if not path.exists():
+        return None, None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path}: unreadable ({type(exc).__name__}); confirm's results are not shown"
+    if not isinstance(record, dict):
+        return None, f"{path}: not a confirm record (a JSON {type(record).__name__}); confirm's results are not shown"
+    return record, None

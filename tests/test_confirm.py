@@ -94,6 +94,19 @@ def test_real_search_then_confirm_with_two_seeds_then_a_second_confirm_is_refuse
     assert (
         record["summary"]["val"]["val_buy_and_hold"]["mean"] != record["summary"]["test"]["test_buy_and_hold"]["mean"]
     )
+    # the report shows confirm's results once there are some (issue 18: it never did)
+    from himari_ray.report.html import confirm_section
+    from himari_ray.schema import display
+
+    section = "".join(confirm_section(out))
+    test_band = record["summary"]["test"]["band_distance"]
+    assert "Confirmation on the test split" in section and "Not confirmed yet" not in section
+    assert f"{display('band_distance', test_band['mean'])} ± {display('band_distance', test_band['std'])}" in section
+    kept = (out / "confirm.json").read_text()
+    (out / "confirm.json").write_text("[1, 2")
+    assert "unreadable" in "".join(confirm_section(out))
+    (out / "confirm.json").write_text(kept)
+    assert "Not confirmed yet" in "".join(confirm_section(tmp_path))
     # It retrains the chosen configuration itself: with the trial's own seed it reproduces the search's report.
     own = record["per_seed"][0]
     assert own["iteration"] == record["search_best"]["iteration"]

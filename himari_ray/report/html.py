@@ -13,7 +13,8 @@ from pathlib import Path
 from himari_ray import __version__
 from himari_ray.report.results import SearchResults
 from himari_ray.report.text import display_frame, summary_lines
-from himari_ray.searchdir import STATUS_HELP
+from himari_ray.schema import CONFIRM, display, for_split, label, shown
+from himari_ray.searchdir import CONFIRM_JSON, STATUS_HELP, read_confirm
 from himari_ray.types import UserInputError
 
 #: Marks a file this command wrote, so regenerating the default DIR/report.html replaces only a report of ours.
@@ -97,6 +98,7 @@ def render_html(results: SearchResults) -> str:
             continue
         data = base64.b64encode(png).decode("ascii")
         parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
+    parts += confirm_section(results.out)
     parts.append("<h2>Trials</h2>")
     parts.append('<p class="note">Scroll the table sideways for every column; the trial column stays in view.</p>')
     table = display_frame(results).to_html(index=False, escape=True, border=0)
@@ -108,6 +110,45 @@ def render_html(results: SearchResults) -> str:
         + "</p></body></html>"
     )
     return "\n".join(parts)
+
+
+def confirm_section(out: Path) -> list[str]:
+    """`confirm`'s results (CONFIRM_JSON), when the search was confirmed: mean ± std over its seeds on
+    validation and on the test split, per metric; otherwise a line saying how to get them."""
+    parts = ["<h2>Confirmation on the test split</h2>"]
+    record, problem = read_confirm(out)
+    if problem is not None:
+        return [*parts, f'<p class="note">{html.escape(problem)}</p>']
+    if record is None:
+        return [
+            *parts,
+            '<p class="note">Not confirmed yet: <code>himari-ray confirm DIR</code> retrains the best trial with '
+            "fresh seeds and scores it once on the untouched test split; this report shows its results after it.</p>",
+        ]
+    if record.get("status") != "complete":
+        return [
+            *parts,
+            f'<p class="note">{CONFIRM_JSON}: the test split was being read at {html.escape(str(record.get("test_read_at")))}'
+            " and confirm did not finish; its figures are not shown (the test split counts as read).</p>",
+        ]
+    summary = record.get("summary", {})
+    seeds = ", ".join(map(str, record.get("seeds", [])))
+    parts.append(
+        f"<p>Trial {html.escape(str(record.get('trial')))} retrained with seeds {html.escape(seeds)}, each its best "
+        f"validation iteration, then scored once on the test split ({html.escape(str(record.get('test_read_at')))})."
+        " Mean ± std over the seeds.</p>"
+    )
+    rows = ["<tr><th>metric</th><th>validation</th><th>test</th></tr>"]
+    for name in shown(CONFIRM):
+        cells = []
+        for split in ("val", "test"):
+            m = summary.get(split, {}).get(for_split(name, split))
+            cells.append(
+                "-" if not isinstance(m, dict) else f"{display(name, m.get('mean'))} ± {display(name, m.get('std'))}"
+            )
+        if cells != ["-", "-"]:
+            rows.append(f"<tr><td>{html.escape(label(name))}</td><td>{cells[0]}</td><td>{cells[1]}</td></tr>")
+    return [*parts, f'<div class="table-scroll"><table>{"".join(rows)}</table></div>']
 
 
 def write_report(results: SearchResults, path: Path, replace_own: bool = False) -> Path:

@@ -32,6 +32,8 @@ from himari_ray.schema import (
     shown,
 )
 from himari_ray.searchdir import (
+    CONFIRM_JSON,
+    CONFIRM_MD,
     SEARCH_JSON,
     TUNE_DIR,
     SearchManifest,
@@ -40,9 +42,6 @@ from himari_ray.searchdir import (
     untrained_reason,
 )
 from himari_ray.types import UserInputError
-
-CONFIRM_JSON = "confirm.json"
-CONFIRM_MD = "confirm.md"
 
 #: Per-split metrics confirm reports for each seed: the schema's CONFIRM keys, as validation names them.
 SPLIT_METRICS = shown(CONFIRM)
