@@ -295,9 +295,8 @@ class SelectivePolicy:
         """Fit the thresholds on calibration bars: (n, 3) probabilities per_bar, (n, 3, 3) by position carried
         (whose path also decides on bars it does not score: `scored` marks the ones whose HOLD share counts).
         With `hold_control` > 0 they are the controller's starting point, its targets the bands' centres."""
-        targets = {name: (lo + hi) / 200.0 for name, (lo, hi) in bands.items()} if hold_control > 0 else None
-        if targets is not None:
-            targets = {name: targets.get(name, 0.0) for name in REGIME_NAMES}  # a band-less regime never trades
+        # A band-less regime is fitted never to trade, so its target (0) is never steered to.
+        targets = {n: sum(bands[n]) / 200.0 if n in bands else 0.0 for n in REGIME_NAMES} if hold_control > 0 else None
         if mode == "carried":
             thresholds = fit_hysteresis(probs_or_by_position, regimes, bands, exit_ratio, scored=scored)
             return cls(mode, thresholds, exit_ratio, hold_control, targets)
