@@ -116,3 +116,13 @@ def test_layer_test_sees_an_upward_import(tmp_path):
     assert upward_imports(root) == []
     (root / "data" / "planted.py").write_text("from himari_ray.search.driver import run_search\n")
     assert upward_imports(root) == ["data/planted.py (layer 1) imports himari_ray.search.driver (layer 4)"]
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages by name: a subpackage missing there imports from a checkout but not from a
+    plain install (the device machine installs with `pip install --target`)."""
+    import tomllib
+
+    listed = set(tomllib.loads((PKG.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {module_name(init) for init in PKG.rglob("__init__.py")}
+    assert on_disk <= listed, sorted(on_disk - listed)
