@@ -1,8 +1,11 @@
-"""Shared fixtures: a small synthetic dataset and a local Ray instance that tests stop by handle."""
+"""Shared fixtures: a small synthetic dataset, a local Ray instance that tests stop by handle, one real tiny
+search, and the fake Vast the `vast` tests rent from (with the environment its boxes run in)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +17,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("HIMARI_RAY_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="himari-test-key-"), "state.key"))
 
 from himari_ray.data.dataset import DataSpec, load_dataset
+from tests.fake_vast import FakeVast
+from tests.vast_kit import KEY, OFFERS, REPO
 
 SMALL_SPEC = DataSpec(source="synthetic", n_bars=3000, seed=3)
 
@@ -88,3 +93,27 @@ def edited_space(raw: dict, tmp_path, **changes) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture
+def box_env(tmp_path):
+    """The box has himari-ray and ray on its PATH (the on-start's install step is a no-op here)."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    (shims / "himari-ray").write_text(f'#!/bin/bash\nexec {sys.executable} -m himari_ray "$@"\n')
+    (shims / "himari-ray").chmod(0o755)
+    path = f"{shims}:{Path(sys.executable).parent}:{os.environ['PATH']}"
+    # The box's `ray start` records its address under RAY_TMPDIR: a private one keeps every other
+    # `ray.init()` on this machine from finding and joining the box's Ray (short: Ray's sockets live there).
+    ray_tmp = tempfile.mkdtemp(prefix="hr", dir="/tmp")
+    yield {"PATH": path, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def fake(tmp_path, box_env):
+    """The fake Vast (tests/fake_vast.py) serving OFFERS, its boxes run here in box_env: one per test."""
+    offers = [dict(o) for o in OFFERS]
+    f = FakeVast(tmp_path / "vast", offers, KEY, box_env=box_env)
+    yield f
+    f.stop()
