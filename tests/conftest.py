@@ -117,3 +117,12 @@ def fake(tmp_path, box_env):
     f = FakeVast(tmp_path / "vast", offers, KEY, box_env=box_env)
     yield f
     f.stop()
+
+
+@pytest.fixture(scope="module")
+def fuzz_vast(tmp_path_factory):
+    """The fake Vast the `vast` fuzz tests share: one per module, offering nothing, reset by each example
+    (tests/fuzz_vast_kit.reset); its boxes never run."""
+    f = FakeVast(tmp_path_factory.mktemp("fake-vast"), [], KEY)
+    yield f
+    f.stop()
