@@ -12,6 +12,8 @@ trials and what became of each) and `ranking` (the one ranking every output name
 name is importable from here, the one place readers import it from.
 """
 
+# Re-exported: readers import every name of the search directory from himari_ray.searchdir.
+# ruff: noqa: F401
 from himari_ray.searchdir.manifest import (
     CONFIRM_JSON,
     CONFIRM_MD,
@@ -46,41 +48,3 @@ from himari_ray.searchdir.trials import (
     tune_statuses,
     unreadable_file,
 )
-
-__all__ = [
-    "COLLAPSED",
-    "CONFIRM_JSON",
-    "CONFIRM_MD",
-    "CRASHED",
-    "FINISHED",
-    "LISTED_LINES",
-    "MODULE_IN_CHECKPOINT",
-    "RUNNING",
-    "SEARCH_JSON",
-    "SKIPPED",
-    "SPACE_YAML",
-    "STATUS_HELP",
-    "STOPPED",
-    "TUNE_DIR",
-    "SearchManifest",
-    "SearchRun",
-    "TrialRun",
-    "bands_of",
-    "best_checkpoint",
-    "best_trial",
-    "feasible",
-    "is_report",
-    "load_search_run",
-    "rank_key",
-    "ranked",
-    "read_confirm",
-    "read_reports",
-    "searched_value",
-    "trained",
-    "trial_dirs",
-    "trial_state",
-    "trial_status",
-    "tune_statuses",
-    "unreadable_file",
-    "untrained_reason",
-]
