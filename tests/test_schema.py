@@ -139,7 +139,7 @@ def literal_report_keys(root: Path = PKG) -> list[str]:
 
 
 def test_no_module_spells_a_report_key_as_a_literal():
-    """Keys go through schema.py: a literal would silently read as absent after a rename."""
+    """Keys go through the schema: a literal would silently read as absent after a rename."""
     assert literal_report_keys() == []
 
 

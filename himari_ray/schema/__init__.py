@@ -169,7 +169,7 @@ def val(metric: str) -> str:
     """The report key of a trading metric on validation: `val_<metric>` (`trading_metrics` names)."""
     name = f"val_{metric}"
     if name not in FIELDS:
-        raise KeyError(f"{name!r} is not a report key; register it in himari_ray/schema.py")
+        raise KeyError(f"{name!r} is not a report key; register it in himari_ray/schema/__init__.py")
     return name
 
 
