@@ -133,8 +133,8 @@ def test_the_pickled_searcher_keeps_no_password(tmp_path):
 def test_ray_records_the_driver_command_line_redacted():
     """Ray keeps the driver's /proc command line as the job's entrypoint (GCS, dashboard, logs)."""
     code = (
-        "import ray._private.utils as u; from himari_ray.search.driver import _redact_ray_entrypoint; "
-        "_redact_ray_entrypoint(); print(u.get_entrypoint_name())"
+        "import ray._private.utils as u; from himari_ray.search.ray_session import redact_ray_entrypoint; "
+        "redact_ray_entrypoint(); print(u.get_entrypoint_name())"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, "--storage", URL],

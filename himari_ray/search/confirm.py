@@ -185,9 +185,9 @@ def run_confirm(
     import ray
 
     from himari_ray.rl.evaluate import PolicyEvaluator
-    from himari_ray.search.driver import _start_ray
+    from himari_ray.search.ray_session import start_ray
 
-    _start_ray(None)
+    start_ray(None)
     task = ray.remote(num_cpus=1, max_retries=0)(train_seed)
     echo(
         f"confirm: trial {number}: training {seeds} seed(s) for {configs[0].train.iterations} iterations each, "

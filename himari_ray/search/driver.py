@@ -1,13 +1,10 @@
-"""The search driver: output directories, Ray start-up, the Tune run over a space, and resume."""
+"""The search driver: output directories, the Tune run over a space, and resume (Ray start-up: `ray_session`)."""
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from himari_ray.schema import TRAINING_ITERATION
 from himari_ray.search.callbacks import collapse_stopper, report_printer
 from himari_ray.search.integrity import DirectorySigner, signing_callback
 from himari_ray.search.interrupt import GracefulInterrupt
+from himari_ray.search.ray_session import start_ray
 from himari_ray.search.resources import check_fits_cluster, trial_bundles, trial_config
 from himari_ray.search.resume_check import plan_resume
 from himari_ray.search.sampling import (
@@ -72,71 +70,6 @@ def _trainable(space: SearchSpace):
     return tune.with_resources(train_trial, tune.PlacementGroupFactory(trial_bundles(space)))
 
 
-def _redact_ray_entrypoint() -> None:
-    """Ray records the driver's command line (from /proc, not sys.argv) as its job's entrypoint, kept in the
-    GCS, the dashboard and the session logs: a --storage password in it would be kept there. Ray 2.60 reads it
-    through `ray._private.utils.get_entrypoint_name` at `ray.init`, the narrowest seam to redact it at."""
-    import ray._private.utils as ray_utils
-
-    original = ray_utils.get_entrypoint_name
-    if getattr(original, "_himari_redacted", False):
-        return
-
-    def entrypoint() -> str:
-        return redact(original())
-
-    entrypoint._himari_redacted = True  # type: ignore[attr-defined]
-    ray_utils.get_entrypoint_name = entrypoint
-
-
-def _start_ray(address: str | None) -> None:
-    import optuna
-    import ray
-
-    # Our one line per report replaces Tune's progress tables and Optuna's per-trial log lines; a failed trial
-    # is one line naming its error.txt, not Tune's and Ray's copies of its traceback.
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
-    # Tune saves its experiment state every few seconds by default while trials checkpoint (and prune old
-    # checkpoints) every report: a driver killed in between leaves a state naming a checkpoint already
-    # deleted, and that trial cannot resume. Saving every step keeps them in step (a few KB per step).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    for name in ("ray.tune", "ray.train", "ray._common.deprecation"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # A resumed trial repeats the report it was interrupted at; the study keeps the first (as it should).
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", category=UserWarning)
-    if ray.is_initialized():
-        return
-    _redact_ray_entrypoint()
-    if address is not None:
-        # Ray 2.60 clusters started with a token require it from every driver (see cluster.yaml).
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # a refused join is our one line, not retries
-        try:
-            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise UserInputError(
-                f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
-            ) from None
-    else:
-        # "local": a new instance of our own. Without an address Ray joins the last cluster anyone on this
-        # machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone.
-        for attempt in range(3):
-            try:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-                break
-            except Exception as exc:  # Ray raises a bare Exception when its raylet is late
-                # Two drivers starting Ray on one busy machine at the same moment: the GCS is slow to come up,
-                # or the raylet misses Ray's fixed 30 s registration wait. A fresh start usually succeeds.
-                if not isinstance(exc, RuntimeError) and "timed out during startup" not in str(exc):
-                    raise
-                ray.shutdown()
-                if attempt == 2:
-                    raise
-                time.sleep(2.0 + 3.0 * attempt)
-
-
 def run_search(
     space: SearchSpace,
     space_path: Path,
@@ -173,7 +106,7 @@ def run_search(
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
     check_buildable(space, space_path)  # it takes seconds: after the cheap checks
     trial_cfg = trial_config(space)
-    _start_ray(address)
+    start_ray(address)
     check_fits_cluster(space)  # a trial that can never be placed fails now, not by waiting forever
     out.mkdir(parents=True, exist_ok=True)
     (out / "space.yaml").write_text(space_path.read_text())
@@ -401,7 +334,7 @@ def resume_search(out: Path, address: str | None = None, storage_url: str | None
     storage = require_study(url, space.name, flag="--resume") if url else None
     if url:
         bind_resumed_searcher(url, owner, str(out))
-    _start_ray(address)
+    start_ray(address)
     check_fits_cluster(space)
     for note in plan.apply():  # everything checked: now roll back, restore and set aside what the kill left
         print(f"himari-ray search: {note}", flush=True)
