@@ -95,6 +95,23 @@ def edited_space(raw: dict, tmp_path, **changes) -> Path:
     return path
 
 
+#: How many hours of the bundled sample `bars_file` holds.
+BARS_FILE_HOURS = 2500
+
+
+@pytest.fixture(scope="module")
+def bars_file(tmp_path_factory) -> Path:
+    """The first BARS_FILE_HOURS hours of the bundled real BTC sample as a plain freqtrade-layout CSV (the
+    export and deployment tests' bars)."""
+    import pandas as pd
+
+    from himari_ray.data.dataset import sample_path
+
+    path = tmp_path_factory.mktemp("bars") / "BTC_USDT-1h.csv"
+    pd.read_csv(sample_path(), nrows=BARS_FILE_HOURS).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture
 def box_env(tmp_path):
     """The box has himari-ray and ray on its PATH (the on-start's install step is a no-op here)."""

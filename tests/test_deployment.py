@@ -34,13 +34,13 @@ from himari_ray.schema import (
     threshold,
 )
 from himari_ray.types import ACTION_NAMES, REGIME_NAMES
-from tests.test_export import CONTEXT, NO_SEARCH, bars_file, make_module  # noqa: F401  (bars_file: a fixture)
+from tests.export_kit import CONTEXT, NO_SEARCH, make_module
 
 SELECTIVE = EvalConfig(deploy="selective", calibration_frac=0.3)
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, bars_file):  # noqa: F811
+def dataset(tmp_path_factory, bars_file):
     ds = import_ohlcv(bars_file)
     root = tmp_path_factory.mktemp("deploy")
     save_dataset(ds, root / "data")
@@ -104,7 +104,7 @@ def test_the_fitted_shares_sit_at_the_band_centres_on_the_calibration_slice_and_
 
 @pytest.mark.parametrize("hold_control", [0.0, 0.05])
 @pytest.mark.parametrize("mode", ["per_bar", "carried"])
-def test_act_equals_the_evaluator_under_selective_deployment(tmp_path, bars_file, dataset, mode, hold_control):  # noqa: F811
+def test_act_equals_the_evaluator_under_selective_deployment(tmp_path, bars_file, dataset, mode, hold_control):
     ds, path = dataset
     module = make_module(ds.n_features, carried=mode == "carried")
     config = TrialConfig(env=env(path, mode), eval=SELECTIVE.model_copy(update={"hold_control": hold_control}))
@@ -162,7 +162,7 @@ def test_the_constrained_objective_ranks_every_violator_after_every_satisfying_r
     assert [r[BAND_DISTANCE] for r in worst] == sorted(r[BAND_DISTANCE] for r in worst)
 
 
-def test_act_refuses_a_start_that_is_not_a_time_or_lies_after_the_bars(tmp_path, bars_file, dataset):  # noqa: F811
+def test_act_refuses_a_start_that_is_not_a_time_or_lies_after_the_bars(tmp_path, bars_file, dataset):
     from himari_ray.types import UserInputError
 
     ds, path = dataset

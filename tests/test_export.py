@@ -1,80 +1,42 @@
-"""Exported policies: the bundle's module equals the RLModule, `act` on raw bars reproduces the evaluator,
-and bad input (short or foreign bars, a tampered bundle, a directory that is not a search) is one line.
+"""Exported policies: the bundle's module (and its ONNX file) equals the RLModule, `act` on raw bars reproduces
+the evaluator (greedy, sampled with a seed, carried along its own positions; from any layout `data import`
+reads), and `act`'s bad input (short or foreign bars, a tampered bundle, an existing --out) is one line.
 
-The fast tests export a real (untrained, sharpened) RLModule built the way RLlib builds it; the slow ones
-run a real one-trial search and export its checkpoint through the CLI.
+Each test exports a real (untrained, sharpened) RLModule built the way RLlib builds it (tests/export_kit.py).
+`himari-ray export` of a search, a real one trained, is `test_export_search.py`'s.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from ray.rllib.core.columns import Columns
 
-from himari_ray.cli import main
-from himari_ray.data.dataset import BuildSettings, DataSpec, import_ohlcv, sample_path
+from himari_ray.data.dataset import BuildSettings, import_ohlcv
 from himari_ray.data.ohlcv import read_ohlcv
-from himari_ray.data.store import load_dataset_dir, save_dataset
-from himari_ray.env.trading import EnvConfig, decision_windows
+from himari_ray.data.store import save_dataset
+from himari_ray.env.trading import decision_windows
 from himari_ray.policy.act import act_on_bars, decision_inputs
 from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
-from himari_ray.report import load_search
-from himari_ray.rl.config import EvalConfig, TrialConfig
-from himari_ray.rl.evaluate import PolicyEvaluator
-from himari_ray.rl.model import MODEL_PRESETS, RegimeTransformerModule
+from himari_ray.rl.config import EvalConfig
 from himari_ray.types import ACTION_NAMES, N_ACTIONS, N_REGIMES
-
-REPO = Path(__file__).resolve().parents[1]
-CONTEXT = 16
-N_BARS = 2500
-
-
-@pytest.fixture(scope="module")
-def bars_file(tmp_path_factory) -> Path:
-    """The first N_BARS hours of the bundled real BTC sample as a plain freqtrade-layout CSV."""
-    path = tmp_path_factory.mktemp("bars") / "BTC_USDT-1h.csv"
-    pd.read_csv(sample_path(), nrows=N_BARS).to_csv(path, index=False)
-    return path
-
-
-def make_module(n_features: int, seed: int = 4, carried: bool = False) -> RegimeTransformerModule:
-    """A real RegimeTransformerModule with its actor's last layer widened so greedy actions vary by input
-    (seed 4: each action on about a fifth or more of the validation windows); `carried`: it sees a position."""
-    torch.manual_seed(seed)
-    spaces = {
-        "window": gym.spaces.Box(-10.0, 10.0, (CONTEXT, n_features), np.float32),
-        "regime": gym.spaces.Discrete(N_REGIMES),
-    }
-    if carried:
-        spaces["position"] = gym.spaces.Discrete(N_ACTIONS)
-    obs = gym.spaces.Dict(spaces)
-    module = RegimeTransformerModule(
-        observation_space=obs,
-        action_space=gym.spaces.Discrete(N_ACTIONS),
-        model_config=MODEL_PRESETS["tiny"].to_model_config(),
-    )
-    torch.nn.init.normal_(module.actor[-1].weight, std=1.0)
-    return module.eval()
-
-
-def trial_config(data: Path) -> TrialConfig:
-    spec = DataSpec(source="dataset", path=str(data))
-    return TrialConfig(env=EnvConfig(data=spec, context_len=CONTEXT), eval=EvalConfig())
-
-
-NO_SEARCH = {"trial": None, "iteration": None, "search_dir": None}
+from tests.conftest import BARS_FILE_HOURS as N_BARS
+from tests.export_kit import (
+    CONTEXT,
+    NO_SEARCH,
+    assert_one_line_error,
+    evaluator_actions,
+    make_module,
+    run_cli,
+    trial_config,
+)
 
 
 def exported(tmp_path: Path, bars: Path, settings: BuildSettings | None = None, onnx: bool | None = None):
@@ -97,29 +59,6 @@ def bundle_copy(shared, tmp_path) -> Path:
     """A private copy of the shared bundle, for tests that damage it."""
     shutil.copytree(shared[3], tmp_path / "bundle")
     return tmp_path / "bundle"
-
-
-def evaluator_actions(ds, module, config) -> pd.Series:
-    """PolicyEvaluator's actions on the validation split, by bar time (ISO, as `act` writes them)."""
-    ev = PolicyEvaluator(config.env, config.eval, dataset=ds)
-    c = config.env.context_len
-    bars = np.flatnonzero(ds.val.tradable[c - 1 : len(ds.val) - 1]) + (c - 1)
-    times = pd.to_datetime(ds.val.timestamps[bars], utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return pd.Series(np.asarray(ACTION_NAMES)[ev.actions(module)], index=times)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    line = err.strip()
-    assert line.startswith("error:") and "\n" not in line and "Traceback" not in line, err
-    for f in fragments:
-        assert f in line, line
 
 
 def test_exported_module_greedy_actions_equal_the_rlmodule(shared):
@@ -306,129 +245,3 @@ def test_act_accepts_the_digest_export_printed(bars_file, shared, capsys):
     code, out, err = run_cli(capsys, "act", bundle_dir, bars_file, "--sha256", digest)
     assert code == 0, err
     assert len(out.splitlines()) == len(read_ohlcv(bars_file)[0]) + 1  # header + one row per bar on stdout
-
-
-def test_export_refuses_a_directory_that_is_not_a_search_and_writes_nothing(tmp_path, capsys):
-    (tmp_path / "notasearch").mkdir()
-    code, _, err = run_cli(capsys, "export", tmp_path / "notasearch", "--out", tmp_path / "b")
-    assert_one_line_error(code, err, "not a himari-ray search directory")
-    assert not (tmp_path / "b").exists()
-
-
-def test_export_refuses_a_policy_trained_on_features_act_cannot_compute(tmp_path, small_dataset):
-    from himari_ray.types import UserInputError
-
-    module = make_module(small_dataset.n_features)
-    with pytest.raises(UserInputError, match="trained on synthetic features"):
-        export_module(module, small_dataset, trial_config(tmp_path), tmp_path / "b", NO_SEARCH)
-    assert not (tmp_path / "b").exists()
-
-
-# --- a real search, exported and replayed through the CLI -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def real_search(tmp_path_factory, bars_file) -> tuple[Path, Path]:
-    """`data import` of the real bars, then a real one-trial search (2 PPO iterations) on that dataset."""
-    root = tmp_path_factory.mktemp("search")
-    # A private Ray temp dir: a bare ray.init() joins the cluster a `ray start` on this machine last recorded
-    # there (another test's, or a user's); short, because Ray's socket paths must stay under 108 bytes.
-    ray_tmp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token", "RAY_TMPDIR": ray_tmp}
-    cli = [sys.executable, "-m", "himari_ray"]
-    data, out = root / "data", root / "out"
-    space = REPO / "tests" / "spaces" / "e2e.yaml"
-    try:
-        proc = subprocess.run(
-            [*cli, "data", "import", str(bars_file), "--out", str(data)], capture_output=True, env=env
-        )
-        assert proc.returncode == 0, proc.stderr
-        proc = subprocess.run(
-            [*cli, "search", str(space), "--trials", "1", "--out", str(out), "--data", str(data)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    return out, data
-
-
-@pytest.mark.slow
-def test_export_of_a_real_search_round_trips_through_act(real_search, bars_file, tmp_path, capsys):
-    from ray.rllib.core.rl_module.rl_module import RLModule
-
-    from himari_ray.policy.export import find_trial
-    from himari_ray.searchdir import MODULE_IN_CHECKPOINT
-
-    out, data = real_search
-    bundle_dir = tmp_path / "bundle"
-    code, stdout, err = run_cli(capsys, "export", out, "--out", bundle_dir)
-    assert code == 0, err
-    found = find_trial(out, None)
-    best = int(load_search(out).trials.set_index("trial").loc[1, "iteration"])  # the report the table shows
-    assert found.iteration == best and f"exported trial 1 (iteration {best}," in stdout
-    module = RLModule.from_checkpoint(str(found.checkpoint / "member_0" / MODULE_IN_CHECKPOINT)).eval()
-    bundle = load_bundle(bundle_dir)
-    assert bundle.spec.trial == 1 and bundle.spec.iteration == best
-    assert bundle.spec.trial_config == found.config.model_dump(mode="json")
-    assert bundle.spec.search["space"] == "e2e" and (bundle_dir / "space.yaml").read_text()
-
-    ds = load_dataset_dir(data)
-    windows = np.ascontiguousarray(decision_windows(ds.scaler.transform(ds.val.features), CONTEXT))
-    regimes = ds.val.regime_ids[CONTEXT - 1 :]
-    with torch.no_grad():
-        position = torch.zeros(len(regimes), dtype=torch.int64)  # per_bar: the policy is always flat before it acts
-        obs = {"window": torch.from_numpy(windows), "regime": torch.from_numpy(regimes), "position": position}
-        ref = module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS].numpy()
-    np.testing.assert_array_equal(bundle.logits(windows, regimes).argmax(-1), ref.argmax(-1))
-
-    actions = tmp_path / "actions.csv"
-    code, _, err = run_cli(capsys, "act", bundle_dir, bars_file, "--out", actions)
-    assert code == 0, err
-    expected = evaluator_actions(ds, module, found.config.members()[0])
-    got = pd.read_csv(actions).set_index("timestamp")["action"].loc[expected.index]
-    assert (got.to_numpy() == expected.to_numpy()).all()
-
-
-@pytest.mark.slow
-def test_export_refuses_a_trial_that_does_not_exist_and_an_existing_out(real_search, tmp_path, capsys):
-    out, _ = real_search
-    code, _, err = run_cli(capsys, "export", out, "--trial", "7", "--out", tmp_path / "b")
-    assert_one_line_error(code, err, "--trial 7: no such trial", "trials: '1'")
-    assert not (tmp_path / "b").exists()
-    (tmp_path / "b").mkdir()
-    code, _, err = run_cli(capsys, "export", out, "--out", tmp_path / "b")
-    assert_one_line_error(code, err, "already exists")
-    assert not any((tmp_path / "b").iterdir())
-
-
-def test_export_takes_the_checkpoint_of_the_best_report_not_the_latest(tmp_path):
-    """The table ranks a trial by its best report; export must ship that policy (the search keeps its
-    checkpoint beside the latest), and falls back to the latest only where the best is not on disk."""
-    from himari_ray.searchdir import MODULE_IN_CHECKPOINT, best_checkpoint
-
-    def checkpoint(n: int, iteration: int, best: int) -> None:
-        d = tmp_path / f"checkpoint_{n:06d}"
-        (d / "member_0" / MODULE_IN_CHECKPOINT).mkdir(parents=True)
-        (d / "himari_trial_state.json").write_text(
-            json.dumps({"iteration": iteration, "best": {"best_iteration": best}})
-        )
-
-    checkpoint(6, 7, 7)
-    checkpoint(11, 12, 7)
-    assert best_checkpoint(tmp_path).name == "checkpoint_000006"
-    shutil.rmtree(tmp_path / "checkpoint_000006")
-    assert best_checkpoint(tmp_path).name == "checkpoint_000011"
-
-
-def test_export_takes_a_relative_search_directory(real_search, tmp_path, capsys, monkeypatch):
-    """`himari-ray export run --out bundle` from the directory holding `run`: RLlib reads checkpoint paths as
-    URIs, and a relative one used to end in pyarrow's traceback ("URI has empty scheme")."""
-    out, _ = real_search
-    monkeypatch.chdir(out.parent)
-    code, stdout, err = run_cli(capsys, "export", out.name, "--out", tmp_path / "bundle")
-    assert code == 0 and "exported trial 1" in stdout, err
-    assert load_bundle(tmp_path / "bundle").spec.trial == 1
