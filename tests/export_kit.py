@@ -1,6 +1,6 @@
 """What the export tests share: a real RegimeTransformerModule built the way RLlib builds it (its actor sharpened
-so greedy actions vary), the trial config it is exported with, the evaluator's actions to compare `act` with,
-and the CLI run in process with its one-line refusal check (the bars are conftest.py's `bars_file`)."""
+so greedy actions vary), the trial config it is exported with, and the evaluator's actions to compare `act`
+with (the bars are conftest.py's `bars_file`; the CLI run in process is tests/cli_kit.py's)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from himari_ray.cli import main
 from himari_ray.data.dataset import DataSpec
 from himari_ray.env.trading import EnvConfig
 from himari_ray.rl.config import EvalConfig, TrialConfig
@@ -57,17 +56,3 @@ def evaluator_actions(ds, module, config) -> pd.Series:
     bars = np.flatnonzero(ds.val.tradable[c - 1 : len(ds.val) - 1]) + (c - 1)
     times = pd.to_datetime(ds.val.timestamps[bars], utc=True).strftime("%Y-%m-%dT%H:%M:%SZ")
     return pd.Series(np.asarray(ACTION_NAMES)[ev.actions(module)], index=times)
-
-
-def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    line = err.strip()
-    assert line.startswith("error:") and "\n" not in line and "Traceback" not in line, err
-    for f in fragments:
-        assert f in line, line

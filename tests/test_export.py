@@ -27,16 +27,9 @@ from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
 from himari_ray.rl.config import EvalConfig
 from himari_ray.types import ACTION_NAMES, N_ACTIONS, N_REGIMES
+from tests.cli_kit import assert_one_line_error, run_cli
 from tests.conftest import BARS_FILE_HOURS as N_BARS
-from tests.export_kit import (
-    CONTEXT,
-    NO_SEARCH,
-    assert_one_line_error,
-    evaluator_actions,
-    make_module,
-    run_cli,
-    trial_config,
-)
+from tests.export_kit import CONTEXT, NO_SEARCH, evaluator_actions, make_module, trial_config
 
 
 def exported(tmp_path: Path, bars: Path, settings: BuildSettings | None = None, onnx: bool | None = None):

@@ -25,15 +25,8 @@ from himari_ray.env.trading import decision_windows
 from himari_ray.policy.bundle import load_bundle
 from himari_ray.policy.export import export_module
 from himari_ray.report import load_search
-from tests.export_kit import (
-    CONTEXT,
-    NO_SEARCH,
-    assert_one_line_error,
-    evaluator_actions,
-    make_module,
-    run_cli,
-    trial_config,
-)
+from tests.cli_kit import assert_one_line_error, run_cli
+from tests.export_kit import CONTEXT, NO_SEARCH, evaluator_actions, make_module, trial_config
 
 REPO = Path(__file__).resolve().parents[1]
 
