@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from himari_ray.search.integrity import SIGNATURE_FILE, SNAPSHOT_DIR, STATE, kind, read_signature
+from himari_ray.search.signed_files import SIGNATURE_FILE, SNAPSHOT_DIR, STATE, kind, read_signature
 from tests.test_fuzz import FUZZ, REPO, assert_refused, run, tree_state
 
 CLI = [sys.executable, "-m", "himari_ray"]

@@ -15,14 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from himari_ray.search.integrity import (
-    QUARANTINE_DIR,
-    REWRITTEN,
-    SIGNATURE_FILE,
-    WRITTEN_ONCE,
-    DirectorySigner,
-)
+from himari_ray.search.integrity import DirectorySigner
 from himari_ray.search.resume_check import verify_directory
+from himari_ray.search.signed_files import QUARANTINE_DIR, REWRITTEN, SIGNATURE_FILE, WRITTEN_ONCE
 from himari_ray.types import UserInputError
 
 
@@ -167,7 +162,7 @@ def test_a_trial_file_cut_short_is_restored_and_a_changed_one_refused(tmp_path):
 def test_checkpoints_are_signed_once_reported_and_kept_while_a_signed_state_names_them(tmp_path):
     """A trial writes its checkpoint file by file (not signed until Tune reports it); Tune deletes the
     previous checkpoint as it registers a newer one, before the state naming that one is signed."""
-    from himari_ray.search.integrity import LINKS_DIR, SNAPSHOT_DIR, read_signature
+    from himari_ray.search.signed_files import LINKS_DIR, SNAPSHOT_DIR, read_signature
 
     out = tmp_path / "s"
     exp = tune_state(out, {"trial_a": ["checkpoint_000001"]})
@@ -217,8 +212,9 @@ def test_the_signing_key_never_travels_into_the_search_directory(tmp_path):
     """Tune pickles its callbacks into tune/tuner.pkl: the signer's key must not be in them."""
     from ray import cloudpickle
 
-    from himari_ray.search.integrity import key_file, signing_callback
+    from himari_ray.search.integrity import signing_callback
     from himari_ray.search.interrupt import GracefulInterrupt
+    from himari_ray.search.signed_files import key_file
 
     blob = cloudpickle.dumps([signing_callback(tmp_path), GracefulInterrupt(str(tmp_path)).callback()])
     key_hex = key_file().read_text().strip()

@@ -30,8 +30,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from himari_ray.search.integrity import SIGNATURE_FILE
 from himari_ray.search.resume_check import plan_resume
+from himari_ray.search.signed_files import SIGNATURE_FILE
 from himari_ray.types import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from himari_ray.search.integrity import (
+from himari_ray.search.signed_files import (
     CHECKPOINT,
     LINE_FILES,
     LINKS_DIR,
