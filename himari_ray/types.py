@@ -162,6 +162,20 @@ class SearchFailed(Exception):
     """The search ran but no trial trained (every one crashed, or was skipped); one line why, exit 1."""
 
 
+#: Vast's ids are decimal integers; one past JSON's exact integers (2**53) is no id we ever rented.
+MAX_ID = 2**53
+
+
+def valid_id(value: Any) -> int | None:
+    """`value` as a Vast id (an offer's, an instance's) if it is one: a positive integer, or its decimal
+    digits in a string (JSON object keys are strings); None otherwise (a bool, a float, a word, 0, -3)."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= MAX_ID else None
+
+
 #: The study database inside a search directory when no --storage URL was given.
 STUDY_FILE = "study.db"
 #: In every trial checkpoint: {"iteration": n, "best": {best_iteration, ...}} (written by rl/trainable.py).

@@ -16,7 +16,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from himari_ray.launch import vast
+from himari_ray.types import MAX_ID
 from tests.fake_vast import FakeVast
 from tests.fuzz_vast_kit import IID, NASTY, key_nowhere, real_launch, reset, vast_cmd, workdir
 from tests.test_fuzz import FUZZ, assert_refused, tree_state
@@ -144,7 +144,7 @@ ID_TEXT = st.one_of(
 
 def is_id(text: str) -> bool:
     t = text.strip()
-    return t.isascii() and t.isdigit() and len(t) <= 16 and 0 < int(t) <= vast.MAX_ID
+    return t.isascii() and t.isdigit() and len(t) <= 16 and 0 < int(t) <= MAX_ID
 
 
 @settings(FUZZ, max_examples=50)
@@ -186,7 +186,7 @@ def test_fuzz_instance_ids_in_the_files(fuzz_vast, text, where, command):
                 value = text
             events[0]["instance"] = value
             (out / where).write_text("".join(json.dumps(e) + "\n" for e in events))
-            valid = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= vast.MAX_ID
+            valid = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
         before = tree_state(root)
         code, stdout, err = vast_cmd(root, command, str(out))
         if valid:

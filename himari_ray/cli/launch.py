@@ -28,7 +28,7 @@ def _instance_id(flag: str):
     bound a count has), or one line naming the flag."""
 
     def parse(text: str) -> int:
-        from himari_ray.launch.vast import MAX_ID, valid_id
+        from himari_ray.types import MAX_ID, valid_id
 
         value = valid_id(text.strip())
         if value is None:

@@ -127,7 +127,7 @@ def offer_problem(offer: Any, f: OfferFilter) -> str | None:
     """Why an offer Vast returned cannot be checked against `f` (or rented), in a few words; None when it can.
     Each field the second check or the launch reads must be there with the right type: an offer without a
     price is never rented at "no price"."""
-    from himari_ray.launch.vast import valid_id
+    from himari_ray.types import valid_id
 
     if not isinstance(offer, dict):
         return "not a JSON object"

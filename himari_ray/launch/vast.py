@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError, redact, scrub, shorten
+from himari_ray.types import UserInputError, redact, scrub, shorten, valid_id
 
 DEFAULT_URL = "https://console.vast.ai"
 KEY_FILES = ("~/.config/vastai/vast_api_key", "~/.vast_api_key")
@@ -81,8 +81,6 @@ TIMEOUT_S = 30.0
 MAX_KEY_BYTES = 4096
 #: The most bytes of one API answer we read: an offer search of 64 offers is tens of kB.
 MAX_ANSWER_BYTES = 32 * 2**20
-#: Vast's ids are decimal integers; one past JSON's exact integers (2**53) is no id we ever rented.
-MAX_ID = 2**53
 
 
 def _checked_key(key: str, source: str) -> str:
@@ -91,16 +89,6 @@ def _checked_key(key: str, source: str) -> str:
     if len(key) > 512:
         raise UserInputError(f"{source}: not a Vast.ai API key ({len(key)} characters)")
     return key
-
-
-def valid_id(value: Any) -> int | None:
-    """`value` as a Vast id (an offer's, an instance's) if it is one: a positive integer, or its decimal
-    digits in a string (JSON object keys are strings); None otherwise (a bool, a float, a word, 0, -3)."""
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 16:
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value if 0 < value <= MAX_ID else None
 
 
 def _html_title(text: str) -> str | None:

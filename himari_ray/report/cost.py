@@ -10,14 +10,19 @@ span, an upper bound by the minutes an image takes to load). One still running i
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError
+from himari_ray.types import UserInputError, quote, valid_id
 
 LEDGER_FILE = "ledger.jsonl"
+#: Events that name an instance, and the fields each needs besides `time`, `event` and `instance`.
+INSTANCE_EVENTS = {"created": ("dph",), "ready": (), "destroyed": ()}
+#: A ledger is one short line per event; one larger than this is not ours (and is not read whole).
+MAX_LEDGER_BYTES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -53,22 +58,70 @@ class SearchCost:
         return self.trials / self.wall_hours if self.wall_hours > 0 else float("nan")
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
 def read_ledger(out: Path) -> list[dict[str, Any]]:
-    """The ledger's events in order; [] when the search was not launched by himari-ray (no ledger)."""
+    """The ledger's events in order, checked: [] when the search was not launched by himari-ray (no ledger),
+    else one line naming the ledger and the line where it is not what `launch.ledger.Ledger.record` writes
+    (so cost, `analyze` and `vast down` read it without a traceback). A last line cut short, without its
+    newline, is one being written (or one a killed launch left half-written): it is not read."""
     path = Path(out) / LEDGER_FILE
     if not path.is_file():
         return []
+    if path.stat().st_size > MAX_LEDGER_BYTES:
+        raise UserInputError(f"{path}: not a launch ledger (larger than {MAX_LEDGER_BYTES // 2**20} MiB)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{path}: not a launch ledger (not UTF-8 text)") from None
+    lines = text.split("\n")
     events = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(path.read_text().splitlines()):
-                break  # the last line is being written
-            raise UserInputError(f"{path}: line {n} is not valid JSON") from None
+            event = json.loads(line, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            if n == len(lines):  # no newline after it: cut short mid-write
+                break
+            raise UserInputError(f"{path}: line {n} is not JSON ({quote(line, 40)})") from None
+        problem = _event_problem(event)
+        if problem:
+            raise UserInputError(f"{path}: line {n}: {problem}")
+        events.append(event)
     return events
+
+
+def _event_problem(event: Any) -> str | None:
+    """What is wrong with one ledger event, or None."""
+    if not isinstance(event, dict):
+        return f"expected an event object, got a JSON {type(event).__name__}"
+    if not isinstance(event.get("event"), str):
+        return "no event name (an 'event' text)"
+    if not _finite(event.get("time")):
+        return "its 'time' is not a number of seconds"
+    kind = event["event"]
+    if kind in INSTANCE_EVENTS:
+        if isinstance(event.get("instance"), str) or valid_id(event.get("instance")) is None:
+            return f"{kind}: 'instance' {quote(event.get('instance'), 30)} is not an instance id"
+        for name in INSTANCE_EVENTS[kind]:
+            if not _finite(event.get(name)):
+                return f"{kind}: {name!r} {quote(event.get(name), 30)} is not a price"
+        if kind == "created":
+            n = event.get("num_gpus", 0)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                return f"created: 'num_gpus' {quote(n, 30)} is not a GPU count"
+    elif kind == "trials":
+        n = event.get("finished")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            return f"trials: 'finished' {quote(n, 30)} is not a trial count"
+    return None  # another event (`down`, or one a later version adds) only needs its time
 
 
 def _pulled_trials(out: Path) -> int:
