@@ -233,3 +233,47 @@ def test_report_writes_what_it_can_then_names_the_unreadable_file_exit_2(tmp_pat
     code, stdout, err = run(["report", str(out), "--out", "r.html"], tmp_path)
     assert code == 2 and err.strip().splitlines() == [err.strip()] and err.startswith(f"error: {path}: "), err
     assert "report: r.html (4 trials" in stdout and str(path) in (tmp_path / "r.html").read_text()
+
+
+# --- a new search's --storage ------------------------------------------------------------------------------
+
+
+def other_apps_db(path: Path, tables: int) -> None:
+    """A SQLite database of some other application: `tables` tables of its own, a row in each, no Optuna."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        for i in range(tables):
+            db.execute(f"CREATE TABLE notes_{i} (text TEXT)")
+            db.execute(f"INSERT INTO notes_{i} VALUES ('kept')")
+
+
+@pytest.mark.parametrize("tables", [1, 7])
+def test_a_new_search_into_another_applications_database_is_refused_and_writes_nothing(tmp_path, tables):
+    """Optuna creates its tables in any database it opens: a new search given `--storage` of a database that
+    holds other tables and no study would have added Optuna's beside them. Refused first, reading only: one
+    line naming the flag and the tables, exit 2, the database's bytes and the directory as they were."""
+    db = tmp_path / "app.db"
+    other_apps_db(db, tables)
+    before = tree_state(tmp_path)
+    code, _, err = run(
+        ["search", str(REPO / "tests/spaces/e2e.yaml"), "--out", "s", "--storage", f"sqlite:///{db}"], tmp_path
+    )
+    assert_refused(code, err)
+    assert "--storage" in err and "notes_0" in err and "no Optuna studies table" in err, err
+    assert tree_state(tmp_path) == before and not (tmp_path / "s").exists()
+
+
+def test_a_new_search_takes_a_missing_an_empty_or_an_optuna_database(tmp_path):
+    """What a new search's storage may be, read the same way: a file not there yet, an empty one, or a database
+    that already holds Optuna's tables (another search's study). None of these reads writes anything."""
+    import optuna
+
+    from himari_ray.search.storage import probe_new_storage
+
+    (tmp_path / "empty.db").touch()
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    before = tree_state(tmp_path)
+    for name in ("missing.db", "empty.db", "optuna.db"):
+        probe_new_storage(f"sqlite:///{tmp_path / name}")
+    assert tree_state(tmp_path) == before and not (tmp_path / "missing.db").exists()

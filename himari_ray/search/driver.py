@@ -25,7 +25,7 @@ from himari_ray.search.sampling import (
     tune_distributions,
 )
 from himari_ray.search.space import SearchSpace, load_space
-from himari_ray.search.storage import check_tune_storage, mirror_trials, probe_study
+from himari_ray.search.storage import check_tune_storage, mirror_trials, probe_new_storage, probe_study
 from himari_ray.search.validate import check_address, check_buildable
 from himari_ray.searchdir import SEARCH_JSON, SPACE_YAML, TUNE_DIR, SearchManifest, load_search_run, trained
 from himari_ray.types import (
@@ -102,6 +102,7 @@ def run_search(
             f"--storage: a {space.scheduler.kind} search draws its own population; it keeps no Optuna study"
         )
     if storage_url is not None:  # an external study: refuse before touching it or the disk
+        probe_new_storage(storage_url)  # read-only: another application's database is refused unwritten
         storage = open_storage(storage_url)
         check_compatible(storage, space.name, optuna_distributions(space), mode if isinstance(mode, list) else [mode])
     check_buildable(space, space_path)  # it takes seconds: after the cheap checks

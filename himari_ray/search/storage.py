@@ -54,33 +54,37 @@ def mirror_trials(remote: str, out: Path) -> None:
 STUDIES_TABLE = "studies"
 
 
+def _read_storage(url: str, flag: str) -> tuple[bool, set[str], set[str] | None]:
+    """What a study storage holds, read without writing: whether the database exists at all (a SQLite file
+    that is missing or empty does not), its tables, and its study names (None: no Optuna tables). SQLite files
+    are opened read-only; other databases through read-only queries."""
+    if url.startswith("sqlite:"):
+        path = url.partition(":///")[2].partition("?")[0]
+        if not path or path == ":memory:" or not Path(path).is_file() or Path(path).stat().st_size == 0:
+            return False, set(), None
+        try:
+            with sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True) as db:
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if STUDIES_TABLE not in tables:
+                    return True, tables, None
+                return True, tables, {row[0] for row in db.execute(f"SELECT study_name FROM {STUDIES_TABLE}")}
+        except sqlite3.Error as exc:
+            raise UserInputError(f"{flag} {redact(url)}: cannot read the study storage ({exc})") from None
+    return (True, *_rdb_contents(url, flag))
+
+
 def probe_study(url: str, study_name: str, flag: str = "--resume") -> None:
     """Refuse, reading only, a resumed search's study storage that cannot be reached or holds no study named
     `study_name`: before anything opens it for writing. Optuna's RDB storage creates its tables in any database
     it opens and SQLite creates a missing file, so a resume against a wrong or unreachable storage would have
-    written there before saying no. SQLite files are opened read-only; other databases through one read-only
-    query. A gRPC proxy (grpc://) is left to the proxy, which reads its own storage."""
+    written there before saying no. A gRPC proxy (grpc://) is left to the proxy, which reads its own storage."""
     if url.startswith("grpc://"):
         return
     shown = redact(url)
-    if url.startswith("sqlite:"):
+    exists, _, names = _read_storage(url, flag)
+    if not exists:
         path = url.partition(":///")[2].partition("?")[0]
-        if not path or path == ":memory:" or not Path(path).is_file() or Path(path).stat().st_size == 0:
-            raise UserInputError(
-                f"{path or shown}: the search's study is missing or empty; refusing to start it afresh"
-            )
-        try:
-            with sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True) as db:
-                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-                names = (
-                    {row[0] for row in db.execute(f"SELECT study_name FROM {STUDIES_TABLE}")}
-                    if STUDIES_TABLE in tables
-                    else None
-                )
-        except sqlite3.Error as exc:
-            raise UserInputError(f"{flag} {shown}: cannot read the study storage ({exc})") from None
-    else:
-        names = _rdb_study_names(url, flag)
+        raise UserInputError(f"{path or shown}: the search's study is missing or empty; refusing to start it afresh")
     if names is None:
         raise UserInputError(
             f"{flag} {shown}: not an Optuna study storage (no {STUDIES_TABLE} table); refusing to write one there"
@@ -89,18 +93,35 @@ def probe_study(url: str, study_name: str, flag: str = "--resume") -> None:
         raise UserInputError(f"{flag} {shown}: holds no study named {study_name!r}; refusing to start it afresh")
 
 
-def _rdb_study_names(url: str, flag: str) -> set[str] | None:
-    """The study names of a SQLAlchemy database (None: it has no Optuna tables), read with one SELECT."""
+def probe_new_storage(url: str, flag: str = "--storage") -> None:
+    """Refuse, reading only, a new search's study storage that is some other application's database: one that
+    has tables but not Optuna's, where opening it would add Optuna's tables beside that data. A database that
+    does not exist yet or is empty (Optuna creates its tables there) and one that already holds Optuna's
+    studies are taken. A gRPC proxy (grpc://) is left to the proxy."""
+    if url.startswith("grpc://"):
+        return
+    exists, tables, names = _read_storage(url, flag)
+    if exists and tables and names is None:
+        listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise UserInputError(
+            f"{flag} {redact(url)}: a database of something else (tables {listed}; no Optuna {STUDIES_TABLE} "
+            "table); refusing to write Optuna's tables there: give an empty database or an Optuna one"
+        )
+
+
+def _rdb_contents(url: str, flag: str) -> tuple[set[str], set[str] | None]:
+    """The tables and study names (None: no Optuna tables) of a SQLAlchemy database, read with SELECTs."""
     import sqlalchemy
 
     try:
         engine = sqlalchemy.create_engine(url)
         try:
             with engine.connect() as conn:
-                if not sqlalchemy.inspect(conn).has_table(STUDIES_TABLE):
-                    return None
+                tables = set(sqlalchemy.inspect(conn).get_table_names())
+                if STUDIES_TABLE not in tables:
+                    return tables, None
                 rows = conn.execute(sqlalchemy.text(f"SELECT study_name FROM {STUDIES_TABLE}"))
-                return {row[0] for row in rows}
+                return tables, {row[0] for row in rows}
         finally:
             engine.dispose()
     except Exception as exc:  # SQLAlchemy and drivers raise many types; the message is what the user needs
