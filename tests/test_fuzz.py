@@ -5,7 +5,8 @@ nothing executed; an input that happens to be harmless gives the same result as 
 Everything runs in process through `himari_ray.cli.main` and never gets as far as starting Ray: the
 generators only make inputs that the checks before Ray must refuse (or, for `data inspect` and
 `preflight`, commands that never start Ray at all). Seeds are fixed (derandomize) so CI sees the same
-cases every run; the case counts add up to well over 300.
+cases every run; the case counts add up to well over 300. `ISSUE_18_CLASSES` at the end maps each bad-input
+class issue 18 names to the tests that cover it, here and in the `test_fuzz_*` files beside this one.
 """
 
 from __future__ import annotations
@@ -317,3 +318,92 @@ def test_fuzz_resume_of_broken_search_directories_is_refused(kind, junk):
         code, _, err = run(["search", "--resume", "s"], Path(d))
         assert_refused(code, err)
         assert tree_state(Path(d)) == before
+
+
+# --- issue 18's classes, each to the tests that cover it ---------------------------------------------------
+
+#: Every bad-input class issue 18 names, with the tests that generate its cases (here or in the `test_fuzz_*`
+#: files beside this one, split by what they read). A class without a test, or a test that is gone, fails below.
+ISSUE_18_CLASSES: dict[str, tuple[str, ...]] = {
+    "secrets: a --storage password or a Vast key never printed or written": (
+        "test_secrets.py::test_search_with_an_unreachable_password_storage_prints_and_writes_no_password",
+        "test_secrets.py::test_vast_up_with_an_unreachable_password_storage_prints_and_writes_no_password",
+        "test_secrets.py::test_ray_records_the_driver_command_line_redacted",
+        "test_secrets.py::test_a_key_in_the_environment_with_whitespace_inside_is_refused_by_every_vast_command",
+        "test_secrets.py::test_a_key_file_with_whitespace_or_control_inside_is_one_line_that_never_quotes_it",
+    ),
+    "resume after SIGKILL: only whole files signed, resumed at any kill point": (
+        "test_sigkill_sweep.py::test_sigkill_at_seeded_instants_then_resume_finishes_every_search",
+        "test_integrity.py::test_a_file_caught_mid_write_is_never_signed",
+        "test_integrity.py::test_a_trial_file_cut_short_is_restored_and_a_changed_one_refused",
+    ),
+    "CSV/Parquet syntax: unterminated quotes, ragged rows, empty files, a bare URL line": (
+        "test_fuzz_import.py::test_fuzz_csv_syntax_is_refused_at_its_line",
+        "test_fuzz_import.py::test_fuzz_empty_and_blank_files_are_refused",
+        "test_fuzz_import.py::test_fuzz_damaged_gzip_and_parquet_are_refused_or_harmless",
+    ),
+    "procfs, sysfs, FIFOs and directories as bar files": (
+        "test_fuzz_import.py::test_pseudo_and_non_regular_files_are_refused_unread",
+    ),
+    "huge inputs: a sparse file, a gzip bomb, too many rows": (
+        "test_fuzz_import.py::test_a_512_mib_sparse_file_is_refused_by_its_size",
+        "test_fuzz_import.py::test_a_gzip_bomb_is_refused_after_reading_a_few_mib",
+        "test_fuzz_import.py::test_fuzz_high_ratio_gzip_is_refused",
+        "test_fuzz_import.py::test_too_many_rows_or_fields_are_refused_before_parsing",
+    ),
+    "extreme or tiny prices and volumes, non-finite values, short splits": (
+        "test_fuzz_import_values.py::test_fuzz_prices_and_volumes_beyond_the_bounds_are_refused",
+        "test_fuzz_import_values.py::test_the_widest_moves_within_the_bounds_keep_every_feature_finite",
+        "test_fuzz_import_values.py::test_fuzz_non_finite_and_non_numeric_values_are_refused_naming_the_column",
+        "test_fuzz_import_values.py::test_fuzz_files_too_short_for_the_splits_are_refused_with_the_count",
+    ),
+    "space files: absurd counts, magnitudes, descriptions, inverted or contradictory settings": (
+        "test_fuzz_space_bounds.py::test_fuzz_every_bounded_number_beyond_its_bound_is_refused_naming_it",
+        "test_fuzz_space_bounds.py::test_fuzz_a_searched_range_is_held_to_the_bounds_of_what_it_sets",
+        "test_fuzz_space_bounds.py::test_fuzz_a_description_past_500_characters_is_refused",
+        "test_fuzz_space_bounds.py::test_fuzz_settings_that_contradict_each_other_are_refused",
+        "test_fuzz.py::test_fuzz_space_files",
+    ),
+    "seeds beyond 2**32-1 on the command line": (
+        "test_fuzz_search.py::test_fuzz_seeds_beyond_32_bits_or_negative_are_refused_on_every_flag",
+    ),
+    "analyze and report on unreadable, binary or wrongly shaped result.json": (
+        "test_fuzz_search.py::test_fuzz_analyze_prints_the_readable_trials_then_names_each_unreadable_file_exit_2",
+        "test_fuzz_search.py::test_report_writes_what_it_can_then_names_the_unreadable_file_exit_2",
+    ),
+    "--resume with unusable study storage or tampered Tune state, refused before anything changes": (
+        "test_fuzz_resume.py::test_resume_with_a_study_storage_it_cannot_use_is_refused_and_writes_nothing",
+        "test_fuzz_resume.py::test_fuzz_resume_of_a_tampered_tune_state_is_refused_before_anything_changes",
+        "test_fuzz.py::test_fuzz_resume_of_broken_search_directories_is_refused",
+    ),
+    "a new search's --storage in another application's database": (
+        "test_fuzz_search.py::test_a_new_search_into_another_applications_database_is_refused_and_writes_nothing",
+    ),
+    "vast: binary key files, corrupt ledgers and launch files, non-numeric instance ids": (
+        "test_fuzz_vast.py::test_fuzz_key_files",
+        "test_fuzz_vast_launch.py::test_fuzz_byte_corruptions_of_a_real_launch",
+        "test_fuzz_vast_launch.py::test_fuzz_instance_ids_in_the_files",
+        "test_fuzz_vast_launch.py::test_fuzz_instance_ids_on_the_command_line",
+        "test_cost.py::test_analyze_with_a_corrupt_launch_ledger_is_one_line_naming_it_exit_2",
+    ),
+    "vast: offers with missing fields, network errors, vast up failing into an empty --out": (
+        "test_fuzz_vast.py::test_fuzz_offer_records",
+        "test_fuzz_vast.py::test_fuzz_network_failures",
+        "test_fuzz_vast.py::test_fuzz_vast_up_failures_leave_no_trace",
+    ),
+}
+
+
+def test_every_class_of_issue_18_names_tests_that_exist_and_every_fuzz_file_is_listed():
+    import ast
+
+    here = Path(__file__).parent
+    defined = {
+        path.name: {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+        for path in here.glob("test_*.py")
+    }
+    named = [ref for refs in ISSUE_18_CLASSES.values() for ref in refs]
+    missing = [ref for ref in named if ref.split("::")[1] not in defined.get(ref.split("::")[0], set())]
+    assert not missing, missing
+    unlisted = {f for f in defined if f.startswith("test_fuzz_")} - {ref.split("::")[0] for ref in named}
+    assert not unlisted, unlisted
