@@ -24,7 +24,7 @@ from himari_ray.schema import (
     number,
     value,
 )
-from himari_ray.search.space import CollapseSettings
+from himari_ray.search.sections import CollapseSettings
 from himari_ray.types import REGIME_NAMES, trial_number
 
 

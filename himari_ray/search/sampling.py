@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from himari_ray.schema import BAND_DISTANCE, OBJECTIVE, VAL_EDGE, VAL_SHARPE
-from himari_ray.search.space import ParamRange, SearchSpace, ordered_search
+from himari_ray.search.sections import ParamRange
+from himari_ray.search.space import SearchSpace, ordered_search
 
 #: The multi-objective search's metrics and directions (the single objective is the report's OBJECTIVE:
 #: band distance, Sharpe tie-break, profit constraint); `objective.metric: edge` sets edge against bands.
