@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hypothesis import strategies as st
 
-from himari_ray.launch.launcher import LaunchState
 from himari_ray.launch.ledger import Ledger
+from himari_ray.launch.state import LaunchState
 from tests.fake_vast import FakeVast
 from tests.test_fuzz import run
 from tests.vast_kit import KEY

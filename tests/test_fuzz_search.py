@@ -249,16 +249,21 @@ def other_apps_db(path: Path, tables: int) -> None:
 
 
 @pytest.mark.parametrize("tables", [1, 7])
-def test_a_new_search_into_another_applications_database_is_refused_and_writes_nothing(tmp_path, tables):
-    """Optuna creates its tables in any database it opens: a new search given `--storage` of a database that
-    holds other tables and no study would have added Optuna's beside them. Refused first, reading only: one
-    line naming the flag and the tables, exit 2, the database's bytes and the directory as they were."""
+@pytest.mark.parametrize("command", ["search", "vast up"])
+def test_a_new_search_into_another_applications_database_is_refused_and_writes_nothing(
+    tmp_path, monkeypatch, tables, command
+):
+    """Optuna creates its tables in any database it opens: a new search (here or on rented boxes) given
+    `--storage` of a database that holds other tables and no study would have added Optuna's beside them.
+    Refused first, reading only: one line naming the flag and the tables, exit 2, the database's bytes and
+    the directory as they were, and nothing rented (Vast's address is a closed port: any request fails)."""
+    monkeypatch.setenv("VAST_API_KEY", "0123456789abcdef")
+    monkeypatch.setenv("VAST_URL", "http://127.0.0.1:9")
     db = tmp_path / "app.db"
     other_apps_db(db, tables)
     before = tree_state(tmp_path)
-    code, _, err = run(
-        ["search", str(REPO / "tests/spaces/e2e.yaml"), "--out", "s", "--storage", f"sqlite:///{db}"], tmp_path
-    )
+    space = str(REPO / "tests/spaces/e2e.yaml")
+    code, _, err = run([*command.split(), space, "--out", "s", "--storage", f"sqlite:///{db}"], tmp_path)
     assert_refused(code, err)
     assert "--storage" in err and "notes_0" in err and "no Optuna studies table" in err, err
     assert tree_state(tmp_path) == before and not (tmp_path / "s").exists()

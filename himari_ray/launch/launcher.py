@@ -13,10 +13,7 @@ Ctrl-C: nothing is left billing. `down <out>` destroys what an `up` killed outri
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import re
 import secrets
 import shutil
 import socket
@@ -28,24 +25,30 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from himari_ray import __version__
-from himari_ray.launch.box import BOX_DIR, Box, SSHBox, Tunnel
+from himari_ray.launch.box import Box, Tunnel
+from himari_ray.launch.instances import (
+    DEAD,
+    Connect,
+    Echo,
+    box_phase,
+    destroy_all,
+    destroy_one,
+    is_ours,
+    last_log_line,
+    pull_box,
+    ssh_connect,
+    study_counts,
+)
 from himari_ray.launch.ledger import Ledger
 from himari_ray.launch.offers import OfferFilter, matches, usable_offers, vast_query
 from himari_ray.launch.onstart import onstart_script, run_dir
-from himari_ray.launch.vast import VastClient, VastError, valid_id
+from himari_ray.launch.state import LaunchState
+from himari_ray.launch.vast import VastClient, VastError
 from himari_ray.report.cost import cost_report
-from himari_ray.types import UserInputError, quote, redact
+from himari_ray.types import UserInputError, redact
 
-STATE_FILE = "launch.json"
 #: Consecutive failed Vast API calls a running launch sits out before it gives up (and destroys all).
 MAX_API_FAILURES = 30
-#: Where a user destroys instances by hand.
-CONSOLE = "https://cloud.vast.ai/instances/"
-#: Vast states of an instance that will not run again.
-DEAD = ("exited", "offline", "stopped", "destroyed")
-
-Echo = Callable[[str], None]
-Connect = Callable[[dict[str, Any]], Box]
 
 
 class LaunchConfig(BaseModel):
@@ -70,96 +73,10 @@ class LaunchConfig(BaseModel):
     keep: bool = Field(False, description="Leave the instances running when the searches end.")
 
 
-def ssh_connect(instance: dict[str, Any]) -> Box:
-    host, port = instance.get("ssh_host"), instance.get("ssh_port")
-    if not isinstance(host, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.:-]*", host):
-        raise VastError(f"instance {instance.get('id')}: Vast lists no SSH host for it ({quote(host, 40)})")
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise VastError(f"instance {instance.get('id')}: Vast lists no SSH port for it ({quote(port, 40)})")
-    return SSHBox(host, port)
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-#: launch.json holds a few lines per instance; one larger than this is not ours (and is not read whole).
-MAX_STATE_BYTES = 16 * 2**20
-#: What `up` names a launch (`himari-<hex>`); its instances are `<label>-<n>`. A label is matched against
-#: every instance of the account by `down`, so one that could match another launch's is refused.
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._]*(?:-[A-Za-z0-9._]+)*")
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(name)
-
-
-def _state_problem(data: Any) -> str | None:
-    """What is wrong with launch.json's content, or None. Checks what status/logs/pull/down and `up` read."""
-    if not isinstance(data, dict):
-        return f"expected a JSON object, got a JSON {type(data).__name__}"
-    label = data.get("label")
-    if not isinstance(label, str) or not _LABEL.fullmatch(label) or len(label) > 64:
-        return f"label: {quote(label, 40)} is not a launch label (like himari-1a2b3c4d)"
-    for key in ("study", "space", "storage"):
-        if key in data and not isinstance(data[key], str):
-            return f"{key}: expected text, got {quote(data[key], 40)}"
-    instances = data.get("instances")
-    if not isinstance(instances, dict):
-        return f"instances: expected an object of instance id -> instance, got {quote(instances, 40)}"
-    for key, info in instances.items():
-        if valid_id(key) is None:
-            return f"instances: {quote(key, 30)} is not an instance id"
-        if not isinstance(info, dict):
-            return f"instances.{key}: expected an object, got {quote(info, 40)}"
-        for name, ok, what in (
-            ("label", lambda v: isinstance(v, str) and v.startswith(f"{label}-"), f"text starting {label}-"),
-            ("gpu", lambda v: isinstance(v, str), "text"),
-            ("num_gpus", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a GPU count"),
-            ("dph", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1e6, "a price"),
-        ):
-            if not ok(info.get(name)):
-                return f"instances.{key}.{name}: expected {what}, got {quote(info.get(name), 40)}"
-        if "owner" in info and not isinstance(info["owner"], str):
-            return f"instances.{key}.owner: expected text, got {quote(info['owner'], 40)}"
-    return None
-
-
-class LaunchState:
-    """launch.json: what was rented, for which study; written after every change."""
-
-    def __init__(self, out: Path, data: dict[str, Any]):
-        self.out, self.data = Path(out), data
-
-    @classmethod
-    def load(cls, out: Path) -> LaunchState:
-        """launch.json, checked: one line naming it and the key where it is not what `up` writes."""
-        path = Path(out) / STATE_FILE
-        if not path.is_file():
-            raise UserInputError(f"{out}: not a launch directory (no {STATE_FILE}); give the --out of `vast up`")
-        if path.stat().st_size > MAX_STATE_BYTES:
-            raise UserInputError(f"{path}: not a launch state (larger than {MAX_STATE_BYTES // 2**20} MiB)")
-        try:
-            data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-        except UnicodeDecodeError:
-            raise UserInputError(f"{path}: not a launch state (not UTF-8 text)") from None
-        except (ValueError, RecursionError):
-            raise UserInputError(f"{path}: not valid JSON (cut short or edited?); `vast up` writes it whole") from None
-        problem = _state_problem(data)
-        if problem:
-            raise UserInputError(f"{path}: {problem}")
-        return cls(out, data)
-
-    def save(self) -> None:
-        tmp = self.out / f"{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.out / STATE_FILE)
-
-    @property
-    def instances(self) -> dict[int, dict[str, Any]]:
-        return {int(k): v for k, v in self.data["instances"].items()}
 
 
 def find_offers(client: VastClient, f: OfferFilter) -> tuple[list[dict[str, Any]], str]:
@@ -170,42 +87,6 @@ def find_offers(client: VastClient, f: OfferFilter) -> tuple[list[dict[str, Any]
     if returned and not usable:
         raise VastError(f"GET /bundles/: no offer can be checked against the filter ({note})")
     return sorted((o for o in usable if matches(o, f)), key=lambda o: float(o["dph_total"])), note
-
-
-def _ours(instance: dict[str, Any], label: str) -> bool:
-    """Whether a listed instance is one this launch created: labelled `<label>-<n>` (`himari-ab-0` is not
-    `himari-a`'s)."""
-    return re.fullmatch(rf"{re.escape(label)}-\d+", str(instance.get("label", ""))) is not None
-
-
-def destroy_all(client: VastClient, state: LaunchState, echo: Echo, reason: str) -> list[int]:
-    """Destroy every instance of this launch not yet destroyed; returns those that could not be."""
-    ledger = Ledger(state.out)
-    done = ledger.destroyed()
-    prefix = state.data["label"]
-    ours = set(state.instances) - done
-    with contextlib.suppress(VastError):  # also any instance with our label launch.json missed (created as we died)
-        ours |= {i["id"] for i in client.instances() if _ours(i, prefix)} - done
-    failed = []
-    for iid in sorted(ours):
-        try:
-            client.destroy(iid)
-            ledger.record("destroyed", iid, reason=reason)
-            echo(f"instance {iid}: destroyed ({reason})")
-        except VastError as exc:
-            failed.append(iid)
-            echo(f"instance {iid}: could NOT be destroyed ({exc}); destroy it at {CONSOLE}")
-    return failed
-
-
-def _phase(box: Box) -> str:
-    res = box.run(f"cat ~/{BOX_DIR}/phase 2>/dev/null", timeout=30)
-    return res.stdout.strip() if res.returncode == 0 else ""
-
-
-def _last_log_line(box: Box) -> str:
-    res = box.run(f"tail -n 1 ~/{BOX_DIR}/onstart.log 2>/dev/null", timeout=30)
-    return res.stdout.strip()[-200:]
 
 
 def _wait_ready(
@@ -238,10 +119,10 @@ def _wait_ready(
                 except VastError:  # running before Vast has mapped its SSH port: not ready yet
                     last[iid] = f"Vast status {status}, no SSH address listed yet"
                     continue
-                phase = _phase(box)
+                phase = box_phase(box)
                 if phase.startswith("failed"):
                     raise UserInputError(
-                        f"instance {iid}: on-start {phase} ({_last_log_line(box)}); all instances destroyed; "
+                        f"instance {iid}: on-start {phase} ({last_log_line(box)}); all instances destroyed; "
                         "check --install and --image"
                     )
                 if phase in ("ready", "searching") or phase.startswith("done"):
@@ -264,29 +145,6 @@ def _wait_ready(
         if pending:
             time.sleep(min(cfg.poll_s, max(deadline - time.monotonic(), 0.1)))
     return boxes
-
-
-def _study_counts(storage: Any, study_name: str, owners: set[str]) -> dict[str, int]:
-    import optuna
-
-    from himari_ray.search.study import OUT_DIR_ATTR, OWNER_ATTR
-
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return {}
-    counts: dict[str, int] = {}
-    for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get(OUT_DIR_ATTR) in owners or t.user_attrs.get(OWNER_ATTR) in owners:
-            counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
-    return counts
-
-
-def _pull(box: Box, state: LaunchState, iid: int) -> Path:
-    label = state.instances[iid]["label"]
-    dest = state.out / "boxes" / label
-    box.pull(run_dir(label), dest)
-    return dest
 
 
 def _monitor(
@@ -321,28 +179,19 @@ def _monitor(
                 del active[iid]
                 destroy_one(client, state, iid, "lost", echo)
                 continue
-            phase = _phase(box)
+            phase = box_phase(box)
             if phase.startswith("done"):
                 codes[iid] = int(phase.split()[1])
-                dest = _pull(box, state, iid)
+                dest = pull_box(box, state, iid)
                 echo(f"instance {iid}: search ended (exit {codes[iid]}); results in {dest}")
                 del active[iid]
                 if not cfg.keep:
                     destroy_one(client, state, iid, "finished", echo)
-        counts = _study_counts(storage, state.data["study"], owners)
+        counts = study_counts(storage, state.data["study"], owners)
         if counts != shown:
             shown = counts
             echo("study: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return codes, lost
-
-
-def destroy_one(client: VastClient, state: LaunchState, iid: int, reason: str, echo: Echo) -> None:
-    try:
-        client.destroy(iid)
-        Ledger(state.out).record("destroyed", iid, reason=reason)
-        echo(f"instance {iid}: destroyed ({reason})")
-    except VastError as exc:
-        echo(f"instance {iid}: could NOT be destroyed ({exc}); `himari-ray vast down {state.out}` retries")
 
 
 #: What a failed launch's one line says of its instances; where some could not be destroyed it says which.
@@ -380,7 +229,7 @@ def _left_billing(client: VastClient, state: LaunchState) -> list[int] | None:
     except VastError:
         return None
     done = Ledger(state.out).destroyed()
-    return sorted(i["id"] for i in listed if _ours(i, state.data["label"]) and i["id"] not in done)
+    return sorted(i["id"] for i in listed if is_ours(i, state.data["label"]) and i["id"] not in done)
 
 
 def up(
@@ -397,6 +246,7 @@ def up(
     from himari_ray.search.driver import check_out_dir
     from himari_ray.search.sampling import objective_spec, optuna_distributions
     from himari_ray.search.space import load_space
+    from himari_ray.search.storage import probe_new_storage
     from himari_ray.search.study import check_compatible, open_storage
 
     space, path = load_space(cfg.space)
@@ -406,6 +256,7 @@ def up(
         raise UserInputError(f"{path}: scheduler {space.scheduler.kind} keeps no shared study; use asha on Vast")
     space_text = Path(path).read_text()
     check_out_dir(out)
+    probe_new_storage(cfg.storage)  # read-only: another application's database is refused before it is opened
     made = _first_missing(out)
     out.mkdir(parents=True, exist_ok=True)  # the study may live in it (the default storage)
     state: LaunchState | None = None
@@ -538,6 +389,6 @@ def _rent_and_watch(
             for t in tunnels:
                 t.close()
     owners = {v["owner"] for v in state.instances.values() if "owner" in v}
-    counts = _study_counts(storage, state.data["study"], owners)
+    counts = study_counts(storage, state.data["study"], owners)
     ledger.record("trials", finished=counts.get("complete", 0) + counts.get("pruned", 0))
     return codes, lost

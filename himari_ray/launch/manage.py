@@ -5,19 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from himari_ray.launch.box import BOX_DIR
-from himari_ray.launch.launcher import (
+from himari_ray.launch.instances import (
     CONSOLE,
     DEAD,
     Connect,
     Echo,
-    LaunchState,
-    _phase,
-    _pull,
-    _study_counts,
+    box_phase,
     destroy_all,
+    pull_box,
     ssh_connect,
+    study_counts,
 )
 from himari_ray.launch.ledger import Ledger
+from himari_ray.launch.state import LaunchState
 from himari_ray.launch.vast import VastClient, VastError
 from himari_ray.report.cost import cost_report
 from himari_ray.types import UserInputError, is_redacted
@@ -39,7 +39,7 @@ def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: 
     for iid, info in sorted(state.instances.items()):
         inst = listed.get(iid)
         vast = "destroyed" if iid in destroyed or inst is None else str(inst.get("actual_status") or "provisioning")
-        phase = _phase(connect(inst)) if inst is not None and vast == "running" else ""
+        phase = box_phase(connect(inst)) if inst is not None and vast == "running" else ""
         gpu = f"{info['num_gpus']}x {info['gpu']}"
         ssh = (
             f"ssh -p {inst.get('ssh_port')} root@{inst.get('ssh_host')}"
@@ -53,7 +53,7 @@ def status(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: 
         from himari_ray.search.study import open_storage
 
         owners = {v["owner"] for v in state.instances.values() if "owner" in v}
-        counts = _study_counts(open_storage(state.data["storage"]), state.data["study"], owners)
+        counts = study_counts(open_storage(state.data["storage"]), state.data["study"], owners)
         echo("study: " + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "no trial yet"))
     if cost := cost_report(out):
         echo(cost)
@@ -103,7 +103,7 @@ def pull(out: Path, client: VastClient, connect: Connect = ssh_connect, echo: Ec
         echo("no running instance of this launch")
         return 1
     for iid, inst in running.items():
-        dest = _pull(connect(inst), state, iid)
+        dest = pull_box(connect(inst), state, iid)
         echo(f"instance {iid}: pulled into {dest}")
     return 0
 

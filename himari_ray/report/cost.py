@@ -62,7 +62,8 @@ def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
 
 
-def _no_constant(name: str) -> Any:
+def no_json_constant(name: str) -> Any:
+    """`json.loads`' parse_constant for files we write: NaN and Infinity are never ours, so they are refused."""
     raise ValueError(name)
 
 
@@ -86,7 +87,7 @@ def read_ledger(out: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            event = json.loads(line, parse_constant=_no_constant)
+            event = json.loads(line, parse_constant=no_json_constant)
         except (ValueError, RecursionError):
             if n == len(lines):  # no newline after it: cut short mid-write
                 break
