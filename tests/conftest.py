@@ -33,7 +33,7 @@ def local_ray():
     """A local Ray for one test module, shut down by its own handle (never `ray stop`)."""
     import ray
 
-    # "local": our own instance, never the last `ray start` cluster on this machine (see search/driver.py)
+    # "local": our own instance, never the last `ray start` cluster on this machine (see search/ray_session.py)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
     ray.shutdown()
