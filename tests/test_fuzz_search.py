@@ -271,14 +271,20 @@ def test_a_new_search_into_another_applications_database_is_refused_and_writes_n
 
 def test_a_new_search_takes_a_missing_an_empty_or_an_optuna_database(tmp_path):
     """What a new search's storage may be, read the same way: a file not there yet, an empty one, or a database
-    that already holds Optuna's tables (another search's study). None of these reads writes anything."""
+    that already holds Optuna's tables (another search's study, or one another driver is creating).
+    None of these reads writes anything."""
+    import sqlite3
+
     import optuna
 
     from himari_ray.search.storage import probe_new_storage
 
     (tmp_path / "empty.db").touch()
     optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    # Another driver creating Optuna's schema this moment: some of its tables, not yet `studies`.
+    with sqlite3.connect(tmp_path / "half.db") as db:
+        db.execute("CREATE TABLE version_info (version_info_id INTEGER)")
     before = tree_state(tmp_path)
-    for name in ("missing.db", "empty.db", "optuna.db"):
+    for name in ("missing.db", "empty.db", "optuna.db", "half.db"):
         probe_new_storage(f"sqlite:///{tmp_path / name}")
     assert tree_state(tmp_path) == before and not (tmp_path / "missing.db").exists()

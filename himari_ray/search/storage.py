@@ -52,6 +52,14 @@ def mirror_trials(remote: str, out: Path) -> None:
 
 #: Optuna's table of studies (its RDB schema since 1.0): a database without it holds no study.
 STUDIES_TABLE = "studies"
+#: Every table Optuna's RDB schema creates: a database holding any of them is, or is becoming, a study storage.
+OPTUNA_TABLES = frozenset(
+    {
+        STUDIES_TABLE, "version_info", "alembic_version", "study_directions", "study_user_attributes",
+        "study_system_attributes", "trials", "trial_params", "trial_values", "trial_intermediate_values",
+        "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
+    }
+)  # fmt: skip
 
 
 def _read_storage(url: str, flag: str) -> tuple[bool, set[str], set[str] | None]:
@@ -95,13 +103,17 @@ def probe_study(url: str, study_name: str, flag: str = "--resume") -> None:
 
 def probe_new_storage(url: str, flag: str = "--storage") -> None:
     """Refuse, reading only, a new search's study storage that is some other application's database: one that
-    has tables but not Optuna's, where opening it would add Optuna's tables beside that data. A database that
-    does not exist yet or is empty (Optuna creates its tables there) and one that already holds Optuna's
-    studies are taken. A gRPC proxy (grpc://) is left to the proxy."""
+    has tables and none of Optuna's, where opening it would add Optuna's tables beside that data. A database
+    that does not exist yet or is empty (Optuna creates its tables there) and one with Optuna's tables (a study,
+    or another driver creating them this moment) are taken. A database that cannot be reached is left to
+    `open_storage`, which retries. A gRPC proxy (grpc://) is left to the proxy."""
     if url.startswith("grpc://"):
         return
-    exists, tables, names = _read_storage(url, flag)
-    if exists and tables and names is None:
+    try:
+        _, tables, _ = _read_storage(url, flag)
+    except UserInputError:
+        return  # unreachable or unreadable: opening it says so, in one line, after its retries
+    if tables and not tables & OPTUNA_TABLES:
         listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
         raise UserInputError(
             f"{flag} {redact(url)}: a database of something else (tables {listed}; no Optuna {STUDIES_TABLE} "
