@@ -162,6 +162,11 @@ class SearchFailed(Exception):
     """The search ran but no trial trained (every one crashed, or was skipped); one line why, exit 1."""
 
 
+def no_json_constant(name: str) -> Any:
+    """`json.loads`' parse_constant for files we write: NaN and Infinity are never ours, so they are refused."""
+    raise ValueError(name)
+
+
 #: Vast's ids are decimal integers; one past JSON's exact integers (2**53) is no id we ever rented.
 MAX_ID = 2**53
 

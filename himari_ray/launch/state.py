@@ -8,8 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from himari_ray.report.cost import no_json_constant
-from himari_ray.types import UserInputError, quote, valid_id
+from himari_ray.types import UserInputError, no_json_constant, quote, valid_id
 
 STATE_FILE = "launch.json"
 #: launch.json holds a few lines per instance; one larger than this is not ours (and is not read whole).

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from himari_ray.types import UserInputError, quote, valid_id
+from himari_ray.types import UserInputError, no_json_constant, quote, valid_id
 
 LEDGER_FILE = "ledger.jsonl"
 #: Events that name an instance, and the fields each needs besides `time`, `event` and `instance`.
@@ -60,11 +60,6 @@ class SearchCost:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
-def no_json_constant(name: str) -> Any:
-    """`json.loads`' parse_constant for files we write: NaN and Infinity are never ours, so they are refused."""
-    raise ValueError(name)
 
 
 def read_ledger(out: Path) -> list[dict[str, Any]]:
