@@ -33,8 +33,10 @@ def local_ray():
     """A local Ray for one test module, shut down by its own handle (never `ray stop`)."""
     import ray
 
+    from himari_ray.search.ray_session import init_local_ray
+
     # "local": our own instance, never the last `ray start` cluster on this machine (see search/ray_session.py)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    init_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

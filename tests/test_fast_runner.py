@@ -153,7 +153,9 @@ def own_ray():
     """A new local Ray (address="local": never join a cluster another process left on this machine)."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from himari_ray.search.ray_session import init_local_ray
+
+    init_local_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 

@@ -59,9 +59,9 @@ def two_cpu_ray():
     """A 2-CPU Ray without GPUs, whatever the machine has (shut down by its own handle)."""
     import ray
 
-    ray.init(
-        address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="ERROR"
-    )
+    from himari_ray.search.ray_session import init_local_ray
+
+    init_local_ray(num_cpus=2, num_gpus=0)
     yield ray
     ray.shutdown()
 

@@ -61,18 +61,25 @@ def start_ray(address: str | None) -> None:
                 f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})"
             ) from None
     else:
-        # "local": a new instance of our own. Without an address Ray joins the last cluster anyone on this
-        # machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone.
-        for attempt in range(3):
-            try:
-                ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-                break
-            except Exception as exc:  # Ray raises a bare Exception when its raylet is late
-                # Two drivers starting Ray on one busy machine at the same moment: the GCS is slow to come up,
-                # or the raylet misses Ray's fixed 30 s registration wait. A fresh start usually succeeds.
-                if not isinstance(exc, RuntimeError) and "timed out during startup" not in str(exc):
-                    raise
-                ray.shutdown()
-                if attempt == 2:
-                    raise
-                time.sleep(2.0 + 3.0 * attempt)
+        init_local_ray()
+
+
+def init_local_ray(**resources: float) -> None:
+    """`ray.init` of a new local instance of our own (`resources`: num_cpus, num_gpus, to override what the
+    machine has), retried when Ray's start-up times out. Without an address Ray joins the last cluster anyone
+    on this machine started with `ray start` (/tmp/ray/ray_current_cluster), and hangs when that one is gone."""
+    import ray
+
+    for attempt in range(3):
+        try:
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **resources)
+            return
+        except Exception as exc:  # Ray raises a bare Exception when its raylet is late
+            # Two drivers starting Ray on one busy machine at the same moment: the GCS is slow to come up,
+            # or the raylet misses Ray's fixed 30 s registration wait. A fresh start usually succeeds.
+            if not isinstance(exc, RuntimeError) and "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            time.sleep(2.0 + 3.0 * attempt)
