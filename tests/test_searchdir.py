@@ -195,3 +195,23 @@ def test_a_constrained_selective_search_and_its_study_name_the_same_best_trial(t
     else:
         with pytest.raises(ValueError):
             study.best_trial  # noqa: B018  (Optuna names no best trial; the table's first is infeasible)
+
+
+def test_tune_statuses_read_the_newest_drivers_state_whatever_the_file_times(tmp_path):
+    """A resume leaves the killed driver's state beside its own, and its last copy rewrites both: the stale one
+    can be the later by modification time (seen: 0.7 ms). The statuses are the newest driver's, by name."""
+    import os
+
+    from himari_ray.searchdir import tune_statuses
+
+    def state(name: str, statuses: dict[str, str]) -> Path:
+        path = tmp_path / f"experiment_state-{name}.json"
+        entries = [[json.dumps({"trial_id": t, "status": s}), "{}"] for t, s in statuses.items()]
+        path.write_text(json.dumps({"trial_data": entries}))
+        return path
+
+    killed = state("2026-12-04_00-21-15", {"a": "TERMINATED", "b": "RUNNING"})
+    resumed = state("2026-12-04_00-22-05", {"a": "TERMINATED", "b": "TERMINATED", "c": "TERMINATED"})
+    os.utime(resumed, ns=(10**18, 10**18))
+    os.utime(killed, ns=(10**18 + 700_000, 10**18 + 700_000))
+    assert tune_statuses(tmp_path) == ({"a": "TERMINATED", "b": "TERMINATED", "c": "TERMINATED"}, True)

@@ -134,8 +134,12 @@ def read_reports(path: Path) -> tuple[list[dict[str, Any]], list[int], bool]:
 
 def tune_statuses(tune_dir: Path) -> tuple[dict[str, str], bool]:
     """Trial id -> Tune's status (RUNNING, PENDING, TERMINATED, ERROR, PAUSED) from the newest
-    `experiment_state-*.json`, and whether it shows no trial left to run. Empty when unreadable."""
-    states = sorted(tune_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    `experiment_state-*.json`, and whether it shows no trial left to run. Empty when unreadable.
+
+    Newest by name, as Tune restores: each driver names its state by the time it started, and a resumed
+    run's last copy rewrites every state file under tune/ in the same instant, so by modification time the
+    killed driver's stale state can come out last."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
     if not states:
         return {}, False
     try:
