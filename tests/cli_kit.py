@@ -4,6 +4,7 @@ exit 2, no traceback. How the export tests run `act` and `export`."""
 from __future__ import annotations
 
 from himari_ray.cli import main
+from tests.test_fuzz import assert_refused
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -13,8 +14,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2, err
-    line = err.strip()
-    assert line.startswith("error:") and "\n" not in line and "Traceback" not in line, err
+    """The bad-input contract (`tests.test_fuzz.assert_refused`), and each of `fragments` in that line."""
+    assert_refused(code, err)
     for f in fragments:
-        assert f in line, line
+        assert f in err.strip(), err
